@@ -1,0 +1,105 @@
+"""The request signature: pure functions, importable by clients without kong_pdk or a database.
+
+A client sends three headers; the signature is the hex SHA-256 of
+``"{certificate_id}|{client_key}|{request_time}"``, with ``request_time`` exactly as sent
+(Unix epoch seconds). Every check raises its own exception, which the plugin maps to a response.
+"""
+import hashlib
+import hmac
+import re
+import time
+
+CERTIFICATE_ID_HEADER = "client-certificate-id"
+REQUEST_TIME_HEADER = "client-request-time"
+SIGNATURE_HEADER = "client-request-signature"
+
+# Visible ASCII only: header values are Latin-1 on the wire, and a bound keeps hostile input
+# (huge, NUL, control characters) away from the database and the logs.
+_CERTIFICATE_ID = re.compile(r"[\x21-\x7e]{1,256}")
+# Twelve digits reach the year 33658: enough for any clock, too few to overflow anything.
+_REQUEST_TIME = re.compile(r"[0-9]{1,12}")
+_SIGNATURE = re.compile(r"[0-9a-fA-F]{64}")
+
+
+class SignatureError(Exception):
+    """The request's signature cannot be accepted."""
+
+
+class MalformedSignature(SignatureError):
+    """A signature header is not of the form the scheme defines."""
+
+
+class SignatureExpired(SignatureError):
+    """The request time is outside the allowed clock skew."""
+
+
+class BadSignature(SignatureError):
+    """The signature does not match any key the customer may sign with."""
+
+
+def sign(certificate_id, client_key, request_time):
+    message = f"{certificate_id}|{client_key}|{request_time}"
+    return hashlib.sha256(message.encode("utf-8")).hexdigest()
+
+
+def signed_headers(certificate_id, client_key, now=None):
+    request_time = str(int(time.time() if now is None else now))
+    return {
+        CERTIFICATE_ID_HEADER: certificate_id,
+        REQUEST_TIME_HEADER: request_time,
+        SIGNATURE_HEADER: sign(certificate_id, client_key, request_time),
+    }
+
+
+def parse_certificate_id(text):
+    if not _CERTIFICATE_ID.fullmatch(text):
+        raise MalformedSignature("certificate id must be 1 to 256 visible ASCII characters")
+    return text
+
+
+def parse_request_time(text):
+    if not _REQUEST_TIME.fullmatch(text):
+        raise MalformedSignature("request time must be Unix epoch seconds")
+    return text  # kept as sent: the signature covers the text, not the number
+
+
+def parse_signature(text):
+    if not _SIGNATURE.fullmatch(text):
+        raise MalformedSignature("signature must be 64 hexadecimal characters")
+    return text.lower()
+
+
+def check_fresh(request_time, clock_skew, now=None):
+    now = time.time() if now is None else now
+    offset = now - int(request_time)
+    if abs(offset) > clock_skew:
+        raise SignatureExpired(f"request time is {int(offset)} s {'behind' if offset > 0 else 'ahead of'} the gateway clock")
+
+
+def verify(signature, certificate_id, request_time, client_keys):
+    """Accept if ``signature`` was made with any of ``client_keys``.
+
+    ``signature`` is lower-case hex (see ``parse_signature``); ``request_time`` is the header
+    text as sent. Every key is compared, in constant time, so timing does not tell which matched.
+    """
+    matched = False
+    for client_key in client_keys:
+        expected = sign(certificate_id, client_key, request_time)
+        matched |= hmac.compare_digest(expected, signature)
+    if not matched:
+        raise BadSignature("signature does not match")
+
+
+class SignedRequestAuth:
+    """Signs each outgoing request; works as ``auth=`` for both requests and httpx."""
+
+    def __init__(self, certificate_id, client_key):
+        self.certificate_id = certificate_id
+        self._client_key = client_key
+
+    def __call__(self, request):
+        request.headers.update(signed_headers(self.certificate_id, self._client_key))
+        return request
+
+    def __repr__(self):
+        return f"SignedRequestAuth(certificate_id={self.certificate_id!r})"

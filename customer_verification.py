@@ -1,0 +1,206 @@
+"""customer_verification: a Kong plugin that authenticates API clients by a signed request.
+
+The client sends ``client-certificate-id``, ``client-request-time`` and
+``client-request-signature`` (see customer_signature.py); on success the upstream receives
+``X-Customer-Id: <uuid>``, otherwise the client gets a JSON ``{"message": ...}`` answer.
+
+Run by Kong as ``python customer_verification.py -p <kong prefix> -g --no-lua-style``
+(``--dump`` prints the plugin's description for Kong's ``query_cmd``).
+"""
+import sys
+
+if __name__ == "__main__" and ("-g" in sys.argv or "--gevent" in sys.argv):
+    # kong-pdk's gevent mode does not patch the standard library: without this, a lock held by
+    # one request or a database wait would stall every other request. It must come first.
+    from gevent import monkey
+
+    monkey.patch_all()
+
+import logging
+import os
+import time
+
+import gevent
+
+import customer_signature as signature
+from customer_store import Credentials, StoreUnavailable
+
+log = logging.getLogger("customer_verification")
+
+version = "1.0.0"
+
+# An authentication priority: after Kong's pre-function (1000000), before acl (950),
+# rate-limiting (910) and request-transformer (801), so none of them sees an unverified caller.
+priority = 1200
+
+_HEADER_NAME = {"type": "string", "required": True, "match": "^[%w%-]+$"}
+
+Schema = (
+    {"certificate_id_header": {**_HEADER_NAME, "default": signature.CERTIFICATE_ID_HEADER}},
+    {"request_time_header": {**_HEADER_NAME, "default": signature.REQUEST_TIME_HEADER}},
+    {"signature_header": {**_HEADER_NAME, "default": signature.SIGNATURE_HEADER}},
+    {"customer_id_header": {**_HEADER_NAME, "default": "X-Customer-Id"}},
+    {"clock_skew": {"type": "integer", "required": True, "default": 300, "between": [1, 86400]}},
+    {"cache_ttl": {"type": "number", "required": True, "default": 60, "between": [0, 86400]}},
+    {"negative_cache_ttl": {"type": "number", "required": True, "default": 5, "between": [0, 86400]}},
+    {"stale_ttl": {"type": "number", "required": True, "default": 300, "between": [0, 604800]}},
+    {"cache_size": {"type": "integer", "required": True, "default": 10000, "between": [1, 10000000]}},
+    {"hide_credentials": {"type": "boolean", "required": True, "default": False}},
+)
+
+DEFAULTS = {name: spec["default"] for field in Schema for name, spec in field.items()}
+
+# The config fields naming the three signature headers, with what each header must hold.
+SIGNATURE_HEADERS = {
+    "certificate_id_header": signature.parse_certificate_id,
+    "request_time_header": signature.parse_request_time,
+    "signature_header": signature.parse_signature,
+}
+
+
+class Rejection(Exception):
+    """A request that gets its answer from the plugin: one status and one message per case."""
+
+    def __init__(self, status, message, reason):
+        super().__init__(reason)
+        self.status = status
+        self.message = message
+
+
+def missing(header):
+    return Rejection(400, f"Missing {header} header", f"no {header} header")
+
+
+def repeated(header):
+    return Rejection(400, f"Header {header} must be sent once", f"{header} sent more than once")
+
+
+def malformed(header, error):
+    return Rejection(400, f"Malformed {header} header: {error}", f"malformed {header}")
+
+
+def unverified(reason):
+    # One answer for unknown certificate, wrong signature and stale time: the client learns
+    # nothing about which certificates exist. The reason goes to the log only.
+    return Rejection(403, "Request signature could not be verified", reason)
+
+
+def unavailable(reason):
+    return Rejection(503, "Authentication is temporarily unavailable", reason)
+
+
+class PDKError(Exception):
+    """A PDK call answered with an error (Lua-style ``(value, err)`` return)."""
+
+
+def pdk_value(result):
+    """kong-pdk returns ``(value, err)`` by default and raises with --no-lua-style."""
+    if isinstance(result, tuple):
+        value, error = result
+        if error:
+            raise PDKError(error)
+        return value
+    return result
+
+
+class Plugin:
+    def __init__(self, config, credentials=None):
+        self.config = {name: default if config.get(name) is None else config[name]
+                       for name, default in DEFAULTS.items()}
+        for name in SIGNATURE_HEADERS:
+            self.config[name] = self.config[name].lower()  # Kong gives request headers lower-cased
+        credentials = credentials or Credentials.shared()
+        self.credentials = credentials.cache(
+            ttl=self.config["cache_ttl"],
+            negative_ttl=self.config["negative_cache_ttl"],
+            stale_ttl=self.config["stale_ttl"],
+            max_entries=self.config["cache_size"],
+        )
+
+    def access(self, kong):
+        try:
+            headers = pdk_value(kong.request.get_headers())
+            customer_id = self.authenticate(headers)
+            pdk_value(kong.service.request.set_headers(self.upstream_headers(customer_id)))
+        except Rejection as rejection:
+            self.reject(kong, rejection)
+        except Exception as error:
+            # Kong lets the request through when a handler fails: answer it here instead.
+            log.exception("unexpected %s while verifying a request", type(error).__name__)
+            self.reject(kong, unavailable("internal error"))
+
+    def authenticate(self, headers):
+        """The customer id of a correctly signed request; Rejection otherwise."""
+        certificate_id, request_time, client_signature = (
+            self.read_header(headers, self.config[name], parse) for name, parse in SIGNATURE_HEADERS.items()
+        )
+        now = time.time()
+        try:
+            signature.check_fresh(request_time, self.config["clock_skew"], now)
+        except signature.SignatureExpired as error:
+            raise unverified(f"certificate {certificate_id!r}: {error}") from None
+        try:
+            credential = self.credentials.get(certificate_id)
+        except StoreUnavailable as error:
+            raise unavailable(f"certificate {certificate_id!r}: credential store failed: {error}") from None
+        if credential is None:
+            raise unverified(f"certificate {certificate_id!r} is unknown or revoked")
+        try:
+            signature.verify(client_signature, certificate_id, request_time, credential.keys_valid_at(now))
+        except signature.BadSignature:
+            raise unverified(f"certificate {certificate_id!r}: signature does not match") from None
+        return credential.customer_id
+
+    @staticmethod
+    def read_header(headers, name, parse):
+        values = headers.get(name)
+        if not values:
+            raise missing(name)
+        if not isinstance(values, list):
+            raise malformed(name, "unexpected value")
+        if len(values) > 1:
+            raise repeated(name)
+        if not isinstance(values[0], str) or not values[0]:
+            raise missing(name)
+        try:
+            return parse(values[0])
+        except signature.MalformedSignature as error:
+            raise malformed(name, error) from None
+
+    def upstream_headers(self, customer_id):
+        """One set_headers call: sets (never adds) the customer id, overriding whatever the
+        client sent, and with hide_credentials removes the signature headers (an empty list
+        clears a header in nginx)."""
+        headers = {self.config["customer_id_header"]: customer_id}
+        if self.config["hide_credentials"]:
+            for name in SIGNATURE_HEADERS:
+                headers[self.config[name]] = []
+        return headers
+
+    @staticmethod
+    def reject(kong, rejection):
+        log.info("rejected with %d: %s", rejection.status, rejection)
+        kong.response.exit(rejection.status, {"message": rejection.message})
+        end_event()
+
+
+def end_event():
+    """Ends the handler right after kong.response.exit, which Kong never answers.
+
+    Any PDK call after it would wait forever. In gevent mode kong-pdk also hands the handler's
+    final "ret" to an unbuffered channel that nobody reads after an exit, so returning would
+    leave one blocked greenlet per rejected request; GreenletExit ends it silently.
+    """
+    if isinstance(gevent.getcurrent(), gevent.Greenlet):
+        raise gevent.GreenletExit
+
+
+if __name__ == "__main__":
+    from kong_pdk.cli import start_dedicated_server
+
+    logging.basicConfig(
+        stream=sys.stderr,  # Kong copies it into its error log; stdout belongs to --dump
+        level=os.environ.get("CUSTOMER_VERIFICATION_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s customer_verification: %(message)s",
+    )
+    start_dedicated_server("customer_verification", Plugin, version, priority, list(Schema))

@@ -1,0 +1,434 @@
+"""A stand-in for Kong's side of an external Python plugin, for tests, the demo and benchmarks.
+
+Kong cannot run here, so this speaks Kong 3.x's plugin-server protocol to the real plugin server
+process over its unix socket, as Kong's bridge does (kong/runloop/plugin_servers): MessagePack-RPC
+``[0, id, method, [arg]]``, a connection from a keepalive pool for every call, StartInstance with
+the config JSON Kong stores (schema defaults filled, ``__seq__`` and ``__plugin_id``), a new instance
+when the config changes, HandleEvent then Step/StepMultiMap/StepError until "ret", nothing sent
+back after kong.response.exit/error, a retry after "no plugin instance", and Kong's fail-open
+behaviour when the server errors or cannot be reached. See shared/kong-plugin-protocol.md.
+
+The same PDK model (``Request``) also backs ``in_process_kong``, the fake ``kong`` object for unit
+tests, so both see the same Kong.
+"""
+import dataclasses
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import msgpack
+
+TERMINAL_METHODS = {"kong.response.exit", "kong.response.error"}
+MULTI_MAP_METHODS = {"kong.request.get_headers", "kong.request.get_query",
+                     "kong.response.get_headers", "kong.service.response.get_headers"}
+# nginx's default for ngx.req.get_headers(): later header lines are not returned to plugins.
+MAX_REQUEST_HEADERS = 100
+DEFAULT_ERROR_MESSAGES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden",
+                          404: "Not found", 500: "An unexpected error occurred", 503: "Service unavailable"}
+
+
+class PDKError(Exception):
+    """A PDK function failed: Kong answers with plugin.StepError."""
+
+
+class NeverAnswered(BaseException):
+    """A PDK call after kong.response.exit/error: real Kong never answers it, and the handler
+    would wait forever. A BaseException, so a plugin's ``except Exception`` cannot hide it."""
+
+
+class Request:
+    """One proxied request as Kong's PDK exposes it, and what became of it.
+
+    ``header_lines`` are ``(name, value)`` pairs in the order the client sent them.
+    ``upstream`` is what the upstream would receive (lower-case name -> list of values);
+    ``response`` is ``(status, body)`` when a plugin answered the client itself.
+    """
+
+    def __init__(self, header_lines=()):
+        self.header_lines = [(name.lower(), value) for name, value in header_lines]
+        self.upstream = {}
+        for name, value in self.header_lines:
+            self.upstream.setdefault(name, []).append(value)
+        self.response = None
+        self.response_method = None
+        self.logs = []
+        self.pdk_calls = []
+        self.shared_ctx = {}
+
+    def call(self, method, args):
+        """Runs one PDK function as Kong would; PDKError for what Kong reports as an error."""
+        if self.response is not None:
+            raise NeverAnswered(f"{method} after {self.response_method}")
+        self.pdk_calls.append(method)
+        handler = _PDK.get(method)
+        if handler is None:
+            if method.startswith("kong.log."):
+                self.logs.append((method[len("kong.log."):], args))
+                return None
+            raise PDKError(f"could not find pdk method: {method}")
+        return getattr(self, handler)(*args)
+
+    # kong.request
+    def get_headers(self, max_headers=MAX_REQUEST_HEADERS):
+        headers = {}
+        for name, value in self.header_lines[:max_headers]:
+            headers.setdefault(name, []).append(value)  # Kong wraps every value in a list
+        return headers
+
+    def get_header(self, name):
+        values = self.get_headers().get(name.lower())
+        return values[0] if values else None
+
+    # kong.service.request
+    def set_header(self, name, value):
+        self._set_upstream(name, _header_values(name, value, allow_list=False))
+
+    def add_header(self, name, value):
+        self.upstream.setdefault(name.lower(), []).extend(_header_values(name, value, allow_list=False))
+
+    def clear_header(self, name):
+        self.upstream.pop(_header_name(name).lower(), None)
+
+    def set_headers(self, headers):
+        if not isinstance(headers, dict):
+            raise PDKError("headers must be a table")
+        checked = {name: _header_values(name, value, allow_list=True) for name, value in headers.items()}
+        for name, values in checked.items():
+            self._set_upstream(name, values)
+
+    def _set_upstream(self, name, values):
+        if values:
+            self.upstream[name.lower()] = values
+        else:  # nginx: setting a header to an empty list removes it
+            self.upstream.pop(name.lower(), None)
+
+    # kong.response
+    def exit(self, status, body=None, headers=None):
+        if isinstance(body, dict):
+            body = json.dumps(body)
+        self._answer("kong.response.exit", status, body)
+
+    def error(self, status, message=None, headers=None):
+        body = json.dumps({"message": message or DEFAULT_ERROR_MESSAGES.get(status, "Error")})
+        self._answer("kong.response.error", status, body)
+
+    def _answer(self, method, status, body):
+        self.response = (int(status), body)
+        self.response_method = method
+
+    # kong.ctx.shared
+    def ctx_get(self, key):
+        return self.shared_ctx.get(key)
+
+    def ctx_set(self, key, value):
+        self.shared_ctx[key] = value
+
+
+_PDK = {
+    "kong.request.get_headers": "get_headers",
+    "kong.request.get_header": "get_header",
+    "kong.service.request.set_header": "set_header",
+    "kong.service.request.add_header": "add_header",
+    "kong.service.request.clear_header": "clear_header",
+    "kong.service.request.set_headers": "set_headers",
+    "kong.response.exit": "exit",
+    "kong.response.error": "error",
+    "kong.ctx.shared.get": "ctx_get",
+    "kong.ctx.shared.set": "ctx_set",
+}
+
+
+def _header_name(name):
+    if not isinstance(name, str):
+        raise PDKError(f"invalid header name {name!r}: expected string")
+    return name
+
+
+def _header_values(name, value, allow_list):
+    """Kong's checks.validate_header(s) and normalize_multi_header: "" is sent as " "."""
+    _header_name(name)
+    if isinstance(value, (bool, int, float)):
+        return [str(value).lower() if isinstance(value, bool) else str(value)]
+    if isinstance(value, str):
+        return [value or " "]
+    if allow_list and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return [v or " " for v in value]
+    raise PDKError(f"invalid header value for {name!r}: {type(value).__name__}")
+
+
+class _InProcessChannel:
+    """kong-pdk's handler channel, answered at once from a Request: one put/get is one round trip."""
+
+    def __init__(self, request):
+        self.request = request
+        self.answer = None
+
+    def put(self, message):
+        try:
+            self.answer = (self.request.call(message["Method"], message["Args"]), None)
+        except PDKError as error:
+            self.answer = (None, str(error))
+
+    def get(self):
+        answer, self.answer = self.answer, None
+        return answer
+
+
+def in_process_kong(request, lua_style=True):
+    """The ``kong`` object a handler receives from kong-pdk, answered in-process by ``request``.
+
+    It is kong-pdk's own bridge, so return conventions (``(value, err)`` or raising) and the
+    immediate return of kong.response.exit are exactly kong-pdk's.
+    """
+    from kong_pdk.pdk import Kong
+
+    return Kong(_InProcessChannel(request), lua_style).kong
+
+
+def round_trips(request):
+    """HandleEvent plus one Step per PDK call that Kong answers (not exit/error)."""
+    return 1 + sum(1 for method in request.pdk_calls if method not in TERMINAL_METHODS)
+
+
+class RPCError(Exception):
+    """The plugin server answered an RPC with an error, or could not be reached."""
+
+
+class _Connection:
+    def __init__(self, path, timeout):
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.socket.settimeout(timeout)
+        self.socket.connect(path)
+        self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+
+    def call(self, msgid, method, arg):
+        self.socket.sendall(msgpack.packb([0, msgid, method, [arg]]))
+        while True:
+            for message in self.unpacker:
+                kind, answer_id, error, result = message
+                assert kind == 1 and answer_id == msgid, f"unexpected RPC answer {message!r}"
+                return error, result
+            data = self.socket.recv(65536)
+            if not data:
+                raise ConnectionError("plugin server closed the connection")
+            self.unpacker.feed(data)
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What the client got and what the upstream would have received."""
+
+    status: int
+    body: str
+    upstream: dict  # None when the request did not reach the upstream
+    round_trips: int
+    errors: list  # what Kong would write to its error log
+
+    @property
+    def message(self):
+        return json.loads(self.body)["message"]
+
+
+class KongStandIn:
+    """Kong's bridge to one external plugin served on ``socket_path``."""
+
+    def __init__(self, socket_path, plugin_info, timeout=10.0, pool_size=64):
+        self.socket_path = socket_path
+        self.name = plugin_info["Name"]
+        self.phases = plugin_info["Phases"]
+        self._defaults = _schema_defaults(plugin_info["Schema"])
+        self._timeout = timeout
+        self._pool_size = pool_size
+        self._idle = []
+        self._msgids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._plugins = {}  # plugin id -> config as Kong stores it
+        self._instances = {}  # plugin id -> (instance id, __seq__)
+        self._sequence = itertools.count(1)
+        self.calls = 0
+
+    @classmethod
+    def query(cls, query_cmd, socket_path, **options):
+        """Runs the plugin's query command as Kong does at start: all of stdout must be JSON."""
+        output = subprocess.run(query_cmd, check=True, capture_output=True, timeout=30).stdout
+        return cls(socket_path, json.loads(output)[0], **options)
+
+    def configure(self, plugin_id, config=None):
+        """Creates or updates a plugin entity; Kong fills schema defaults and stamps it."""
+        stored = {**self._defaults, **(config or {}),
+                  "__seq__": next(self._sequence), "__plugin_id": plugin_id}
+        with self._lock:
+            self._plugins[plugin_id] = stored
+        return stored
+
+    # -- RPC ---------------------------------------------------------------------------------
+    def call(self, method, arg):
+        """One RPC on a pooled connection, as Kong's Rpc:call."""
+        with self._lock:
+            connection = self._idle.pop() if self._idle else None
+            self.calls += 1
+        try:
+            if connection is None:
+                connection = _Connection(self.socket_path, self._timeout)
+            error, result = connection.call(next(self._msgids), method, arg)
+        except OSError as error:
+            if connection is not None:
+                connection.socket.close()
+            raise RPCError(f"{method}: {error}") from None
+        with self._lock:
+            if len(self._idle) < self._pool_size:
+                self._idle.append(connection)
+                connection = None
+        if connection is not None:
+            connection.socket.close()
+        if error is not None:
+            raise RPCError(error)
+        return result
+
+    def close(self):
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.socket.close()
+
+    # -- instances ----------------------------------------------------------------------------
+    def _instance_id(self, plugin_id):
+        with self._lock:
+            config = self._plugins[plugin_id]
+            known = self._instances.get(plugin_id)
+        if known and known[1] == config["__seq__"]:
+            return known[0]
+        status = self.call("plugin.StartInstance", {"Name": self.name, "Config": json.dumps(config)})
+        with self._lock:
+            self._instances[plugin_id] = (status["Id"], config["__seq__"])
+        if known:
+            try:
+                self.call("plugin.CloseInstance", known[0])
+            except RPCError:
+                pass  # Kong does not care: another worker may have closed it first
+        return status["Id"]
+
+    def _reset_instances(self):
+        with self._lock:
+            self._instances.clear()
+
+    # -- a request -----------------------------------------------------------------------------
+    def handle(self, request, plugin_id="plugin", phase="access"):
+        """Runs ``phase`` for ``request`` as Kong does and says what the client and upstream see."""
+        errors = []
+        trips = 0
+        for _attempt in range(2):
+            try:
+                instance_id = self._instance_id(plugin_id)
+            except RPCError as error:
+                # Kong raises here: the client gets a 500 and the upstream nothing.
+                errors.append(f"starting instance: {error}")
+                return Outcome(500, json.dumps({"message": "An unexpected error occurred"}), None, trips, errors)
+            try:
+                trips += self._bridge(request, instance_id, phase)
+                break
+            except _BridgeError as error:
+                trips += error.round_trips
+                errors.append(str(error))
+                if "no plugin instance" not in str(error).lower():
+                    break  # Kong logs it and goes on to the upstream: it fails open
+                self._reset_instances()
+        if request.response is not None:
+            status, body = request.response
+            return Outcome(status, body, None, trips, errors)
+        return Outcome(200, json.dumps({"message": "proxied"}), request.upstream, trips, errors)
+
+    def _bridge(self, request, instance_id, phase):
+        trips = 1
+        try:
+            step = self.call("plugin.HandleEvent", {"InstanceId": instance_id, "EventName": phase})
+            event_id = step["EventId"]
+            while step["Data"] != "ret":
+                method, args = step["Data"]["Method"], step["Data"]["Args"] or []
+                try:
+                    result, step_method = request.call(method, args), "plugin.Step"
+                    if method in MULTI_MAP_METHODS:
+                        step_method = "plugin.StepMultiMap"
+                except PDKError as error:
+                    result, step_method = str(error), "plugin.StepError"
+                if method in TERMINAL_METHODS:
+                    return trips  # nginx has ended the request: Kong sends nothing more
+                trips += 1
+                step = self.call(step_method, {"EventId": event_id, "Data": result})
+        except RPCError as error:
+            raise _BridgeError(str(error), trips) from None
+        return trips
+
+
+class _BridgeError(Exception):
+    def __init__(self, message, round_trips):
+        super().__init__(message)
+        self.round_trips = round_trips
+
+
+def _schema_defaults(schema):
+    for field in schema["fields"]:
+        if "config" in field:
+            return {name: spec.get("default") for item in field["config"]["fields"] for name, spec in item.items()}
+    return {}
+
+
+class PluginServer:
+    """The plugin server process, started the way Kong starts it (``exec start_cmd``)."""
+
+    def __init__(self, script, prefix, name, flags=(), env=None, python=sys.executable):
+        self.command = [python, str(script), "-p", str(prefix), *flags]
+        self.query_command = [python, str(script), "--dump"]
+        self.socket_path = os.path.join(str(prefix), f"{name}.sock")
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = os.path.join(str(prefix), f"{name}.log")
+        self.process = None
+
+    def start(self, timeout=15):
+        if os.path.exists(self.socket_path):
+            os.remove(self.socket_path)
+        with open(self.log_path, "ab") as log_file:
+            self.process = subprocess.Popen(self.command, env=self.env, stdout=log_file, stderr=log_file)
+        deadline = time.monotonic() + timeout
+        while not self._accepting():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"plugin server did not start; its log:\n{self.log()}")
+            time.sleep(0.02)
+        return self
+
+    def _accepting(self):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(self.socket_path)
+            return True
+        except OSError:
+            return False
+        finally:
+            probe.close()
+
+    def stop(self, kill=False):
+        if self.process and self.process.poll() is None:
+            self.process.kill() if kill else self.process.terminate()  # Kong sends SIGTERM
+            self.process.wait(timeout=10)
+
+    def log(self):
+        with open(self.log_path, errors="replace") as log_file:
+            return log_file.read()
+
+    def threads(self):
+        return int(self._status("Threads"))
+
+    def rss_kib(self):
+        return int(self._status("VmRSS").split()[0])
+
+    def _status(self, field):
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return line.split(":", 1)[1].strip()
+        raise KeyError(field)

@@ -1,0 +1,117 @@
+"""Shared fixtures: a real Postgres (``DATABASE_URL`` when set, else a throwaway server), a fresh
+database with the schema per test module, and helpers to add customers."""
+import json
+import os
+import pathlib
+import uuid
+
+import psycopg2
+import psycopg2.extensions
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SCHEMA = (ROOT / "customer_schema.sql").read_text()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A Postgres server: ``DATABASE_URL`` when set, else a throwaway one for this session.
+
+    Yields ``(dsn, server)``; ``server`` is None for an external one (fault tests need their own).
+    """
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"], None
+        return
+    from throwaway_postgres import ThrowawayPostgres
+
+    with ThrowawayPostgres() as server:
+        yield server.dsn, server
+
+
+def dsn_for_database(dsn, database):
+    return psycopg2.extensions.make_dsn(dsn, dbname=database)
+
+
+def admin_connection(dsn):
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    return conn
+
+
+def execute(dsn, statement):
+    conn = admin_connection(dsn)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(statement)
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def database_url(postgres):
+    """A fresh database holding the schema, dropped after the module's tests."""
+    dsn, _server = postgres
+    name = f"cv_test_{uuid.uuid4().hex[:12]}"
+    execute(dsn, f"CREATE DATABASE {name}")
+    url = dsn_for_database(dsn, name)
+    execute(url, SCHEMA)
+    yield url
+    execute(dsn, f"DROP DATABASE {name} WITH (FORCE)")
+
+
+class Customers:
+    """Writes customers with plain SQL, as an operator or another system would."""
+
+    def __init__(self, url):
+        self.url = url
+        self.conn = admin_connection(url)
+
+    def execute(self, sql, *params):
+        with self.conn.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchall() if cursor.description else None
+
+    def add(self, certificate, client_key, **authentication):
+        rows = self.execute(
+            "INSERT INTO customer (certificate, authentication) VALUES (%s, %s) RETURNING uuid::text",
+            certificate, json.dumps({"client_key": client_key, **authentication}))
+        return rows[0][0]
+
+    def set_authentication(self, certificate, **authentication):
+        self.execute("UPDATE customer SET authentication = authentication || %s::jsonb WHERE certificate = %s",
+                     json.dumps(authentication), certificate)
+
+    def clear(self):
+        self.execute("DELETE FROM customer")
+
+
+@pytest.fixture
+def customers(database_url):
+    customers = Customers(database_url)
+    customers.clear()
+    yield customers
+    customers.conn.close()
+
+
+@pytest.fixture
+def credentials(database_url):
+    """The plugin's credential store on the test database (its listener is not started)."""
+    from customer_store import Credentials, Settings
+
+    credentials = Credentials(Settings(dsn=database_url, pool_size=2, timeout=2.0))
+    yield credentials
+    credentials.close()
+
+
+@pytest.fixture
+def table_gone(customers):
+    """Makes every lookup fail in the database, as a broken or dropped table would."""
+
+    class TableGone:
+        def __enter__(self):
+            customers.execute("ALTER TABLE customer RENAME TO customer_away")
+
+        def __exit__(self, *_):
+            customers.execute("ALTER TABLE customer_away RENAME TO customer")
+
+    return TableGone()

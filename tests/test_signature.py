@@ -1,0 +1,103 @@
+import hashlib
+
+import pytest
+
+import customer_signature as signature
+
+# Computed independently with: printf 'cert-1|key-1|1700000000' | sha256sum
+VECTORS = [
+    ("cert-1", "key-1", "1700000000", "4efcfa9ef5e05beeb527856dfd97331b40c6eba9a43db0c5a4da4d8753faf68b"),
+    ("ABC-123", "s3cr3t/+=", "0001700000000", "9f7bf8f2caff6c50adc76df7ca547eb24c66db82b546e0f3e3b1b0b5b8bc540c"),
+    ("cert-é", "clé", "1", "abc8e4c85fe60adb96919b1fd1c2180ac9c9269d7636dc93ff6f8c47386fedcd"),
+]
+
+
+@pytest.mark.parametrize("certificate_id, client_key, request_time, expected", VECTORS)
+def test_sign_matches_fixed_vectors(certificate_id, client_key, request_time, expected):
+    assert signature.sign(certificate_id, client_key, request_time) == expected
+
+
+def test_signed_headers_are_what_existing_clients_send():
+    headers = signature.signed_headers("cert-1", "key-1", now=1700000000.9)
+    assert headers == {
+        "client-certificate-id": "cert-1",
+        "client-request-time": "1700000000",
+        "client-request-signature": VECTORS[0][3],
+    }
+
+
+def test_verify_accepts_upper_case_hex_after_parsing():
+    parsed = signature.parse_signature(VECTORS[0][3].upper())
+    signature.verify(parsed, "cert-1", "1700000000", ["key-1"])
+
+
+def test_verify_rejects_other_key_time_or_certificate():
+    good = VECTORS[0][3]
+    for args in (("cert-1", "1700000000", ["key-2"]), ("cert-1", "1700000001", ["key-1"]),
+                 ("cert-2", "1700000000", ["key-1"])):
+        with pytest.raises(signature.BadSignature):
+            signature.verify(good, *args)
+
+
+def test_verify_accepts_any_of_several_keys():
+    signature.verify(VECTORS[0][3], "cert-1", "1700000000", ["old", "key-1"])
+    with pytest.raises(signature.BadSignature):
+        signature.verify(VECTORS[0][3], "cert-1", "1700000000", [])
+
+
+def test_the_time_is_signed_as_sent_not_as_a_number():
+    with pytest.raises(signature.BadSignature):
+        signature.verify(VECTORS[1][3], "ABC-123", "1700000000", ["s3cr3t/+="])
+
+
+@pytest.mark.parametrize("text", ["", "12.5", "-1", "1e9", " 1", "1" * 13, "１２３", "0x10"])
+def test_malformed_request_times(text):
+    with pytest.raises(signature.MalformedSignature):
+        signature.parse_request_time(text)
+
+
+@pytest.mark.parametrize("text", ["", "a" * 63, "a" * 65, "g" * 64, " " + "a" * 63, "é" * 64])
+def test_malformed_signatures(text):
+    with pytest.raises(signature.MalformedSignature):
+        signature.parse_signature(text)
+
+
+@pytest.mark.parametrize("text", ["", "a b", "x" * 257, "tab\there", "nul\x00", "é"])
+def test_malformed_certificate_ids(text):
+    with pytest.raises(signature.MalformedSignature):
+        signature.parse_certificate_id(text)
+
+
+def test_clock_skew_both_directions():
+    signature.check_fresh("1000", 300, now=1300)
+    signature.check_fresh("1300", 300, now=1000)
+    for request_time in ("699", "1301"):
+        with pytest.raises(signature.SignatureExpired):
+            signature.check_fresh(request_time, 300, now=1000)
+
+
+def test_exceptions_are_one_family():
+    for error in (signature.BadSignature, signature.SignatureExpired, signature.MalformedSignature):
+        assert issubclass(error, signature.SignatureError)
+
+
+def test_auth_signs_each_request_for_requests_and_httpx_style_objects():
+    class Request:  # both libraries hand the auth callable an object with a headers mapping
+        def __init__(self):
+            self.headers = {}
+
+    auth = signature.SignedRequestAuth("cert-1", "key-1")
+    request = auth(Request())
+    expected = hashlib.sha256(f"cert-1|key-1|{request.headers['client-request-time']}".encode()).hexdigest()
+    assert request.headers["client-request-signature"] == expected
+    assert "key-1" not in repr(auth)
+
+
+def test_importable_without_kong_pdk():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['kong_pdk'] = None; import customer_signature; "
+            "print(customer_signature.sign('a', 'b', '1'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == hashlib.sha256(b"a|b|1").hexdigest()
