@@ -15,6 +15,7 @@ import dataclasses
 import itertools
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -206,6 +207,15 @@ class _Connection:
         self.socket.connect(path)
         self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
 
+    def closed_by_peer(self):
+        """nginx watches idle keepalive connections and drops those the peer closed."""
+        if not select.select([self.socket], [], [], 0)[0]:
+            return False
+        try:
+            return self.socket.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
     def call(self, msgid, method, arg):
         self.socket.sendall(msgpack.packb([0, msgid, method, [arg]]))
         while True:
@@ -270,7 +280,12 @@ class KongStandIn:
     def call(self, method, arg):
         """One RPC on a pooled connection, as Kong's Rpc:call."""
         with self._lock:
-            connection = self._idle.pop() if self._idle else None
+            connection = None
+            while self._idle and connection is None:
+                connection = self._idle.pop()
+                if connection.closed_by_peer():
+                    connection.socket.close()
+                    connection = None
             self.calls += 1
         try:
             if connection is None:

@@ -115,3 +115,60 @@ def table_gone(customers):
             customers.execute("ALTER TABLE customer_away RENAME TO customer")
 
     return TableGone()
+
+
+def short_directory():
+    """A unix socket path must stay under 108 bytes, which pytest's tmp_path can exceed."""
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="cv-")
+
+
+# The modes the plugin server is tested in: the shipped one (gevent, Python-style PDK returns)
+# and kong-pdk's defaults (threads, Lua-style returns).
+SERVER_MODES = {"gevent": ["-g", "--no-lua-style"], "threading": []}
+
+
+class Gateway:
+    """The real plugin server process behind the Kong stand-in."""
+
+    def __init__(self, server, kong):
+        self.server = server
+        self.kong = kong
+
+    def send(self, header_lines, plugin_id="plugin"):
+        from kong_standin import Request
+
+        return self.kong.handle(Request(header_lines), plugin_id)
+
+    def close(self):
+        self.kong.close()
+        self.server.stop()
+
+
+def start_gateway(script, name, flags=(), env=None, config=None, kong_timeout=10.0):
+    import shutil
+
+    from kong_standin import KongStandIn, PluginServer
+
+    directory = short_directory()
+    server = PluginServer(script, directory, name, flags, env=env).start()
+    kong = KongStandIn.query(server.query_command, server.socket_path, timeout=kong_timeout)
+    kong.configure("plugin", config)
+    gateway = Gateway(server, kong)
+    gateway.directory = directory
+    gateway.cleanup = lambda: (gateway.close(), shutil.rmtree(directory, ignore_errors=True))
+    return gateway
+
+
+@pytest.fixture(params=list(SERVER_MODES))
+def server_mode(request):
+    return request.param
+
+
+@pytest.fixture
+def gateway(database_url, server_mode):
+    gateway = start_gateway(ROOT / "customer_verification.py", "customer_verification",
+                            SERVER_MODES[server_mode], env={"DATABASE_URL": database_url})
+    yield gateway
+    gateway.cleanup()

@@ -1,0 +1,99 @@
+"""The Kong stand-in's own behaviour, against a tiny plugin of the tests' own, so that a harness
+bug cannot hide a plugin bug."""
+import json
+import pathlib
+
+import pytest
+
+from conftest import start_gateway
+from kong_standin import Request, in_process_kong
+
+TINY = pathlib.Path(__file__).with_name("tiny_plugin.py")
+
+
+@pytest.fixture(params=[["--no-lua-style"], ["-g", "--no-lua-style"]], ids=["threading", "gevent"])
+def tiny(request):
+    gateway = start_gateway(TINY, "tiny", request.param, kong_timeout=2)
+    yield gateway
+    gateway.cleanup()
+
+
+def test_query_reads_the_dump_and_kong_sends_stored_config(tiny):
+    outcome = tiny.send([])
+    config = json.loads(outcome.upstream["x-config"][0])
+    assert config["greeting"] == "hello"  # schema default filled in by "Kong"
+    assert config["__plugin_id"] == "plugin" and isinstance(config["__seq__"], int)
+
+
+def test_headers_arrive_as_lists_one_element_per_line(tiny):
+    outcome = tiny.send([("X-Multi", "a"), ("x-multi", "b"), ("x-other", "c")])
+    assert outcome.upstream["x-multi-count"] == ["2"]
+
+
+def test_round_trips_are_counted_as_rpc_calls(tiny):
+    tiny.send([])  # starts the instance
+    before = tiny.kong.calls
+    outcome = tiny.send([])
+    assert outcome.round_trips == tiny.kong.calls - before == 4  # HandleEvent, get_headers, 2 set_header
+
+
+def test_exit_and_error_end_the_request_without_an_answer(tiny):
+    tiny.send([])
+    before = tiny.kong.calls
+    teapot = tiny.send([("x-action", "exit")])
+    assert (teapot.status, teapot.message, teapot.upstream) == (418, "teapot", None)
+    assert teapot.round_trips == tiny.kong.calls - before == 2
+    slow = tiny.send([("x-action", "error")])
+    assert (slow.status, slow.message) == (429, "slow down")
+
+
+def test_a_pdk_error_is_sent_back_with_step_error(tiny):
+    outcome = tiny.send([("x-action", "bad-header")])
+    assert "invalid header value" in outcome.upstream["x-step-error"][0]
+
+
+def test_an_exception_in_the_handler_fails_open_as_kong_does(tiny):
+    # kong-pdk never answers the HandleEvent of a handler that raised: Kong's read times out,
+    # it logs that, and the request goes on to the upstream.
+    outcome = tiny.send([("x-action", "raise"), ("x-customer-id", "forged")])
+    assert outcome.status == 200 and outcome.upstream["x-customer-id"] == ["forged"]
+    assert any("timed out" in error for error in outcome.errors)
+
+
+def test_an_unreachable_server_fails_open_as_kong_does(tiny):
+    tiny.send([])
+    tiny.server.stop()
+    outcome = tiny.send([("x-customer-id", "forged")])
+    assert outcome.status == 200 and outcome.upstream["x-customer-id"] == ["forged"]
+    assert outcome.errors
+
+
+def test_a_restarted_server_gets_its_instance_started_again(tiny):
+    tiny.send([])
+    tiny.server.stop(kill=True)
+    tiny.server.start()
+    outcome = tiny.send([])
+    assert outcome.status == 200 and "x-config" in outcome.upstream
+    assert any("no plugin instance" in error for error in outcome.errors)
+
+
+def test_a_config_change_starts_a_new_instance_and_closes_the_old(tiny):
+    first = json.loads(tiny.send([]).upstream["x-config"][0])
+    tiny.kong.configure("plugin", {"greeting": "bonjour"})
+    second = json.loads(tiny.send([]).upstream["x-config"][0])
+    assert second["greeting"] == "bonjour" and second["__seq__"] > first["__seq__"]
+
+
+def test_in_process_kong_answers_like_the_wire():
+    request = Request([("A", "1"), ("a", "2")])
+    kong = in_process_kong(request, lua_style=True)
+    assert kong.request.get_headers() == ({"a": ["1", "2"]}, None)
+    assert kong.request.get_header("A") == ("1", None)
+    assert kong.service.request.set_header("x", {"bad": 1})[1]
+    assert kong.response.exit(403, {"message": "no"}) is None  # returns at once, as kong-pdk does
+    assert request.response == (403, '{"message": "no"}')
+
+
+def test_kong_keeps_at_most_100_header_lines_for_plugins():
+    lines = [(f"x-{i}", "v") for i in range(150)]
+    assert len(Request(lines).get_headers()) == 100
