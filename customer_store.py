@@ -98,7 +98,7 @@ def _wait_with_deadline(timeout):
     return wait
 
 
-def connect(settings):
+def connect(settings, application_name="customer_verification"):
     """One connection with every wait bounded by ``settings.timeout``."""
     psycopg2.extensions.set_wait_callback(_wait_with_deadline(settings.timeout))
     timeout_ms = int(settings.timeout * 1000)
@@ -106,7 +106,7 @@ def connect(settings):
         settings.dsn,
         connect_timeout=max(1, round(settings.timeout)),
         options=f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}",
-        application_name="customer_verification",
+        application_name=application_name,
     )
 
 
@@ -311,6 +311,7 @@ class ChangeListener:
         self._on_change = on_change
         self._retry_delay = retry_delay
         self._stopped = threading.Event()
+        self._failing = False
         self.connection = None
         self._thread = threading.Thread(target=self._run, name="customer-changes", daemon=True)
 
@@ -329,7 +330,10 @@ class ChangeListener:
             try:
                 self._listen(clear_first=missed)
             except (psycopg2.Error, OSError, ValueError) as error:
-                log.warning("change listener lost its database connection (%s); reconnecting", describe(error))
+                if not self._failing:
+                    log.warning("change listener lost its database connection (%s); retrying every %g s, "
+                                "cache TTLs bound staleness meanwhile", describe(error), self._retry_delay)
+                self._failing = True
             finally:
                 if self.connection is not None:
                     self.connection.close()
@@ -337,11 +341,14 @@ class ChangeListener:
             self._stopped.wait(self._retry_delay)
 
     def _listen(self, clear_first):
-        self.connection = connect(self._settings)
+        self.connection = connect(self._settings, application_name="customer_verification listener")
         self.connection.autocommit = True
         with self.connection.cursor() as cursor:
             cursor.execute(f"LISTEN {CHANGES_CHANNEL}")
         if clear_first:
+            if self._failing:
+                log.warning("change listener reconnected; cached credentials cleared")
+            self._failing = False
             self._on_change(None)
         while not self._stopped.is_set():
             # A bounded wait notices a dead server by the next poll, and stop() without delay.

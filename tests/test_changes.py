@@ -1,0 +1,65 @@
+"""Revocation, re-keying and deletion reach a running plugin server within a second, through
+LISTEN/NOTIFY, for plain SQL changes, also after the listener's connection was killed."""
+import time
+
+import pytest
+
+import customer_signature as signature
+
+LONG_TTL = {"cache_ttl": 3600, "negative_cache_ttl": 3600}
+
+
+def signed(client_key, certificate_id="cert-live"):
+    return list(signature.signed_headers(certificate_id, client_key).items())
+
+
+def status_within_one_second(gateway, header_lines, expected):
+    deadline = time.monotonic() + 1.0
+    while True:
+        status = gateway.send(header_lines).status
+        if status == expected or time.monotonic() > deadline:
+            return status
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def live(gateway, customers):
+    customers.add("cert-live", "key-1")
+    gateway.kong.configure("plugin", LONG_TTL)
+    assert gateway.send(signed("key-1")).status == 200  # cached now, for an hour
+    return gateway
+
+
+def test_revocation_by_sql_is_seen_within_a_second(live, customers):
+    customers.set_authentication("cert-live", revoked_at=time.time())
+    assert status_within_one_second(live, signed("key-1"), 403) == 403
+
+
+def test_a_new_key_by_sql_is_seen_within_a_second(live, customers):
+    customers.set_authentication("cert-live", client_key="key-2")
+    assert status_within_one_second(live, signed("key-2"), 200) == 200
+    assert live.send(signed("key-1")).status == 403
+
+
+def test_deletion_is_seen_within_a_second(live, customers):
+    customers.execute("DELETE FROM customer WHERE certificate = 'cert-live'")
+    assert status_within_one_second(live, signed("key-1"), 403) == 403
+
+
+def test_a_new_customer_replaces_a_cached_unknown_within_a_second(live, customers):
+    assert live.send(signed("key-n", "cert-new")).status == 403  # negatively cached for an hour
+    customers.add("cert-new", "key-n")
+    assert status_within_one_second(live, signed("key-n", "cert-new"), 200) == 200
+
+
+def test_changes_are_seen_after_the_listener_connection_was_killed(live, customers):
+    killed = customers.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name = 'customer_verification listener'")
+    assert killed == [(True,)]
+    # Changed while the listener is down: its notification is lost, the reconnect must cover it.
+    customers.set_authentication("cert-live", revoked_at=time.time())
+    assert status_within_one_second(live, signed("key-1"), 403) == 403
+    # And the reconnected listener hears the next change.
+    customers.set_authentication("cert-live", client_key="key-3", revoked_at=None)
+    assert status_within_one_second(live, signed("key-3"), 200) == 200
