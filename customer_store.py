@@ -16,6 +16,7 @@ import time
 import weakref
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 
 log = logging.getLogger("customer_verification")
@@ -129,13 +130,13 @@ class Pool:
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def connection(self):
+    def connection(self, fresh=False):
         """Yields ``(connection, reused)``; a connection that raised is closed, not returned."""
         if not self._slots.acquire(timeout=self._settings.timeout):
             raise StoreUnavailable("all database connections are busy")
         try:
             with self._lock:
-                conn = self._idle.pop() if self._idle else None
+                conn = self._idle.pop() if self._idle and not fresh else None
             reused = conn is not None
             if conn is None:
                 conn = connect(self._settings)
@@ -151,6 +152,7 @@ class Pool:
             self._slots.release()
 
     def close(self):
+        """Closes the idle connections; also what to do when one was found dead (a restart)."""
         with self._lock:
             idle, self._idle = self._idle, []
         for conn in idle:
@@ -168,13 +170,14 @@ class CustomerStore:
     def fetch(self, certificate_id):
         """The customer's credential, or None if there is none; StoreUnavailable on failure.
 
-        A reused connection may have died with a database restart: such a failure is retried
-        once on a new connection, so a restart costs no request.
+        A reused connection may have died with a database restart, and then its idle siblings
+        did too: they are dropped and the lookup is retried once on a new connection, so a
+        restart costs no request.
         """
         for attempt in (1, 2):
             reused = False
             try:
-                with self.pool.connection() as (conn, reused), conn.cursor() as cursor:
+                with self.pool.connection(fresh=attempt == 2) as (conn, reused), conn.cursor() as cursor:
                     self.queries += 1
                     cursor.execute(_LOOKUP, (certificate_id,))
                     rows = cursor.fetchall()
@@ -182,6 +185,7 @@ class CustomerStore:
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as error:
                 if attempt == 2 or not reused or isinstance(error, psycopg2.errors.QueryCanceled):
                     raise StoreUnavailable(describe(error)) from None
+                self.pool.close()
             except psycopg2.Error as error:
                 raise StoreUnavailable(describe(error)) from None
         if len(rows) != 1:

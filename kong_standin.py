@@ -51,15 +51,21 @@ class Request:
     """
 
     def __init__(self, header_lines=()):
+        # nginx keeps one list of request headers: plugins change it, later plugins read the
+        # changed list, and the upstream receives it.
         self.header_lines = [(name.lower(), value) for name, value in header_lines]
-        self.upstream = {}
-        for name, value in self.header_lines:
-            self.upstream.setdefault(name, []).append(value)
         self.response = None
         self.response_method = None
         self.logs = []
         self.pdk_calls = []
         self.shared_ctx = {}
+
+    @property
+    def upstream(self):
+        headers = {}
+        for name, value in self.header_lines:
+            headers.setdefault(name, []).append(value)
+        return headers
 
     def call(self, method, args):
         """Runs one PDK function as Kong would; PDKError for what Kong reports as an error."""
@@ -90,10 +96,10 @@ class Request:
         self._set_upstream(name, _header_values(name, value, allow_list=False))
 
     def add_header(self, name, value):
-        self.upstream.setdefault(name.lower(), []).extend(_header_values(name, value, allow_list=False))
+        self.header_lines += [(name.lower(), v) for v in _header_values(name, value, allow_list=False)]
 
     def clear_header(self, name):
-        self.upstream.pop(_header_name(name).lower(), None)
+        self._set_upstream(_header_name(name), [])
 
     def set_headers(self, headers):
         if not isinstance(headers, dict):
@@ -103,10 +109,9 @@ class Request:
             self._set_upstream(name, values)
 
     def _set_upstream(self, name, values):
-        if values:
-            self.upstream[name.lower()] = values
-        else:  # nginx: setting a header to an empty list removes it
-            self.upstream.pop(name.lower(), None)
+        """Replaces every line of ``name``; an empty list removes the header, as in nginx."""
+        name = name.lower()
+        self.header_lines = [line for line in self.header_lines if line[0] != name] + [(name, v) for v in values]
 
     # kong.response
     def exit(self, status, body=None, headers=None):
@@ -196,6 +201,22 @@ def round_trips(request):
     return 1 + sum(1 for method in request.pdk_calls if method not in TERMINAL_METHODS)
 
 
+class FailClosedRule:
+    """The deployment's global pre-function and post-function (kong.yml), as Kong runs them:
+    the first clears the client's customer id header before any plugin, the second answers 503
+    after all plugins when no plugin set it."""
+
+    def __init__(self, header="X-Customer-Id"):
+        self.header = header
+
+    def before(self, request):
+        request.clear_header(self.header)
+
+    def after(self, request):
+        if request.response is None and request.get_header(self.header) is None:
+            request.exit(503, {"message": "Authentication is temporarily unavailable"})
+
+
 class RPCError(Exception):
     """The plugin server answered an RPC with an error, or could not be reached."""
 
@@ -247,7 +268,7 @@ class Outcome:
 class KongStandIn:
     """Kong's bridge to one external plugin served on ``socket_path``."""
 
-    def __init__(self, socket_path, plugin_info, timeout=10.0, pool_size=64):
+    def __init__(self, socket_path, plugin_info, timeout=10.0, pool_size=64, fail_closed=None):
         self.socket_path = socket_path
         self.name = plugin_info["Name"]
         self.phases = plugin_info["Phases"]
@@ -260,6 +281,7 @@ class KongStandIn:
         self._plugins = {}  # plugin id -> config as Kong stores it
         self._instances = {}  # plugin id -> (instance id, __seq__)
         self._sequence = itertools.count(1)
+        self._fail_closed = fail_closed
         self.calls = 0
 
     @classmethod
@@ -335,6 +357,8 @@ class KongStandIn:
     # -- a request -----------------------------------------------------------------------------
     def handle(self, request, plugin_id="plugin", phase="access"):
         """Runs ``phase`` for ``request`` as Kong does and says what the client and upstream see."""
+        if self._fail_closed:
+            self._fail_closed.before(request)
         errors = []
         trips = 0
         for _attempt in range(2):
@@ -353,6 +377,8 @@ class KongStandIn:
                 if "no plugin instance" not in str(error).lower():
                     break  # Kong logs it and goes on to the upstream: it fails open
                 self._reset_instances()
+        if self._fail_closed:
+            self._fail_closed.after(request)
         if request.response is not None:
             status, body = request.response
             return Outcome(status, body, None, trips, errors)

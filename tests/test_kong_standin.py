@@ -97,3 +97,24 @@ def test_in_process_kong_answers_like_the_wire():
 def test_kong_keeps_at_most_100_header_lines_for_plugins():
     lines = [(f"x-{i}", "v") for i in range(150)]
     assert len(Request(lines).get_headers()) == 100
+
+
+def test_fail_closed_rule_answers_what_no_plugin_verified(tiny):
+    from kong_standin import FailClosedRule, Request
+
+    tiny.kong._fail_closed = FailClosedRule("x-config")
+    assert "x-config" in tiny.send([("x-config", "client")]).upstream  # the plugin set it
+    rejected = tiny.send([("x-action", "bad-header"), ("x-config", "client")])  # nothing set it
+    assert (rejected.status, rejected.upstream) == (503, None)
+    tiny.server.stop()
+    assert tiny.send([("x-config", "forged")]).status == 503
+
+
+def test_headers_set_by_a_plugin_are_what_later_plugins_read():
+    from kong_standin import Request
+
+    request = Request([("X-Customer-Id", "forged")])
+    request.set_headers({"x-customer-id": "verified", "a": []})
+    assert request.get_header("X-Customer-Id") == "verified"
+    request.clear_header("x-customer-id")
+    assert request.get_header("x-customer-id") is None and request.upstream == {}
