@@ -285,9 +285,9 @@ class KongStandIn:
         self.calls = 0
 
     @classmethod
-    def query(cls, query_cmd, socket_path, **options):
+    def query(cls, query_cmd, socket_path, env=None, **options):
         """Runs the plugin's query command as Kong does at start: all of stdout must be JSON."""
-        output = subprocess.run(query_cmd, check=True, capture_output=True, timeout=30).stdout
+        output = subprocess.run(query_cmd, check=True, capture_output=True, timeout=30, env=env).stdout
         return cls(socket_path, json.loads(output)[0], **options)
 
     def configure(self, plugin_id, config=None):

@@ -42,7 +42,10 @@ def _allow_server_user(directory):
 
 
 class ThrowawayPostgres:
-    def __init__(self):
+    def __init__(self, extra_options="", password=None):
+        """``password``: require it over TCP (scram-sha-256), as a real deployment does."""
+        self.extra_options = extra_options
+        self.password = password
         self.directory = pathlib.Path(tempfile.mkdtemp(prefix="customer-verification-pg-"))
         self.data = self.directory / "data"
         self.port = _free_port()
@@ -50,11 +53,19 @@ class ThrowawayPostgres:
         if os.geteuid() == 0:
             self._user = SERVER_USER
             _allow_server_user(self.directory)
-        self._run("initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "--encoding=UTF8", "--no-sync")
+        auth = ["--auth=trust"]
+        if password:
+            password_file = self.directory / "password"
+            password_file.write_text(password)
+            if self._user:
+                shutil.chown(password_file, self._user)
+            auth = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={password_file}"]
+        self._run("initdb", "-D", self.data, "-U", "postgres", *auth, "--encoding=UTF8", "--no-sync")
 
     @property
     def dsn(self):
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        credentials = f"postgres:{self.password}" if self.password else "postgres"
+        return f"postgresql://{credentials}@127.0.0.1:{self.port}/postgres"
 
     def _run(self, program, *args):
         subprocess.run([POSTGRES_BIN_PATH / program, *map(str, args)], check=True, user=self._user,
@@ -62,7 +73,7 @@ class ThrowawayPostgres:
 
     def start(self):
         options = (f"-h 127.0.0.1 -p {self.port} -k {self.directory} -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 " + self.extra_options)
         self._run("pg_ctl", "start", "-w", "-D", self.data, "-l", self.directory / "server.log", "-o", options)
         return self
 

@@ -1,0 +1,62 @@
+"""The two plugins benchmark.py compares customer_verification with, chosen by BENCHMARK_PLUGIN:
+
+- ``limit``: no work at all, but the same PDK calls as a verified request (read the headers,
+  set one upstream header): the most an external Python plugin can do.
+- ``connect-per-request``: the design of the original article, a new Postgres connection for
+  every request.
+"""
+import sys
+
+if __name__ == "__main__" and ("-g" in sys.argv or "--gevent" in sys.argv):
+    from gevent import monkey
+
+    monkey.patch_all()
+
+import os
+
+import psycopg2
+import psycopg2.extensions
+import psycopg2.extras
+
+import customer_signature as signature
+from customer_verification import Schema, pdk_value, priority, version
+
+
+class Limit:
+    def __init__(self, config):
+        self.config = config
+
+    def access(self, kong):
+        pdk_value(kong.request.get_headers())
+        pdk_value(kong.service.request.set_headers({"X-Customer-Id": "limit"}))
+
+
+class ConnectPerRequest:
+    def __init__(self, config):
+        self.config = config
+
+    def access(self, kong):
+        headers = pdk_value(kong.request.get_headers())
+        certificate_id = headers[signature.CERTIFICATE_ID_HEADER][0]
+        request_time = headers[signature.REQUEST_TIME_HEADER][0]
+        conn = psycopg2.connect(os.environ["DATABASE_URL"])
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT uuid::text, authentication->>'client_key' FROM customer WHERE certificate = %s",
+                               (certificate_id,))
+                customer_id, client_key = cursor.fetchone()
+        finally:
+            conn.close()
+        signature.verify(headers[signature.SIGNATURE_HEADER][0], certificate_id, request_time, [client_key])
+        pdk_value(kong.service.request.set_headers({"X-Customer-Id": customer_id}))
+
+
+PLUGINS = {"limit": Limit, "connect-per-request": ConnectPerRequest}
+
+if __name__ == "__main__":
+    from kong_pdk.cli import start_dedicated_server
+
+    if "-g" in sys.argv or "--gevent" in sys.argv:
+        psycopg2.extensions.set_wait_callback(psycopg2.extras.wait_select)  # cooperative, for fairness
+    start_dedicated_server("customer_verification", PLUGINS[os.environ["BENCHMARK_PLUGIN"]], version, priority,
+                           list(Schema))
