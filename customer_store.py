@@ -247,10 +247,16 @@ class CredentialCache:
         self._lock = threading.Lock()
 
     def get(self, certificate_id):
+        # A hit takes no lock: reading and reordering an OrderedDict are single, atomic
+        # operations under the GIL, and this is the path every verified request takes.
+        entry = self._entries.get(certificate_id)
+        if entry is not None and self._clock() < entry.fresh_until:
+            with contextlib.suppress(KeyError):  # evicted meanwhile: the entry is still valid
+                self._entries.move_to_end(certificate_id)
+            return entry.credential
         with self._lock:
             entry = self._entries.get(certificate_id)
             if entry is not None and self._clock() < entry.fresh_until:
-                self._entries.move_to_end(certificate_id)
                 return entry.credential
             flight = self._flights.get(certificate_id)
             leading = flight is None

@@ -50,12 +50,8 @@ Schema = (
 
 DEFAULTS = {name: spec["default"] for field in Schema for name, spec in field.items()}
 
-# The config fields naming the three signature headers, with what each header must hold.
-SIGNATURE_HEADERS = {
-    "certificate_id_header": signature.parse_certificate_id,
-    "request_time_header": signature.parse_request_time,
-    "signature_header": signature.parse_signature,
-}
+# The config fields naming the three signature headers.
+SIGNATURE_HEADERS = ("certificate_id_header", "request_time_header", "signature_header")
 
 
 class Rejection(Exception):
@@ -131,9 +127,10 @@ class Plugin:
 
     def authenticate(self, headers):
         """The customer id of a correctly signed request; Rejection otherwise."""
-        certificate_id, request_time, client_signature = (
-            self.read_header(headers, self.config[name], parse) for name, parse in SIGNATURE_HEADERS.items()
-        )
+        config = self.config
+        certificate_id = self.read_header(headers, config["certificate_id_header"], signature.parse_certificate_id)
+        request_time = self.read_header(headers, config["request_time_header"], signature.parse_request_time)
+        client_signature = self.read_header(headers, config["signature_header"], signature.parse_signature)
         now = time.time()
         try:
             signature.check_fresh(request_time, self.config["clock_skew"], now)

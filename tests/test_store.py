@@ -1,0 +1,183 @@
+"""The credential store and its cache against a real Postgres."""
+import concurrent.futures
+import threading
+import time
+
+import psycopg2
+import pytest
+
+from customer_store import Credential, CredentialCache, CustomerStore, Settings, StoreUnavailable
+
+
+@pytest.fixture
+def store(database_url):
+    store = CustomerStore(Settings(dsn=database_url, pool_size=3, timeout=1.0))
+    yield store
+    store.close()
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def cache_on(store, clock, **overrides):
+    options = {"ttl": 60, "negative_ttl": 5, "stale_ttl": 300, "max_entries": 100, **overrides}
+    return CredentialCache(store.fetch, clock=clock, **options)
+
+
+def test_fetch_reads_the_existing_table_layout(store, customers):
+    customer_id = customers.add("cert-1", "key-1")
+    assert store.fetch("cert-1") == Credential(customer_id, "key-1")
+    assert store.fetch("cert-unknown") is None
+
+
+def test_fetch_is_parameterized(store, customers):
+    customers.add("cert-1", "key-1")
+    assert store.fetch("cert-1' OR '1'='1") is None
+    assert store.fetch("%") is None
+
+
+def test_revoked_customers_and_customers_without_key_are_not_returned(store, customers):
+    customers.add("cert-r", "key", revoked_at=1)
+    customers.execute("INSERT INTO customer (certificate, authentication) VALUES ('cert-nokey', '{}')")
+    assert store.fetch("cert-r") is None and store.fetch("cert-nokey") is None
+
+
+def test_a_certificate_on_two_rows_is_refused(store, customers, caplog):
+    customers.execute("DROP INDEX customer_certificate_key")
+    try:
+        customers.add("cert-d", "key-1")
+        customers.add("cert-d", "key-2")
+        assert store.fetch("cert-d") is None
+        assert "belongs to 2 customers" in caplog.text
+    finally:
+        customers.execute("DELETE FROM customer WHERE certificate = 'cert-d'")
+        customers.execute("CREATE UNIQUE INDEX customer_certificate_key ON customer (certificate)")
+
+
+def test_a_locked_table_times_out_as_unavailable(store, customers):
+    customers.add("cert-1", "key-1")
+    locker = psycopg2.connect(customers.url)
+    try:
+        with locker.cursor() as cursor:
+            cursor.execute("LOCK TABLE customer IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(StoreUnavailable, match="lock timeout|statement timeout|canceling"):
+                store.fetch("cert-1")
+    finally:
+        locker.close()
+    assert store.fetch("cert-1").client_key == "key-1"
+
+
+def test_unreachable_database_is_unavailable_without_the_password():
+    store = CustomerStore(Settings(dsn="postgresql://u:hunter2@127.0.0.1:1/db", pool_size=1, timeout=1))
+    with pytest.raises(StoreUnavailable) as error:
+        store.fetch("cert-1")
+    assert "hunter2" not in str(error.value)
+
+
+def test_connections_are_bounded_by_the_pool(store, customers):
+    customers.add("cert-1", "key-1")
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        assert all(c.client_key == "key-1" for c in pool.map(lambda _: store.fetch("cert-1"), range(200)))
+    count = customers.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'customer_verification'")
+    assert count[0][0] <= 3
+
+
+def test_a_killed_connection_is_replaced_without_failing_the_lookup(store, customers):
+    customers.add("cert-1", "key-1")
+    store.fetch("cert-1")
+    customers.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'customer_verification'")
+    assert store.fetch("cert-1").client_key == "key-1"
+
+
+def test_cache_hits_do_not_query(store, customers):
+    customers.add("cert-1", "key-1")
+    clock = Clock()
+    cache = cache_on(store, clock)
+    for _ in range(10):
+        assert cache.get("cert-1").client_key == "key-1"
+    assert store.queries == 1
+    clock.now += 61
+    cache.get("cert-1")
+    assert store.queries == 2
+
+
+def test_unknown_certificates_are_cached_for_the_negative_ttl(store, customers):
+    clock = Clock()
+    cache = cache_on(store, clock)
+    assert cache.get("nobody") is None and cache.get("nobody") is None
+    assert store.queries == 1
+    clock.now += 6
+    cache.get("nobody")
+    assert store.queries == 2
+
+
+def test_concurrent_misses_for_one_certificate_make_one_query(store, customers):
+    customers.add("cert-1", "key-1")
+    cache = cache_on(store, Clock())
+    locker = psycopg2.connect(customers.url)
+    with locker.cursor() as cursor:
+        cursor.execute("LOCK TABLE customer IN ACCESS EXCLUSIVE MODE")  # the first miss waits; the rest queue on it
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:
+            results = [pool.submit(cache.get, "cert-1") for _ in range(20)]
+            time.sleep(0.2)
+            locker.rollback()
+            assert {future.result().client_key for future in results} == {"key-1"}
+    locker.close()
+    assert store.queries == 1
+
+
+def test_stale_window_serves_known_customers_while_the_store_fails(store, customers, table_gone):
+    customers.add("cert-1", "key-1")
+    clock = Clock()
+    cache = cache_on(store, clock, ttl=10, stale_ttl=100)
+    cache.get("cert-1")
+    clock.now += 50
+    with table_gone:
+        assert cache.get("cert-1").client_key == "key-1"
+        with pytest.raises(StoreUnavailable):
+            cache.get("cert-other")
+        clock.now += 100
+        with pytest.raises(StoreUnavailable):
+            cache.get("cert-1")
+    assert cache.get("cert-1").client_key == "key-1"
+
+
+def test_the_cache_is_bounded_and_evicts_the_least_recently_used(store, customers):
+    for i in range(5):
+        customers.add(f"cert-{i}", f"key-{i}")
+    cache = cache_on(store, Clock(), max_entries=3)
+    for i in range(3):
+        cache.get(f"cert-{i}")
+    cache.get("cert-0")  # recently used
+    cache.get("cert-3")
+    cache.get("cert-4")
+    assert len(cache) == 3
+    queries = store.queries
+    cache.get("cert-0")
+    assert store.queries == queries
+    cache.get("cert-1")
+    assert store.queries == queries + 1
+
+
+def test_a_lookup_that_raced_an_eviction_is_not_cached(store, customers):
+    customers.add("cert-1", "key-1")
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_fetch(certificate_id):
+        entered.set()
+        release.wait(5)
+        return store.fetch(certificate_id)
+
+    cache = CredentialCache(slow_fetch, 60, 5, 300, 100, clock=Clock())
+    worker = threading.Thread(target=cache.get, args=("cert-1",))
+    worker.start()
+    entered.wait(5)
+    cache.evict("cert-1")  # a change was announced while the lookup ran
+    release.set()
+    worker.join()
+    assert len(cache) == 0
