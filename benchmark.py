@@ -76,8 +76,7 @@ def run_scenario(dsn, scenario, mode, duration, concurrency, prefix):
         env["BENCHMARK_PLUGIN"] = benchmark_plugin
     server = PluginServer(ROOT / script, prefix, "customer_verification", MODES[mode], env=env).start()
     try:
-        info = KongStandIn.query(server.query_command, server.socket_path, env=server.env)
-        info = {"Name": info.name, "Phases": info.phases, "Schema": {"fields": []}}
+        info = KongStandIn.query(server.query_command, server.socket_path, env=server.env).info
         results = multiprocessing.Queue()
         start_at = time.time() + 2.0 + concurrency * 0.1
         warm_up = WARM_CUSTOMERS if kind != "cold" and not benchmark_plugin else 1

@@ -270,6 +270,7 @@ class KongStandIn:
 
     def __init__(self, socket_path, plugin_info, timeout=10.0, pool_size=64, fail_closed=None):
         self.socket_path = socket_path
+        self.info = plugin_info
         self.name = plugin_info["Name"]
         self.phases = plugin_info["Phases"]
         self._defaults = _schema_defaults(plugin_info["Schema"])

@@ -65,7 +65,7 @@ def main():
         server = PluginServer("customer_verification.py", prefix, "customer_verification", MODES[args.mode],
                               env={"DATABASE_URL": dsn, "CUSTOMER_VERIFICATION_POOL_SIZE": str(POOL_SIZE),
                                    "CUSTOMER_VERIFICATION_LOG_LEVEL": "WARNING"}).start()
-        info = {"Name": "customer_verification", "Phases": ["access"], "Schema": {"fields": []}}
+        info = KongStandIn.query(server.query_command, server.socket_path).info
         try:
             run = lambda first, count: _run(server, info, first, count, args.concurrency)  # noqa: E731
             run(0, WARM_CUSTOMERS)  # warm-up

@@ -146,14 +146,14 @@ class Gateway:
         self.server.stop()
 
 
-def start_gateway(script, name, flags=(), env=None, config=None, kong_timeout=10.0):
+def start_gateway(script, name, flags=(), env=None, config=None, kong_timeout=10.0, fail_closed=None):
     import shutil
 
     from kong_standin import KongStandIn, PluginServer
 
     directory = short_directory()
     server = PluginServer(script, directory, name, flags, env=env).start()
-    kong = KongStandIn.query(server.query_command, server.socket_path, timeout=kong_timeout)
+    kong = KongStandIn.query(server.query_command, server.socket_path, timeout=kong_timeout, fail_closed=fail_closed)
     kong.configure("plugin", config)
     gateway = Gateway(server, kong)
     gateway.directory = directory

@@ -34,12 +34,9 @@ def signed(certificate_id, client_key=None):
 
 
 def gateway_for(own_postgres, mode="gevent", config=None, timeout="2", fail_closed=False):
-    gateway = start_gateway(ROOT / "customer_verification.py", "customer_verification", SERVER_MODES[mode],
-                            env={"DATABASE_URL": own_postgres.dsn, "CUSTOMER_VERIFICATION_DB_TIMEOUT": timeout},
-                            config=config)
-    if fail_closed:
-        gateway.kong._fail_closed = FailClosedRule()
-    return gateway
+    return start_gateway(ROOT / "customer_verification.py", "customer_verification", SERVER_MODES[mode],
+                         env={"DATABASE_URL": own_postgres.dsn, "CUSTOMER_VERIFICATION_DB_TIMEOUT": timeout},
+                         config=config, fail_closed=FailClosedRule() if fail_closed else None)
 
 
 @pytest.mark.parametrize("mode", list(SERVER_MODES))
@@ -157,8 +154,7 @@ def test_kong_dropping_conversations_midway_does_not_stop_the_server(own_postgre
         assert gateway.send(signed("cached")).status == 200
         instance_id = next(iter(gateway.kong._instances.values()))[0]
         for _ in range(50):
-            dropping = KongStandIn(gateway.server.socket_path,
-                                   {"Name": "customer_verification", "Phases": ["access"], "Schema": {"fields": []}})
+            dropping = KongStandIn(gateway.server.socket_path, gateway.kong.info)
             step = dropping.call("plugin.HandleEvent", {"InstanceId": instance_id, "EventName": "access"})
             assert step["Data"]["Method"] == "kong.request.get_headers"
             dropping.close()  # and never answers

@@ -99,15 +99,18 @@ def test_kong_keeps_at_most_100_header_lines_for_plugins():
     assert len(Request(lines).get_headers()) == 100
 
 
-def test_fail_closed_rule_answers_what_no_plugin_verified(tiny):
-    from kong_standin import FailClosedRule, Request
+def test_fail_closed_rule_answers_what_no_plugin_verified():
+    from kong_standin import FailClosedRule
 
-    tiny.kong._fail_closed = FailClosedRule("x-config")
-    assert "x-config" in tiny.send([("x-config", "client")]).upstream  # the plugin set it
-    rejected = tiny.send([("x-action", "bad-header"), ("x-config", "client")])  # nothing set it
-    assert (rejected.status, rejected.upstream) == (503, None)
-    tiny.server.stop()
-    assert tiny.send([("x-config", "forged")]).status == 503
+    tiny = start_gateway(TINY, "tiny", ["-g", "--no-lua-style"], kong_timeout=2, fail_closed=FailClosedRule("x-config"))
+    try:
+        assert "x-config" in tiny.send([("x-config", "client")]).upstream  # the plugin set it
+        rejected = tiny.send([("x-action", "bad-header"), ("x-config", "client")])  # nothing set it
+        assert (rejected.status, rejected.upstream) == (503, None)
+        tiny.server.stop()
+        assert tiny.send([("x-config", "forged")]).status == 503
+    finally:
+        tiny.cleanup()
 
 
 def test_headers_set_by_a_plugin_are_what_later_plugins_read():

@@ -81,16 +81,29 @@ def test_exceptions_are_one_family():
         assert issubclass(error, signature.SignatureError)
 
 
-def test_auth_signs_each_request_for_requests_and_httpx_style_objects():
-    class Request:  # both libraries hand the auth callable an object with a headers mapping
-        def __init__(self):
-            self.headers = {}
+def assert_signed(headers):
+    expected = hashlib.sha256(f"cert-1|key-1|{headers['client-request-time']}".encode()).hexdigest()
+    assert headers["client-certificate-id"] == "cert-1"
+    assert headers["client-request-signature"] == expected
+
+
+def test_auth_signs_requests_made_with_requests():
+    import requests
 
     auth = signature.SignedRequestAuth("cert-1", "key-1")
-    request = auth(Request())
-    expected = hashlib.sha256(f"cert-1|key-1|{request.headers['client-request-time']}".encode()).hexdigest()
-    assert request.headers["client-request-signature"] == expected
+    prepared = requests.Request("GET", "http://gateway.invalid/echo", auth=auth).prepare()
+    assert_signed(prepared.headers)
     assert "key-1" not in repr(auth)
+
+
+def test_auth_signs_requests_made_with_httpx():
+    import httpx
+
+    seen = []
+    transport = httpx.MockTransport(lambda request: seen.append(request) or httpx.Response(200))
+    with httpx.Client(transport=transport, auth=signature.SignedRequestAuth("cert-1", "key-1")) as client:
+        client.get("http://gateway.invalid/echo")
+    assert_signed(seen[0].headers)
 
 
 def test_importable_without_kong_pdk():
