@@ -58,7 +58,6 @@ class Request:
         self.response_method = None
         self.logs = []
         self.pdk_calls = []
-        self.shared_ctx = {}
 
     @property
     def upstream(self):
@@ -127,13 +126,6 @@ class Request:
         self.response = (int(status), body)
         self.response_method = method
 
-    # kong.ctx.shared
-    def ctx_get(self, key):
-        return self.shared_ctx.get(key)
-
-    def ctx_set(self, key, value):
-        self.shared_ctx[key] = value
-
 
 _PDK = {
     "kong.request.get_headers": "get_headers",
@@ -144,8 +136,6 @@ _PDK = {
     "kong.service.request.set_headers": "set_headers",
     "kong.response.exit": "exit",
     "kong.response.error": "error",
-    "kong.ctx.shared.get": "ctx_get",
-    "kong.ctx.shared.set": "ctx_set",
 }
 
 

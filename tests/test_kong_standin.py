@@ -90,6 +90,8 @@ def test_in_process_kong_answers_like_the_wire():
     assert kong.request.get_headers() == ({"a": ["1", "2"]}, None)
     assert kong.request.get_header("A") == ("1", None)
     assert kong.service.request.set_header("x", {"bad": 1})[1]
+    assert kong.log.err("seen") == (None, None) and request.logs == [("err", ["seen"])]
+    assert kong.nginx.get_var("x")[1].startswith("could not find pdk method")  # not modeled: says so
     assert kong.response.exit(403, {"message": "no"}) is None  # returns at once, as kong-pdk does
     assert request.response == (403, '{"message": "no"}')
 
