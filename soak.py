@@ -11,10 +11,8 @@ import multiprocessing
 import sys
 import tempfile
 
-import psycopg2
-
 import customer_signature as signature
-from benchmark import MODES, WARM_CUSTOMERS, database, headers_for
+from benchmark import MODES, ROOT, WARM_CUSTOMERS, database, headers_for, query
 from kong_standin import KongStandIn, PluginServer, Request
 
 POOL_SIZE = 4
@@ -45,16 +43,6 @@ def work(socket_path, info, first, count, results):
     results.put(wrong)
 
 
-def connections(dsn):
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cursor:
-            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'customer_verification'")
-            return cursor.fetchone()[0]
-    finally:
-        conn.close()
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=50_000)
@@ -62,20 +50,19 @@ def main():
     parser.add_argument("--mode", choices=list(MODES), default="gevent")
     args = parser.parse_args()
     with database() as dsn, tempfile.TemporaryDirectory(prefix="cv-soak-") as prefix:
-        server = PluginServer("customer_verification.py", prefix, "customer_verification", MODES[args.mode],
+        server = PluginServer(ROOT / "customer_verification.py", prefix, "customer_verification", MODES[args.mode],
                               env={"DATABASE_URL": dsn, "CUSTOMER_VERIFICATION_POOL_SIZE": str(POOL_SIZE),
                                    "CUSTOMER_VERIFICATION_LOG_LEVEL": "WARNING"}).start()
         info = KongStandIn.query(server.query_command, server.socket_path).info
         try:
-            run = lambda first, count: _run(server, info, first, count, args.concurrency)  # noqa: E731
-            run(0, WARM_CUSTOMERS)  # warm-up
+            _run(server, info, 0, WARM_CUSTOMERS, args.concurrency)  # warm-up
             before = (server.threads(), server.rss_kib())
             half = args.requests // 2
-            wrong = run(WARM_CUSTOMERS, half)
+            wrong = _run(server, info, WARM_CUSTOMERS, half, args.concurrency)
             middle = server.rss_kib()
-            wrong += run(WARM_CUSTOMERS + half, args.requests - half)
+            wrong += _run(server, info, WARM_CUSTOMERS + half, args.requests - half, args.concurrency)
             after = (server.threads(), server.rss_kib())
-            pooled = connections(dsn)
+            pooled = query(dsn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'customer_verification'")
         finally:
             server.stop()
     print(f"requests: {args.requests} mixed, concurrency {args.concurrency}, mode {args.mode}")

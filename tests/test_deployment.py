@@ -87,7 +87,7 @@ def test_plugin_name_socket_and_commands_agree_everywhere():
 
 def test_paths_and_ports_agree_across_files():
     conf, services = kong_conf(), compose()["services"]
-    assert f"COPY kong.conf /etc/kong/kong.conf" in dockerfile()
+    assert "COPY kong.conf /etc/kong/kong.conf" in dockerfile()
     assert f"COPY kong.yml {conf['declarative_config']}" in dockerfile()
     assert conf["database"] == "off"
     assert services["kong"]["build"]["dockerfile"] == "Dockerfile-Kong"
@@ -137,7 +137,7 @@ def deployed_database(postgres):
     dsn, _ = postgres
     name = "cv_deploy_test"
     execute(dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    execute(dsn, f"DROP ROLE IF EXISTS customer_verification")
+    execute(dsn, "DROP ROLE IF EXISTS customer_verification")
     execute(dsn, f"CREATE DATABASE {name}")
     url = dsn_for_database(dsn, name)
     params = psycopg2.extensions.parse_dsn(url)
