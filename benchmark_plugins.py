@@ -47,7 +47,7 @@ class ConnectPerRequest:
                 customer_id, client_key = cursor.fetchone()
         finally:
             conn.close()
-        signature.verify(headers[signature.SIGNATURE_HEADER][0], certificate_id, request_time, [client_key])
+        signature.verify(signature.parse_signature(headers[signature.SIGNATURE_HEADER][0]), certificate_id, request_time, [client_key])
         pdk_value(kong.service.request.set_headers({"X-Customer-Id": customer_id}))
 
 

@@ -38,8 +38,11 @@ class BadSignature(SignatureError):
 
 
 def sign(certificate_id, client_key, request_time):
-    message = f"{certificate_id}|{client_key}|{request_time}"
-    return hashlib.sha256(message.encode("utf-8")).hexdigest()
+    return _digest(certificate_id, client_key, request_time).hex()
+
+
+def _digest(certificate_id, client_key, request_time):
+    return hashlib.sha256(f"{certificate_id}|{client_key}|{request_time}".encode("utf-8")).digest()
 
 
 def signed_headers(certificate_id, client_key, now=None):
@@ -64,9 +67,10 @@ def parse_request_time(text):
 
 
 def parse_signature(text):
+    """The SHA-256 digest the header carries as hex, in either case."""
     if not _SIGNATURE.fullmatch(text):
         raise MalformedSignature("signature must be 64 hexadecimal characters")
-    return text.lower()
+    return bytes.fromhex(text)
 
 
 def check_fresh(request_time, clock_skew, now=None):
@@ -79,13 +83,12 @@ def check_fresh(request_time, clock_skew, now=None):
 def verify(signature, certificate_id, request_time, client_keys):
     """Accept if ``signature`` was made with any of ``client_keys``.
 
-    ``signature`` is lower-case hex (see ``parse_signature``); ``request_time`` is the header
-    text as sent. Every key is compared, in constant time, so timing does not tell which matched.
+    ``signature`` is the digest ``parse_signature`` returns; ``request_time`` is the header text
+    as sent. Every key is compared, in constant time, so timing does not tell which matched.
     """
     matched = False
     for client_key in client_keys:
-        expected = sign(certificate_id, client_key, request_time)
-        matched |= hmac.compare_digest(expected, signature)
+        matched |= hmac.compare_digest(_digest(certificate_id, client_key, request_time), signature)
     if not matched:
         raise BadSignature("signature does not match")
 

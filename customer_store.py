@@ -251,8 +251,10 @@ class CredentialCache:
         # operations under the GIL, and this is the path every verified request takes.
         entry = self._entries.get(certificate_id)
         if entry is not None and self._clock() < entry.fresh_until:
-            with contextlib.suppress(KeyError):  # evicted meanwhile: the entry is still valid
+            try:
                 self._entries.move_to_end(certificate_id)
+            except KeyError:
+                pass  # evicted meanwhile: the entry is still valid
             return entry.credential
         with self._lock:
             entry = self._entries.get(certificate_id)
