@@ -1,14 +1,19 @@
 """Benchmark: the real plugin server driven through the Kong stand-in, against the limit.
 
-    python benchmark.py [--duration 5] [--concurrency 8] [--out benchmark-results]
+    python benchmark.py [--rounds 5] [--duration 4] [--window 0.5] [--concurrency 8] [--out benchmark-results]
 
 For each server mode (kong-pdk threads, gevent) it measures: (a) the limit, a no-op plugin making
 the same PDK calls; (b) this plugin with a warm cache; (c) a cold cache, every request a new
 certificate; (d) rejections (wrong signatures); (e) the connect-per-request reference. It prints a
-table (req/s, p50/p99 latency, round trips per request, database queries per 1,000 requests),
-and writes results.json and results.png to --out. Each figure is the median of --rounds
-interleaved runs. Kong's stand-in runs in separate processes, so
-the driver competes with the server for this machine's cores as nginx would.
+table (req/s, p50/p99 latency, round trips per request, database queries per 1,000 requests,
+plugin server CPU per request), and writes results.json and results.png to --out.
+
+In a round, every scenario's plugin server runs at once and --concurrency client processes
+(Kong's stand-in) take turns on them in a random order, --duration seconds per scenario in all:
+on a shared machine, a slow second then costs every scenario alike instead of one. A turn records
+--window seconds after an unrecorded ramp of a fifth of that, in which the previous scenario's
+last requests finish. Figures are medians over --rounds rounds. The clients compete with the servers for this machine's cores,
+as nginx would.
 """
 import argparse
 import contextlib
@@ -16,12 +21,13 @@ import json
 import multiprocessing
 import os
 import pathlib
-import shutil
+import random
 import statistics
 import tempfile
 import time
 
 import psycopg2
+import psycopg2.extensions
 
 import customer_signature as signature
 from kong_standin import KongStandIn, PluginServer, Request
@@ -37,7 +43,6 @@ SCENARIOS = {  # name: (plugin script, BENCHMARK_PLUGIN, requests)
     "rejections": ("customer_verification.py", None, "wrong"),
     "connect per request": ("benchmark_plugins.py", "connect-per-request", "warm"),
 }
-LOOKUP_QUERIES = "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE query LIKE '%FROM customer%WHERE certificate%'"
 
 
 def headers_for(kind, i, worker):
@@ -48,76 +53,140 @@ def headers_for(kind, i, worker):
     return signature.signed_headers(f"warm-{number}", "wrong" if kind == "wrong" else f"key-warm-{number}")
 
 
-def drive(socket_path, plugin_info, kind, warm_up, worker, start_at, duration, results):
-    kong = KongStandIn(socket_path, plugin_info)
-    kong.configure("bench")
-    for i in range(warm_up):  # fills this plugin instance's cache
-        kong.handle(Request(list(headers_for(kind, i, worker).items())), "bench")
-    latencies, trips, statuses = [], 0, {}
-    time.sleep(max(0.0, start_at - time.time()))
-    deadline, i = start_at + duration, WARM_CUSTOMERS
-    while time.time() < deadline:
-        lines = list(headers_for(kind, i, worker).items())
-        began = time.perf_counter()
-        outcome = kong.handle(Request(lines), "bench")
-        latencies.append(time.perf_counter() - began)
-        trips += outcome.round_trips
-        statuses[outcome.status] = statuses.get(outcome.status, 0) + 1
-        i += 1
-    kong.close()
-    results.put((latencies, trips, statuses))
+def drive(targets, worker, window, ramp, schedule, ready, start, results):
+    """One client process: warms every scenario's server, then takes turns on them as scheduled.
+    A turn is ``ramp`` seconds whose requests are not recorded (the previous scenario's last
+    requests finish meanwhile), then ``window`` seconds recorded."""
+    kongs = []
+    for _scenario, socket_path, plugin_info, kind, warm_up in targets:
+        kong = KongStandIn(socket_path, plugin_info)
+        kong.configure("bench")
+        for i in range(warm_up):  # fills this plugin instance's cache
+            kong.handle(Request(list(headers_for(kind, i, worker).items())), "bench")
+        kongs.append((kong, kind))
+    measured = [{"latencies": [], "round_trips": 0, "statuses": {}, "sent": 0} for _ in targets]
+    ready.put(worker)
+    start.wait()
+    start_at, i = start.start_at.value, WARM_CUSTOMERS
+    for number, turn in enumerate(schedule):
+        (kong, kind), part = kongs[turn], measured[turn]
+        begin = start_at + number * (ramp + window)
+        time.sleep(max(0.0, begin - time.time()))
+        while (now := time.time()) < begin + ramp + window:
+            lines = list(headers_for(kind, i, worker).items())
+            began = time.perf_counter()
+            outcome = kong.handle(Request(lines), "bench")
+            part["sent"] += 1
+            i += 1
+            if now >= begin + ramp:
+                part["latencies"].append(time.perf_counter() - began)
+                part["round_trips"] += outcome.round_trips
+                part["statuses"][outcome.status] = part["statuses"].get(outcome.status, 0) + 1
+    for kong, _kind in kongs:
+        kong.close()
+    results.put(measured)
 
 
-def run_scenario(dsn, scenario, mode, duration, concurrency, prefix):
-    script, benchmark_plugin, kind = SCENARIOS[scenario]
-    env = {"DATABASE_URL": dsn, "CUSTOMER_VERIFICATION_LOG_LEVEL": "WARNING",
-           "CUSTOMER_VERIFICATION_POOL_SIZE": "8"}
-    if benchmark_plugin:
-        env["BENCHMARK_PLUGIN"] = benchmark_plugin
-    server = PluginServer(ROOT / script, prefix, "customer_verification", MODES[mode], env=env).start()
+class _Start:
+    """The moment every client begins, set once all have warmed up."""
+
+    def __init__(self):
+        self._event = multiprocessing.Event()
+        self.start_at = multiprocessing.Value("d", 0.0)
+
+    def wait(self):
+        self._event.wait()
+
+    def set(self, start_at):
+        self.start_at.value = start_at
+        self._event.set()
+
+
+def run_round(dsns, scenarios, mode, duration, window, concurrency, root, seed):
+    """Every scenario's server up at once, the clients taking turns in short windows, so a slow
+    moment of a shared machine falls on every scenario alike."""
+    ramp = window / 5
+    turns = max(1, round(duration / window))
+    # Each cycle in a new random order, so no scenario always follows the same one (the database
+    # work of a cold cache or a connect per request would otherwise weigh on its successor).
+    rng = random.Random(seed)
+    schedule = [turn for _ in range(turns) for turn in rng.sample(range(len(scenarios)), len(scenarios))]
+    servers, targets = {}, []
     try:
-        info = KongStandIn.query(server.query_command, server.socket_path, env=server.env).info
-        results = multiprocessing.Queue()
-        start_at = time.time() + 2.0 + concurrency * 0.1
-        warm_up = WARM_CUSTOMERS if kind != "cold" and not benchmark_plugin else 1
-        workers = [multiprocessing.Process(target=drive, args=(server.socket_path, info, kind, warm_up, w, start_at,
-                                                               duration, results))
+        for scenario in scenarios:
+            script, benchmark_plugin, kind = SCENARIOS[scenario]
+            env = {"DATABASE_URL": dsns[scenario], "CUSTOMER_VERIFICATION_LOG_LEVEL": "WARNING",
+                   "CUSTOMER_VERIFICATION_POOL_SIZE": "8"}
+            if benchmark_plugin:
+                env["BENCHMARK_PLUGIN"] = benchmark_plugin
+            prefix = pathlib.Path(root) / scenario.replace(" ", "-")
+            prefix.mkdir()
+            server = servers[scenario] = PluginServer(ROOT / script, prefix, "customer_verification", MODES[mode],
+                                                      env=env).start()
+            info = KongStandIn.query(server.query_command, server.socket_path, env=server.env).info
+            warm_up = WARM_CUSTOMERS if kind != "cold" and not benchmark_plugin else 1
+            targets.append((scenario, server.socket_path, info, kind, warm_up))
+        ready, results, start = multiprocessing.Queue(), multiprocessing.Queue(), _Start()
+        workers = [multiprocessing.Process(target=drive, args=(targets, w, window, ramp, schedule, ready, start, results))
                    for w in range(concurrency)]
         for worker in workers:
             worker.start()
-        time.sleep(max(0.0, start_at - time.time()))
-        queries_before = query(dsn, LOOKUP_QUERIES)
-        collected = [results.get(timeout=duration + 120) for _ in workers]
-        queries = query(dsn, LOOKUP_QUERIES) - queries_before
+        for _ in workers:
+            ready.get(timeout=300)
+        queries_before = {scenario: lookups(dsns["admin"], dsns[scenario]) for scenario in scenarios}
+        cpu_before = {scenario: server.cpu_seconds() for scenario, server in servers.items()}
+        start.set(time.time() + 0.2)
+        collected = [results.get(timeout=len(schedule) * (ramp + window) + 120) for _ in workers]
         for worker in workers:
             worker.join()
-        threads = server.threads()
+        rows = []
+        for turn, scenario in enumerate(scenarios):
+            server = servers[scenario]
+            parts = [measured[turn] for measured in collected]
+            rows.append(_row(scenario, mode, parts, turns * window,
+                             lookups(dsns["admin"], dsns[scenario]) - queries_before[scenario],
+                             server.cpu_seconds() - cpu_before[scenario], server.threads()))
+            if not rows[-1]["requests"]:
+                raise RuntimeError(f"{scenario} / {mode}: no request finished; plugin server log:\n{server.log()}")
+        return rows
     finally:
-        server.stop()
-    latencies = sorted(latency for part in collected for latency in part[0])
-    requests = len(latencies)
-    if not requests:
-        raise RuntimeError(f"{scenario} / {mode}: no request finished; plugin server log:\n{server.log()}")
+        for server in servers.values():
+            server.stop()
+
+
+def _row(scenario, mode, parts, seconds, queries, cpu_seconds, threads):
+    """One scenario's figures; queries and CPU count every request sent, ramps included."""
+    latencies = sorted(latency for part in parts for latency in part["latencies"])
+    requests, sent = len(latencies), sum(part["sent"] for part in parts)
     statuses = {}
-    for part in collected:
-        for status, count in part[2].items():
+    for part in parts:
+        for status, count in part["statuses"].items():
             statuses[str(status)] = statuses.get(str(status), 0) + count
     return {
         "scenario": scenario, "mode": mode, "requests": requests,
-        "req_per_s": requests / duration,
-        "p50_ms": 1000 * latencies[requests // 2],
-        "p99_ms": 1000 * latencies[min(requests - 1, int(requests * 0.99))],
-        "round_trips": sum(part[1] for part in collected) / requests,
-        "queries_per_1000": 1000 * queries / requests,
+        "req_per_s": requests / seconds,
+        "p50_ms": 1000 * latencies[requests // 2] if requests else None,
+        "p99_ms": 1000 * latencies[min(requests - 1, int(requests * 0.99))] if requests else None,
+        "round_trips": sum(part["round_trips"] for part in parts) / max(requests, 1),
+        "queries_per_1000": 1000 * queries / max(sent, 1),
+        "server_cpu_us": 1e6 * cpu_seconds / max(sent, 1),
         "statuses": statuses, "server_threads_after": threads,
     }
 
 
-def query(dsn, sql):
+def lookups(admin_dsn, dsn):
+    """Credential lookups so far by the database role ``dsn`` connects as: each scenario has its
+    own, so its queries are told apart from the others' running in the same round."""
+    return query(admin_dsn, """SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid
+                                WHERE r.rolname = %s AND s.query LIKE '%%FROM customer%%WHERE certificate%%'""",
+                 (psycopg2.extensions.parse_dsn(dsn)["user"],))
+
+
+def query(dsn, sql, parameters=()):
     conn = psycopg2.connect(dsn)
     try:
         with conn.cursor() as cursor:
-            cursor.execute(sql)
+            cursor.execute(sql, parameters)
             return int(cursor.fetchone()[0])
     finally:
         conn.close()
@@ -125,15 +194,22 @@ def query(dsn, sql):
 
 @contextlib.contextmanager
 def database():
+    """A throwaway Postgres with the benchmark's customers; yields DSNs: "admin", and one per
+    scenario for a read-only login role of its own, as the deployment's plugin role."""
     from throwaway_postgres import ThrowawayPostgres
 
     # Password authentication, as in the deployment: it is what makes a connection expensive.
     with ThrowawayPostgres("-c shared_preload_libraries=pg_stat_statements", password="benchmark") as server:
+        dsns = {"admin": server.dsn}
         conn = psycopg2.connect(server.dsn)
         conn.autocommit = True
         with conn.cursor() as cursor:
             cursor.execute("CREATE EXTENSION pg_stat_statements")
             cursor.execute((ROOT / "customer_schema.sql").read_text())
+            for number, scenario in enumerate(SCENARIOS):
+                role = f"benchmark_{number}"
+                cursor.execute(f"CREATE ROLE {role} LOGIN PASSWORD %s IN ROLE customer_reader", (server.password,))
+                dsns[scenario] = psycopg2.extensions.make_dsn(server.dsn, user=role)
             cursor.execute("""INSERT INTO customer (certificate, authentication)
                               SELECT 'warm-' || n, jsonb_build_object('client_key', 'key-warm-' || n)
                                 FROM generate_series(0, %s - 1) n""", (WARM_CUSTOMERS,))
@@ -141,21 +217,23 @@ def database():
                               SELECT 'cold-' || n, jsonb_build_object('client_key', 'key-' || n)
                                 FROM generate_series(0, %s - 1) n""", (COLD_CUSTOMERS,))
         conn.close()
-        yield server.dsn
+        yield dsns
 
 
 def table(rows):
-    lines = ["| scenario | mode | req/s | p50 ms | p99 ms | round trips/req | DB queries/1000 req | statuses |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
+    lines = ["| scenario | mode | req/s | p50 ms | p99 ms | round trips/req | DB queries/1000 req "
+             "| server CPU µs/req | statuses |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         lines.append(f"| {r['scenario']} | {r['mode']} | {r['req_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
-                     f"| {r['round_trips']:.2f} | {r['queries_per_1000']:.1f} | {r['statuses']} |")
+                     f"| {r['round_trips']:.2f} | {r['queries_per_1000']:.1f} | {r['server_cpu_us']:.0f} "
+                     f"| {r['statuses']} |")
     return "\n".join(lines)
 
 
 def targets(rows, measured):
-    """The issue's targets; throughput ratios are medians of ratios within a round (runs of the
-    same round are minutes apart, not half an hour), which is steadier on a shared machine."""
+    """The issue's targets; ratios are medians of the ratios within each round, where the two
+    scenarios were measured in alternating windows of the same seconds."""
     by = {(r["scenario"], r["mode"]): r for r in rows}
     modes = sorted({r["mode"] for r in rows})
     fastest = max(modes, key=lambda mode: by[("warm cache", mode)]["req_per_s"])
@@ -203,35 +281,36 @@ def chart(rows, path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement (default: %(default)s)")
+    parser.add_argument("--duration", type=float, default=4.0,
+                        help="seconds each scenario is measured per round (default: %(default)s)")
+    parser.add_argument("--window", type=float, default=0.5,
+                        help="seconds of one turn before the clients move to the next scenario (default: %(default)s)")
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent requests (default: %(default)s)")
     parser.add_argument("--out", default="benchmark-results", help="directory for results.json and results.png")
     parser.add_argument("--modes", default=",".join(MODES), help="server modes to measure (default: %(default)s)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="scenarios to measure (default: all)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="measure every scenario this many times, interleaved, and keep the median (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="rounds, each with fresh servers; figures are medians over them (default: %(default)s)")
     args = parser.parse_args()
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     measured = {}
-    with database() as dsn:
-        # Interleaved rounds: a slow moment of this shared machine does not land on one scenario.
+    with database() as dsns:
         for round_number in range(1, args.rounds + 1):
             for mode in args.modes.split(","):
-                for scenario in args.scenarios.split(","):
-                    prefix = tempfile.mkdtemp(prefix="cv-bench-")
-                    try:
-                        row = run_scenario(dsn, scenario, mode, args.duration, args.concurrency, prefix)
-                    finally:
-                        shutil.rmtree(prefix, ignore_errors=True)
-                    measured.setdefault((scenario, mode), []).append(row)
-                    print(f"round {round_number}: {scenario} / {mode}: {row['req_per_s']:.0f} req/s", flush=True)
+                with tempfile.TemporaryDirectory(prefix="cv-bench-") as root:
+                    rows = run_round(dsns, args.scenarios.split(","), mode, args.duration, args.window,
+                                     args.concurrency, root, seed=round_number)
+                for row in rows:
+                    measured.setdefault((row["scenario"], mode), []).append(row)
+                print(f"round {round_number} / {mode}: "
+                      + ", ".join(f"{row['scenario']} {row['req_per_s']:.0f} req/s" for row in rows), flush=True)
     rows = [sorted(runs, key=lambda row: row["req_per_s"])[len(runs) // 2] for runs in measured.values()]
     complete = {r["scenario"] for r in rows} == set(SCENARIOS)
     summary = targets(rows, measured) if complete else ["(targets need every scenario)"]
     (out / "results.json").write_text(json.dumps({"rows": rows, "targets": summary, "cores": os.cpu_count(),
-                                                  "duration": args.duration, "concurrency": args.concurrency,
-                                                  "rounds": args.rounds}, indent=2))
+                                                  "duration": args.duration, "window": args.window,
+                                                  "concurrency": args.concurrency, "rounds": args.rounds}, indent=2))
     if complete:
         chart(rows, out / "results.png")
     print()

@@ -455,6 +455,12 @@ class PluginServer:
     def threads(self):
         return int(self._status("Threads"))
 
+    def cpu_seconds(self):
+        """User and system CPU the server has used so far."""
+        with open(f"/proc/{self.process.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()  # the command name may hold spaces
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss_kib(self):
         return int(self._status("VmRSS").split()[0])
 

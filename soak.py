@@ -49,9 +49,9 @@ def main():
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--mode", choices=list(MODES), default="gevent")
     args = parser.parse_args()
-    with database() as dsn, tempfile.TemporaryDirectory(prefix="cv-soak-") as prefix:
+    with database() as dsns, tempfile.TemporaryDirectory(prefix="cv-soak-") as prefix:
         server = PluginServer(ROOT / "customer_verification.py", prefix, "customer_verification", MODES[args.mode],
-                              env={"DATABASE_URL": dsn, "CUSTOMER_VERIFICATION_POOL_SIZE": str(POOL_SIZE),
+                              env={"DATABASE_URL": dsns["admin"], "CUSTOMER_VERIFICATION_POOL_SIZE": str(POOL_SIZE),
                                    "CUSTOMER_VERIFICATION_LOG_LEVEL": "WARNING"}).start()
         info = KongStandIn.query(server.query_command, server.socket_path).info
         try:
@@ -62,7 +62,7 @@ def main():
             middle = server.rss_kib()
             wrong += _run(server, info, WARM_CUSTOMERS + half, args.requests - half, args.concurrency)
             after = (server.threads(), server.rss_kib())
-            pooled = query(dsn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'customer_verification'")
+            pooled = query(dsns["admin"], "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'customer_verification'")
         finally:
             server.stop()
     print(f"requests: {args.requests} mixed, concurrency {args.concurrency}, mode {args.mode}")
