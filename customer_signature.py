@@ -6,19 +6,15 @@ A client sends three headers; the signature is the hex SHA-256 of
 """
 import hashlib
 import hmac
-import re
 import time
 
 CERTIFICATE_ID_HEADER = "client-certificate-id"
 REQUEST_TIME_HEADER = "client-request-time"
 SIGNATURE_HEADER = "client-request-signature"
 
-# Visible ASCII only: header values are Latin-1 on the wire, and a bound keeps hostile input
-# (huge, NUL, control characters) away from the database and the logs.
-_CERTIFICATE_ID = re.compile(r"[\x21-\x7e]{1,256}")
-# Twelve digits reach the year 33658: enough for any clock, too few to overflow anything.
-_REQUEST_TIME = re.compile(r"[0-9]{1,12}")
-_SIGNATURE = re.compile(r"[0-9a-fA-F]{64}")
+# Every request parses all three headers, so these use str methods, a fraction of a regex's cost.
+MAX_CERTIFICATE_ID = 256
+MAX_REQUEST_TIME_DIGITS = 12  # the year 33658: enough for any clock, too few to overflow anything
 
 
 class SignatureError(Exception):
@@ -55,22 +51,29 @@ def signed_headers(certificate_id, client_key, now=None):
 
 
 def parse_certificate_id(text):
-    if not _CERTIFICATE_ID.fullmatch(text):
-        raise MalformedSignature("certificate id must be 1 to 256 visible ASCII characters")
+    # Visible ASCII only (printable ASCII is 0x20-0x7e, then no space): header values are Latin-1
+    # on the wire, and a bound keeps hostile input away from the database and the logs.
+    if not (0 < len(text) <= MAX_CERTIFICATE_ID and text.isascii() and text.isprintable() and " " not in text):
+        raise MalformedSignature(f"certificate id must be 1 to {MAX_CERTIFICATE_ID} visible ASCII characters")
     return text
 
 
 def parse_request_time(text):
-    if not _REQUEST_TIME.fullmatch(text):
+    if not (0 < len(text) <= MAX_REQUEST_TIME_DIGITS and text.isascii() and text.isdigit()):
         raise MalformedSignature("request time must be Unix epoch seconds")
     return text  # kept as sent: the signature covers the text, not the number
 
 
 def parse_signature(text):
     """The SHA-256 digest the header carries as hex, in either case."""
-    if not _SIGNATURE.fullmatch(text):
+    try:
+        # fromhex skips spaces, so 64 characters give 32 bytes only if all are hex digits.
+        digest = bytes.fromhex(text) if len(text) == 64 else b""
+    except ValueError:
+        digest = b""
+    if len(digest) != 32:
         raise MalformedSignature("signature must be 64 hexadecimal characters")
-    return bytes.fromhex(text)
+    return digest
 
 
 def check_fresh(request_time, clock_skew, now=None):

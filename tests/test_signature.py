@@ -1,6 +1,9 @@
 import hashlib
+import re
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 import customer_signature as signature
 
@@ -68,6 +71,33 @@ def test_malformed_signatures(text):
 def test_malformed_certificate_ids(text):
     with pytest.raises(signature.MalformedSignature):
         signature.parse_certificate_id(text)
+
+
+# The header grammar as regular expressions: the parsers use str methods for speed and must
+# accept exactly these.
+GRAMMAR = {
+    signature.parse_certificate_id: re.compile(r"[\x21-\x7e]{1,256}"),
+    signature.parse_request_time: re.compile(r"[0-9]{1,12}"),
+    signature.parse_signature: re.compile(r"[0-9a-fA-F]{64}"),
+}
+HEADER_TEXT = st.one_of(st.text(max_size=300), st.text(alphabet="0123456789abcdefABCDEF \t\n", min_size=60, max_size=66),
+                        st.text(alphabet="0123456789٣１ +-", max_size=14), st.text(st.characters(max_codepoint=0xff)))
+
+
+@given(text=HEADER_TEXT)
+@example(text="a" * 62 + "  ")
+@example(text="ab " * 21 + "a")
+@example(text="ab " + "ab" * 31)
+@example(text="x" * 256)
+@example(text="9" * 12)
+def test_parsers_accept_exactly_the_grammar(text):
+    for parse, grammar in GRAMMAR.items():
+        try:
+            parse(text)
+            accepted = True
+        except signature.MalformedSignature:
+            accepted = False
+        assert accepted == bool(grammar.fullmatch(text)), (parse.__name__, text)
 
 
 def test_clock_skew_both_directions():
