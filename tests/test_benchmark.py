@@ -1,0 +1,34 @@
+"""benchmark.py end to end, briefly: every scenario answers as it should, with the round trips
+and database lookups the issue's targets are about. Speeds are measured by the script, never
+asserted here. It starts its own Postgres (it needs pg_stat_statements preloaded and creates roles),
+as the fault tests do."""
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT))
+import benchmark  # noqa: E402
+
+
+def test_benchmark_measures_every_scenario_and_tells_their_lookups_apart(tmp_path):
+    subprocess.run([sys.executable, "benchmark.py", "--rounds", "1", "--duration", "0.6", "--window", "0.2",
+                    "--concurrency", "2", "--modes", "gevent", "--out", str(tmp_path)],
+                   cwd=ROOT, check=True, capture_output=True, timeout=280)
+    results = json.loads((tmp_path / "results.json").read_text())
+    rows = {row["scenario"]: row for row in results["rows"]}
+    assert set(rows) == set(benchmark.SCENARIOS)
+    for scenario, status in [("limit", "200"), ("warm cache", "200"), ("cold cache", "200"),
+                             ("rejections", "403"), ("connect per request", "200")]:
+        assert rows[scenario]["requests"] > 0
+        assert rows[scenario]["statuses"] == {status: rows[scenario]["requests"]}, scenario
+        assert rows[scenario]["server_threads_after"] == 1, scenario  # gevent: no thread per request
+    assert rows["warm cache"]["round_trips"] == 3 and rows["rejections"]["round_trips"] == 2
+    # Lookups are counted per scenario although all ran in the same seconds on one database.
+    assert rows["limit"]["queries_per_1000"] == rows["warm cache"]["queries_per_1000"] == 0
+    assert rows["rejections"]["queries_per_1000"] == 0
+    assert rows["connect per request"]["queries_per_1000"] == 1000
+    assert rows["cold cache"]["queries_per_1000"] > 900  # the two clients' certificates rarely meet
+    assert any(line.startswith("warm cache / limit") for line in results["targets"])
+    assert (tmp_path / "results.png").stat().st_size > 0
