@@ -58,7 +58,7 @@ def drive(targets, worker, window, ramp, schedule, ready, start, results):
     A turn is ``ramp`` seconds whose requests are not recorded (the previous scenario's last
     requests finish meanwhile), then ``window`` seconds recorded."""
     kongs = []
-    for _scenario, socket_path, plugin_info, kind, warm_up in targets:
+    for socket_path, plugin_info, kind, warm_up in targets:
         kong = KongStandIn(socket_path, plugin_info)
         kong.configure("bench")
         for i in range(warm_up):  # fills this plugin instance's cache
@@ -125,7 +125,7 @@ def run_round(dsns, scenarios, mode, duration, window, concurrency, root, seed):
                                                       env=env).start()
             info = KongStandIn.query(server.query_command, server.socket_path, env=server.env).info
             warm_up = WARM_CUSTOMERS if kind != "cold" and not benchmark_plugin else 1
-            targets.append((scenario, server.socket_path, info, kind, warm_up))
+            targets.append((server.socket_path, info, kind, warm_up))
         ready, results, start = multiprocessing.Queue(), multiprocessing.Queue(), _Start()
         workers = [multiprocessing.Process(target=drive, args=(targets, w, window, ramp, schedule, ready, start, results))
                    for w in range(concurrency)]
