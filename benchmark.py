@@ -302,6 +302,7 @@ def main():
                     rows = run_round(dsns, args.scenarios.split(","), mode, args.duration, args.window,
                                      args.concurrency, root, seed=round_number)
                 for row in rows:
+                    row["round"] = round_number
                     measured.setdefault((row["scenario"], mode), []).append(row)
                 print(f"round {round_number} / {mode}: "
                       + ", ".join(f"{row['scenario']} {row['req_per_s']:.0f} req/s" for row in rows), flush=True)
@@ -310,7 +311,9 @@ def main():
     summary = targets(rows, measured) if complete else ["(targets need every scenario)"]
     (out / "results.json").write_text(json.dumps({"rows": rows, "targets": summary, "cores": os.cpu_count(),
                                                   "duration": args.duration, "window": args.window,
-                                                  "concurrency": args.concurrency, "rounds": args.rounds}, indent=2))
+                                                  "concurrency": args.concurrency, "rounds": args.rounds,
+                                                  "every_round": [row for runs in measured.values() for row in runs]},
+                                                 indent=2))
     if complete:
         chart(rows, out / "results.png")
     print()
