@@ -98,9 +98,9 @@ def verify(signature, certificate_id, request_time, client_keys):
 
 
 # A client signs all its requests of one second alike, so a busy client repeats certificate, key
-# and time many times: hashing them once, not per request, is the largest saving left on the
-# verified path (the benchmark in README). The key is part of what is remembered, so a rotated
-# or revoked key cannot match from here, and the bound keeps attackers from growing it.
+# and time many times: hashing them once, not per request, saves the largest piece of the
+# verified path's work inside the plugin server. The key is part of what is remembered, so a
+# rotated or revoked key cannot match from here, and the bound keeps attackers from growing it.
 _expected_digest = functools.lru_cache(maxsize=8192)(_digest)
 
 
