@@ -143,11 +143,11 @@ def run_round(dsns, scenarios, mode, duration, window, concurrency, root, seed):
         for turn, scenario in enumerate(scenarios):
             server = servers[scenario]
             parts = [measured[turn] for measured in collected]
+            if not any(part["latencies"] for part in parts):
+                raise RuntimeError(f"{scenario} / {mode}: no request finished; plugin server log:\n{server.log()}")
             rows.append(_row(scenario, mode, parts, turns * window,
                              lookups(dsns["admin"], dsns[scenario]) - queries_before[scenario],
                              server.cpu_seconds() - cpu_before[scenario], server.threads()))
-            if not rows[-1]["requests"]:
-                raise RuntimeError(f"{scenario} / {mode}: no request finished; plugin server log:\n{server.log()}")
         return rows
     finally:
         for server in servers.values():
@@ -165,11 +165,11 @@ def _row(scenario, mode, parts, seconds, queries, cpu_seconds, threads):
     return {
         "scenario": scenario, "mode": mode, "requests": requests,
         "req_per_s": requests / seconds,
-        "p50_ms": 1000 * latencies[requests // 2] if requests else None,
-        "p99_ms": 1000 * latencies[min(requests - 1, int(requests * 0.99))] if requests else None,
-        "round_trips": sum(part["round_trips"] for part in parts) / max(requests, 1),
-        "queries_per_1000": 1000 * queries / max(sent, 1),
-        "server_cpu_us": 1e6 * cpu_seconds / max(sent, 1),
+        "p50_ms": 1000 * latencies[requests // 2],
+        "p99_ms": 1000 * latencies[min(requests - 1, int(requests * 0.99))],
+        "round_trips": sum(part["round_trips"] for part in parts) / requests,
+        "queries_per_1000": 1000 * queries / sent,
+        "server_cpu_us": 1e6 * cpu_seconds / sent,
         "statuses": statuses, "server_threads_after": threads,
     }
 
