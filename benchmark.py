@@ -45,15 +45,16 @@ SCENARIOS = {  # name: (plugin script, BENCHMARK_PLUGIN, requests)
 }
 
 
-def headers_for(kind, i, worker):
+def headers_for(kind, i, worker, workers=1):
     if kind == "cold":
-        number = (worker * 1_000_003 + i) % COLD_CUSTOMERS
+        # Workers share the server's cache: interleaved, no two requests name one certificate.
+        number = (i * workers + worker) % COLD_CUSTOMERS
         return signature.signed_headers(f"cold-{number}", f"key-{number}")
     number = (worker * 7 + i) % WARM_CUSTOMERS
     return signature.signed_headers(f"warm-{number}", "wrong" if kind == "wrong" else f"key-warm-{number}")
 
 
-def drive(targets, worker, window, ramp, schedule, ready, start, results):
+def drive(targets, worker, workers, window, ramp, schedule, ready, start, results):
     """One client process: warms every scenario's server, then takes turns on them as scheduled.
     A turn is ``ramp`` seconds whose requests are not recorded (the previous scenario's last
     requests finish meanwhile), then ``window`` seconds recorded."""
@@ -62,7 +63,7 @@ def drive(targets, worker, window, ramp, schedule, ready, start, results):
         kong = KongStandIn(socket_path, plugin_info)
         kong.configure("bench")
         for i in range(warm_up):  # fills this plugin instance's cache
-            kong.handle(Request(list(headers_for(kind, i, worker).items())), "bench")
+            kong.handle(Request(list(headers_for(kind, i, worker, workers).items())), "bench")
         kongs.append((kong, kind))
     measured = [{"latencies": [], "round_trips": 0, "statuses": {}, "sent": 0} for _ in targets]
     ready.put(worker)
@@ -73,7 +74,7 @@ def drive(targets, worker, window, ramp, schedule, ready, start, results):
         begin = start_at + number * (ramp + window)
         time.sleep(max(0.0, begin - time.time()))
         while (now := time.time()) < begin + ramp + window:
-            lines = list(headers_for(kind, i, worker).items())
+            lines = list(headers_for(kind, i, worker, workers).items())
             began = time.perf_counter()
             outcome = kong.handle(Request(lines), "bench")
             part["sent"] += 1
@@ -127,7 +128,7 @@ def run_round(dsns, scenarios, mode, duration, window, concurrency, root, seed):
             warm_up = WARM_CUSTOMERS if kind != "cold" and not benchmark_plugin else 1
             targets.append((server.socket_path, info, kind, warm_up))
         ready, results, start = multiprocessing.Queue(), multiprocessing.Queue(), _Start()
-        workers = [multiprocessing.Process(target=drive, args=(targets, w, window, ramp, schedule, ready, start, results))
+        workers = [multiprocessing.Process(target=drive, args=(targets, w, concurrency, window, ramp, schedule, ready, start, results))
                    for w in range(concurrency)]
         for worker in workers:
             worker.start()

@@ -9,6 +9,7 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import select
 import threading
@@ -49,9 +50,16 @@ class Credential:
     def keys_valid_at(self, now):
         """The keys a signature may be made with at ``now``: during a rotation's grace period
         the previous key still counts, so clients can roll over without downtime."""
-        if self.previous_client_key and self.previous_key_expires_at and now < self.previous_key_expires_at:
+        if self._in_grace_period(now):
             return (self.client_key, self.previous_client_key)
         return (self.client_key,)
+
+    def keys_valid_until(self, now):
+        """When ``keys_valid_at(now)`` stops being the answer: the end of a grace period."""
+        return self.previous_key_expires_at if self._in_grace_period(now) else math.inf
+
+    def _in_grace_period(self, now):
+        return bool(self.previous_client_key and self.previous_key_expires_at and now < self.previous_key_expires_at)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,6 +234,45 @@ class _Flight:
         self.error = None
 
 
+class VerifiedRequests:
+    """Signed requests accepted lately, by their three header values as sent
+    (certificate id, request time, signature).
+
+    A client signs all its requests of one second alike, so a busy client sends the same values
+    many times. A repeat is accepted here with a lookup instead of parsing, a credential lookup
+    and a hash: about half of the plugin's own work inside a loaded server. It counts only while
+    its time is within the clock skew, while the cache holds the very credential it was verified
+    with and holds it fresh (a changed, revoked, evicted or expired one is another object or
+    none), and while the keys it was checked against are all still valid. Only verified requests
+    get in, so nobody can fill it without a key; beyond ``max_entries`` the oldest leave first.
+    """
+
+    def __init__(self, cache, max_entries):
+        self._cache = cache
+        self._max_entries = max_entries
+        self._entries = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def recall(self, signed, now, clock_skew):
+        """The customer id ``signed`` was verified for, if that still holds; else None."""
+        remembered = self._entries.get(signed)
+        if remembered is None:
+            return None
+        credential, request_time, valid_until = remembered
+        if abs(now - request_time) <= clock_skew and now < valid_until and self._cache.fresh(signed[0]) is credential:
+            return credential.customer_id
+        return None
+
+    def remember(self, signed, credential, request_time, now):
+        with self._lock:
+            self._entries[signed] = (credential, request_time, credential.keys_valid_until(now))
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+
+    def __len__(self):
+        return len(self._entries)
+
+
 class CredentialCache:
     """Credentials by certificate id, bounded, with one lookup per certificate in flight.
 
@@ -245,6 +292,7 @@ class CredentialCache:
         self._flights = {}
         self._generation = 0  # bumped by every eviction, so a lookup older than it is not stored
         self._lock = threading.Lock()
+        self.verified = VerifiedRequests(self, max_entries)
 
     def get(self, certificate_id):
         # A hit takes no lock: reading and reordering an OrderedDict are single, atomic
@@ -276,6 +324,13 @@ class CredentialCache:
                         flight.error, entry.credential.customer_id)
             return entry.credential
         raise flight.error
+
+    def fresh(self, certificate_id):
+        """The cached credential while it is fresh, else None; never asks the store."""
+        entry = self._entries.get(certificate_id)
+        if entry is not None and self._clock() < entry.fresh_until:
+            return entry.credential
+        return None
 
     def _lead(self, certificate_id, flight, generation):
         try:
@@ -380,7 +435,7 @@ class Credentials:
 
     def __init__(self, settings):
         self.store = CustomerStore(settings)
-        self._caches = weakref.WeakSet()
+        self._caches = weakref.WeakValueDictionary()  # settings -> CredentialCache
         self._caches_lock = threading.Lock()
         self.listener = ChangeListener(settings, self._evict)
 
@@ -393,14 +448,19 @@ class Credentials:
             return cls._shared
 
     def cache(self, ttl, negative_ttl, stale_ttl, max_entries):
-        cache = CredentialCache(self.store.fetch, ttl, negative_ttl, stale_ttl, max_entries)
+        """The cache for these settings, shared by every plugin instance that has them: Kong
+        starts an instance per plugin entity in each of its workers, and a certificate should
+        cost one lookup per TTL, not one per instance."""
+        settings = (ttl, negative_ttl, stale_ttl, max_entries)
         with self._caches_lock:
-            self._caches.add(cache)
+            cache = self._caches.get(settings)
+            if cache is None:
+                cache = self._caches[settings] = CredentialCache(self.store.fetch, *settings)
         return cache
 
     def _evict(self, certificate_id):
         with self._caches_lock:
-            caches = list(self._caches)
+            caches = list(self._caches.values())
         for cache in caches:
             cache.evict(certificate_id)
 

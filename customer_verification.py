@@ -128,12 +128,22 @@ class Plugin:
     def authenticate(self, headers):
         """The customer id of a correctly signed request; Rejection otherwise."""
         config = self.config
-        certificate_id = self.read_header(headers, config["certificate_id_header"], signature.parse_certificate_id)
-        request_time = self.read_header(headers, config["request_time_header"], signature.parse_request_time)
-        client_signature = self.read_header(headers, config["signature_header"], signature.parse_signature)
+        signed = (self.read_header(headers, config["certificate_id_header"]),
+                  self.read_header(headers, config["request_time_header"]),
+                  self.read_header(headers, config["signature_header"]))
         now = time.time()
+        customer_id = self.credentials.verified.recall(signed, now, config["clock_skew"])
+        if customer_id is None:
+            customer_id = self.verify(signed, now)
+        return customer_id
+
+    def verify(self, signed, now):
+        config = self.config
+        certificate_id = self.parse(signed[0], config["certificate_id_header"], signature.parse_certificate_id)
+        request_time = self.parse(signed[1], config["request_time_header"], signature.parse_request_time)
+        client_signature = self.parse(signed[2], config["signature_header"], signature.parse_signature)
         try:
-            signature.check_fresh(request_time, self.config["clock_skew"], now)
+            signature.check_fresh(request_time, config["clock_skew"], now)
         except signature.SignatureExpired as error:
             raise unverified(f"certificate {certificate_id!r}: {error}") from None
         try:
@@ -146,10 +156,12 @@ class Plugin:
             signature.verify(client_signature, certificate_id, request_time, credential.keys_valid_at(now))
         except signature.BadSignature:
             raise unverified(f"certificate {certificate_id!r}: signature does not match") from None
+        self.credentials.verified.remember(signed, credential, int(request_time), now)
         return credential.customer_id
 
     @staticmethod
-    def read_header(headers, name, parse):
+    def read_header(headers, name):
+        """The header's one value, as sent."""
         values = headers.get(name)
         if not values:
             raise missing(name)
@@ -159,8 +171,12 @@ class Plugin:
             raise repeated(name)
         if not isinstance(values[0], str) or not values[0]:
             raise missing(name)
+        return values[0]
+
+    @staticmethod
+    def parse(value, name, parse):
         try:
-            return parse(values[0])
+            return parse(value)
         except signature.MalformedSignature as error:
             raise malformed(name, error) from None
 
