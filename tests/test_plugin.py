@@ -143,6 +143,35 @@ def test_unverified_requests_get_one_identical_403(plugin, customer_id, case, lu
     assert round_trips(request) == 2
 
 
+def test_a_repeated_request_is_recalled_not_hashed_again(plugin, customer_id, monkeypatch):
+    lines = signed()
+    hashed = []
+    digest = signature._digest
+    monkeypatch.setattr(signature, "_digest", lambda *args: hashed.append(args) or digest(*args))
+    for _ in range(3):
+        assert run(plugin, lines).upstream["x-customer-id"] == [customer_id]
+    assert len(hashed) == 1
+    # The same certificate and time with another signature is checked in full, and refused.
+    assert answer(run(plugin, replaced(lines, signature.SIGNATURE_HEADER, "ab" * 32)))[0] == 403
+    assert len(hashed) == 2
+
+
+def test_a_recalled_request_is_refused_once_the_key_changes(plugin, customers, customer_id):
+    lines = signed()
+    assert run(plugin, lines).response is None
+    customers.set_authentication("cert-1", client_key="another-key")
+    plugin.credentials.evict("cert-1")  # what the change listener does on the notification
+    assert answer(run(plugin, lines))[0] == 403
+
+
+def test_a_recalled_request_is_refused_once_its_time_leaves_the_clock_skew(plugin, customer_id, monkeypatch):
+    lines = signed()
+    assert run(plugin, lines).response is None
+    later = time.time() + DEFAULTS["clock_skew"] + 2
+    monkeypatch.setattr(time, "time", lambda: later)
+    assert answer(run(plugin, lines))[0] == 403
+
+
 def test_reasons_go_to_the_log_and_secrets_do_not(plugin, customer_id, caplog):
     caplog.set_level(logging.DEBUG, logger="customer_verification")
     lines = {case: UNVERIFIED[case]() for case in UNVERIFIED}

@@ -181,3 +181,56 @@ def test_a_lookup_that_raced_an_eviction_is_not_cached(store, customers):
     release.set()
     worker.join()
     assert len(cache) == 0
+
+
+SIGNED = ("cert-1", "1700000000", "ab" * 32)  # a request's three header values, as sent
+AT = 1700000000
+
+
+def test_a_verified_request_is_recalled_only_while_its_very_credential_is_fresh(store, customers):
+    customer_id = customers.add("cert-1", "key-1")
+    clock = Clock()
+    cache = cache_on(store, clock)
+    cache.verified.remember(SIGNED, cache.get("cert-1"), AT, now=AT)
+    assert cache.verified.recall(SIGNED, AT, clock_skew=300) == customer_id
+    assert cache.verified.recall(("cert-1", "1700000000", "cd" * 32), AT, 300) is None
+    assert cache.verified.recall(SIGNED, AT + 301, 300) is None and cache.verified.recall(SIGNED, AT - 301, 300) is None
+    assert cache.verified.recall(SIGNED, AT + 301, 600) == customer_id  # the skew is the caller's
+    cache.evict("cert-1")  # a change was announced
+    assert cache.verified.recall(SIGNED, AT, 300) is None
+    cache.get("cert-1")  # fetched again: an equal credential, but not the one verified
+    assert cache.verified.recall(SIGNED, AT, 300) is None
+    cache.verified.remember(SIGNED, cache.get("cert-1"), AT, now=AT)
+    clock.now += 61  # past the TTL, the credential must be looked up again first
+    assert cache.verified.recall(SIGNED, AT, 300) is None
+    assert store.queries == 2  # recalling never asks the store
+
+
+def test_a_request_verified_during_a_grace_period_is_recalled_only_until_it_ends(store, customers):
+    customer_id = customers.add("cert-1", "new-key", previous_client_key="old-key", previous_key_expires_at=AT + 60)
+    cache = cache_on(store, Clock())
+    cache.verified.remember(SIGNED, cache.get("cert-1"), AT, now=AT)
+    assert cache.verified.recall(SIGNED, AT + 59, 300) == customer_id
+    assert cache.verified.recall(SIGNED, AT + 60, 300) is None
+
+
+def test_verified_requests_are_bounded_and_the_oldest_leave_first(store, customers):
+    customer_id = customers.add("cert-1", "key-1")
+    cache = cache_on(store, Clock(), max_entries=2)
+    requests = [("cert-1", str(AT + i), "ab" * 32) for i in range(3)]
+    for i, signed in enumerate(requests):
+        cache.verified.remember(signed, cache.get("cert-1"), AT + i, now=AT)
+    assert len(cache.verified) == 2
+    assert cache.verified.recall(requests[0], AT, 300) is None
+    assert cache.verified.recall(requests[2], AT, 300) == customer_id
+
+
+def test_plugin_instances_with_the_same_cache_settings_share_one_cache(database_url):
+    from customer_store import Credentials
+
+    credentials = Credentials(Settings(dsn=database_url, pool_size=1, timeout=1.0))
+    try:
+        one, same = credentials.cache(60, 5, 300, 100), credentials.cache(60, 5, 300, 100)
+        assert one is same and credentials.cache(30, 5, 300, 100) is not one
+    finally:
+        credentials.close()
