@@ -240,11 +240,11 @@ class VerifiedRequests:
 
     A client signs all its requests of one second alike, so a busy client sends the same values
     many times. A repeat is accepted here with a lookup instead of parsing, a credential lookup
-    and a hash: about half of the plugin's own work inside a loaded server. It counts only while
-    its time is within the clock skew, while the cache holds the very credential it was verified
-    with and holds it fresh (a changed, revoked, evicted or expired one is another object or
-    none), and while the keys it was checked against are all still valid. Only verified requests
-    get in, so nobody can fill it without a key; beyond ``max_entries`` the oldest leave first.
+    and a hash. It counts only while its time is within the clock skew, while the cache holds
+    the very credential it was verified with and holds it fresh (a changed, revoked, evicted or
+    expired one is another object or none), and, if a rotated-out key was still valid then,
+    until that key's grace period ends. Only verified requests get in, so nobody can fill it
+    without a key; beyond ``max_entries`` the oldest leave first.
     """
 
     def __init__(self, cache, max_entries):

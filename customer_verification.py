@@ -138,6 +138,7 @@ class Plugin:
         return customer_id
 
     def verify(self, signed, now):
+        """Checks the three header values in full, and remembers them once verified."""
         config = self.config
         certificate_id = self.parse(signed[0], config["certificate_id_header"], signature.parse_certificate_id)
         request_time = self.parse(signed[1], config["request_time_header"], signature.parse_request_time)
