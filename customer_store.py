@@ -297,8 +297,8 @@ class CredentialCache:
     def get(self, certificate_id):
         # A hit takes no lock: reading and reordering an OrderedDict are single, atomic
         # operations under the GIL, and this is the path every verified request takes.
-        entry = self._entries.get(certificate_id)
-        if entry is not None and self._clock() < entry.fresh_until:
+        entry = self._fresh_entry(certificate_id)
+        if entry is not None:
             try:
                 self._entries.move_to_end(certificate_id)
             except KeyError:
@@ -327,10 +327,12 @@ class CredentialCache:
 
     def fresh(self, certificate_id):
         """The cached credential while it is fresh, else None; never asks the store."""
+        entry = self._fresh_entry(certificate_id)
+        return None if entry is None else entry.credential
+
+    def _fresh_entry(self, certificate_id):
         entry = self._entries.get(certificate_id)
-        if entry is not None and self._clock() < entry.fresh_until:
-            return entry.credential
-        return None
+        return entry if entry is not None and self._clock() < entry.fresh_until else None
 
     def _lead(self, certificate_id, flight, generation):
         try:
