@@ -371,8 +371,9 @@ class ChangeListener:
     """Evicts changed customers from every cache as Postgres announces them.
 
     The schema's trigger notifies ``customer_changed`` with the certificate id (empty: evict
-    everything). While the connection is down, notifications are lost, so every cache is
-    cleared once it is back; in the meantime the cache TTLs bound staleness.
+    everything). A change announced while no LISTEN is in force (before the first, or while the
+    connection is down) is lost, so every cache is cleared each time LISTEN takes effect; in the
+    meantime the cache TTLs bound staleness.
     """
 
     def __init__(self, settings, on_change, retry_delay=0.5):
@@ -381,6 +382,7 @@ class ChangeListener:
         self._retry_delay = retry_delay
         self._stopped = threading.Event()
         self._failing = False
+        self.listening = threading.Event()  # set while LISTEN is in force
         self.connection = None
         self._thread = threading.Thread(target=self._run, name="customer-changes", daemon=True)
 
@@ -394,10 +396,9 @@ class ChangeListener:
             self._thread.join(timeout=5)
 
     def _run(self):
-        missed = False
         while not self._stopped.is_set():
             try:
-                self._listen(clear_first=missed)
+                self._listen()
             except (psycopg2.Error, OSError, ValueError) as error:
                 if not self._failing:
                     log.warning("change listener lost its database connection (%s); retrying every %g s, "
@@ -406,19 +407,22 @@ class ChangeListener:
             finally:
                 if self.connection is not None:
                     self.connection.close()
-            missed = True
+                self.listening.clear()
             self._stopped.wait(self._retry_delay)
 
-    def _listen(self, clear_first):
+    def _listen(self):
         self.connection = connect(self._settings, application_name="customer_verification listener")
         self.connection.autocommit = True
         with self.connection.cursor() as cursor:
             cursor.execute(f"LISTEN {CHANGES_CHANNEL}")
-        if clear_first:
-            if self._failing:
-                log.warning("change listener reconnected; cached credentials cleared")
-            self._failing = False
-            self._on_change(None)
+        # Whatever changed before this LISTEN was never announced, and a lookup may have cached
+        # it meanwhile (at start as after a reconnect): only lookups from now on can be trusted.
+        # Clearing also bumps the caches' generation, so a lookup still in flight is not stored.
+        self._on_change(None)
+        self.listening.set()
+        if self._failing:
+            log.warning("change listener reconnected; cached credentials cleared")
+        self._failing = False
         while not self._stopped.is_set():
             # A bounded wait notices a dead server by the next poll, and stop() without delay.
             if select.select([self.connection], [], [], 1.0)[0]:
@@ -447,6 +451,9 @@ class Credentials:
             if cls._shared is None:
                 cls._shared = cls(Settings.from_environment())
                 cls._shared.listener.start()
+                # Lookups made before LISTEN are cleared once it takes effect; waiting for it
+                # (once per process, bounded) spares the first requests that second lookup.
+                cls._shared.listener.listening.wait(cls._shared.store.settings.timeout)
             return cls._shared
 
     def cache(self, ttl, negative_ttl, stale_ttl, max_entries):

@@ -1,10 +1,12 @@
 """Revocation, re-keying and deletion reach a running plugin server within a second, through
 LISTEN/NOTIFY, for plain SQL changes, also after the listener's connection was killed."""
+import threading
 import time
 
 import pytest
 
 import customer_signature as signature
+from customer_store import CredentialCache
 
 LONG_TTL = {"cache_ttl": 3600, "negative_cache_ttl": 3600}
 
@@ -22,12 +24,69 @@ def status_within_one_second(gateway, header_lines, expected):
         time.sleep(0.02)
 
 
+def wait_until_listening(customers, timeout=10):
+    """Until the plugin server's listener has run LISTEN: only changes after that are announced."""
+    deadline = time.monotonic() + timeout
+    while not customers.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = 'customer_verification listener' "
+            "AND query = 'LISTEN customer_changed' AND state = 'idle'"):
+        assert time.monotonic() < deadline, "the change listener never listened"
+        time.sleep(0.02)
+
+
 @pytest.fixture
 def live(gateway, customers):
     customers.add("cert-live", "key-1")
     gateway.kong.configure("plugin", LONG_TTL)
     assert gateway.send(signed("key-1")).status == 200  # cached now, for an hour
+    wait_until_listening(customers)
+    assert gateway.send(signed("key-1")).status == 200
     return gateway
+
+
+@pytest.fixture
+def unstarted(database_url):
+    """A credential store whose listener has not started yet: the state of a plugin server that
+    answers its first requests while the listener is still connecting."""
+    from customer_store import Credentials, Settings
+
+    credentials = Credentials(Settings(dsn=database_url, pool_size=2, timeout=2.0))
+    yield credentials, credentials.cache(3600, 3600, 300, 100)
+    credentials.close()
+
+
+def test_a_change_before_the_first_listen_does_not_stay_cached(unstarted, customers):
+    credentials, cache = unstarted
+    customers.add("cert-early", "key-1")
+    assert cache.get("cert-early").client_key == "key-1"  # cached for an hour
+    customers.set_authentication("cert-early", revoked_at=time.time())  # announced to nobody
+    credentials.listener.start()
+    assert credentials.listener.listening.wait(10)
+    assert cache.get("cert-early") is None
+
+
+def test_a_lookup_in_flight_across_the_first_listen_is_not_cached(unstarted, customers):
+    credentials, _ = unstarted
+    customers.add("cert-early", "key-1")
+    read, release = threading.Event(), threading.Event()
+
+    def slow_fetch(certificate_id):
+        credential = credentials.store.fetch(certificate_id)  # read before the change
+        read.set()
+        release.wait(10)
+        return credential
+
+    cache = CredentialCache(slow_fetch, 3600, 3600, 300, 100)
+    credentials._caches[(0,)] = cache  # evicted by the listener like the plugin's caches
+    reader = threading.Thread(target=cache.get, args=("cert-early",))
+    reader.start()
+    assert read.wait(10)
+    customers.set_authentication("cert-early", revoked_at=time.time())
+    credentials.listener.start()
+    assert credentials.listener.listening.wait(10)
+    release.set()
+    reader.join(10)
+    assert len(cache) == 0
 
 
 def test_revocation_by_sql_is_seen_within_a_second(live, customers):
