@@ -1,7 +1,7 @@
 """customer_verification: a Kong plugin that authenticates API clients by a signed request.
 
 The client sends ``client-certificate-id``, ``client-request-time`` and
-``client-request-signature`` (see customer_signature.py); on success the upstream receives
+``client-request-signature`` (see customer_auth/signature.py); on success the upstream receives
 ``X-Customer-Id: <uuid>``, otherwise the client gets a JSON ``{"message": ...}`` answer.
 
 Run by Kong as ``python customer_verification.py -p <kong prefix> -g --no-lua-style``
@@ -22,8 +22,9 @@ import time
 
 import gevent
 
-import customer_signature as signature
-from customer_store import Credentials, StoreUnavailable
+from customer_auth import signature
+from customer_auth.connection import StoreUnavailable
+from customer_auth.credentials import Credentials
 
 log = logging.getLogger("customer_verification")
 

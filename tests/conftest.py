@@ -22,7 +22,7 @@ def postgres():
     if os.environ.get("DATABASE_URL"):
         yield os.environ["DATABASE_URL"], None
         return
-    from throwaway_postgres import ThrowawayPostgres
+    from devtools.throwaway_postgres import ThrowawayPostgres
 
     with ThrowawayPostgres() as server:
         yield server.dsn, server
@@ -96,7 +96,8 @@ def customers(database_url):
 @pytest.fixture
 def credentials(database_url):
     """The plugin's credential store on the test database (its listener is not started)."""
-    from customer_store import Credentials, Settings
+    from customer_auth.connection import Settings
+    from customer_auth.credentials import Credentials
 
     credentials = Credentials(Settings(dsn=database_url, pool_size=2, timeout=2.0))
     yield credentials
@@ -137,7 +138,7 @@ class Gateway:
         self.kong = kong
 
     def send(self, header_lines, plugin_id="plugin"):
-        from kong_standin import Request
+        from devtools.kong_standin import Request
 
         return self.kong.handle(Request(header_lines), plugin_id)
 
@@ -149,7 +150,7 @@ class Gateway:
 def start_gateway(script, name, flags=(), env=None, config=None, kong_timeout=10.0, fail_closed=None):
     import shutil
 
-    from kong_standin import KongStandIn, PluginServer
+    from devtools.kong_standin import KongStandIn, PluginServer
 
     directory = short_directory()
     server = PluginServer(script, directory, name, flags, env=env).start()

@@ -7,9 +7,10 @@ import time
 
 import pytest
 
-import customer_admin
-import customer_signature as signature
-from customer_store import CustomerStore, Settings
+from customer_auth import admin as customer_admin
+from customer_auth import signature
+from customer_auth.connection import Settings
+from customer_auth.lookup import CustomerStore
 
 
 @pytest.fixture
@@ -112,9 +113,9 @@ def test_sign_rejects_a_malformed_certificate_id(cli):
 
 
 def test_the_console_script_is_installed_and_usage_errors_exit_2():
-    result = subprocess.run([sys.executable, "-m", "customer_admin", "frobnicate"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "customer_auth.admin", "frobnicate"], capture_output=True, text=True)
     assert result.returncode == 2 and "invalid choice" in result.stderr
     script = subprocess.run([sys.executable, "-c", "import importlib.metadata as m; "
                              "print([e.value for e in m.entry_points(group='console_scripts') if e.name == 'customer-verification'])"],
                             capture_output=True, text=True)
-    assert "customer_admin:main" in script.stdout
+    assert "customer_auth.admin:main" in script.stdout

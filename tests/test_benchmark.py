@@ -7,13 +7,11 @@ import subprocess
 import sys
 
 from conftest import ROOT
-
-sys.path.insert(0, str(ROOT))
-import benchmark  # noqa: E402
+from devtools import benchmark
 
 
 def test_benchmark_measures_every_scenario_and_tells_their_lookups_apart(tmp_path):
-    subprocess.run([sys.executable, "benchmark.py", "--rounds", "1", "--duration", "0.6", "--window", "0.2",
+    subprocess.run([sys.executable, "-m", "devtools.benchmark", "--rounds", "1", "--duration", "0.6", "--window", "0.2",
                     "--ramp", "0.05", "--concurrency", "2", "--modes", "gevent", "--out", str(tmp_path)],
                    cwd=ROOT, check=True, capture_output=True, timeout=280)
     results = json.loads((tmp_path / "results.json").read_text())

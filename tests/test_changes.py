@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-import customer_signature as signature
-from customer_store import CredentialCache
+from customer_auth import signature
+from customer_auth.cache import CredentialCache
 
 LONG_TTL = {"cache_ttl": 3600, "negative_cache_ttl": 3600}
 
@@ -48,7 +48,8 @@ def live(gateway, customers):
 def unstarted(database_url):
     """A credential store whose listener has not started yet: the state of a plugin server that
     answers its first requests while the listener is still connecting."""
-    from customer_store import Credentials, Settings
+    from customer_auth.connection import Settings
+    from customer_auth.credentials import Credentials
 
     credentials = Credentials(Settings(dsn=database_url, pool_size=2, timeout=2.0))
     yield credentials, credentials.cache(3600, 3600, 300, 100)

@@ -11,7 +11,7 @@ import psycopg2
 import pytest
 import yaml
 
-import customer_signature as signature
+from customer_auth import signature
 import customer_verification
 from conftest import ROOT, SERVER_MODES, dsn_for_database, execute, start_gateway
 
@@ -142,7 +142,7 @@ def deployed_database(postgres):
     url = dsn_for_database(dsn, name)
     params = psycopg2.extensions.parse_dsn(url)
     plugin_url = f"postgresql://customer_verification:change-me-plugin-password@{params['host']}:{params.get('port', 5432)}/{name}"
-    from throwaway_postgres import POSTGRES_BIN_PATH
+    from devtools.throwaway_postgres import POSTGRES_BIN_PATH
 
     subprocess.run(["bash", str(ROOT / "postgres-init.sh")], check=True, capture_output=True, env={
         **os.environ, "PATH": f"{POSTGRES_BIN_PATH}:{os.environ['PATH']}", "SCHEMA_DIR": str(ROOT),

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-import customer_signature as signature
+from customer_auth import signature
 from conftest import ROOT, start_gateway
 
 KEY = "e2e-key"

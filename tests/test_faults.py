@@ -7,10 +7,10 @@ import time
 import psycopg2
 import pytest
 
-import customer_signature as signature
+from customer_auth import signature
 from conftest import ROOT, SCHEMA, SERVER_MODES, Customers, execute, start_gateway
-from kong_standin import FailClosedRule, KongStandIn, Request
-from throwaway_postgres import ThrowawayPostgres
+from devtools.kong_standin import FailClosedRule, KongStandIn
+from devtools.throwaway_postgres import ThrowawayPostgres
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-import customer_signature as signature
+from customer_auth import signature
 from customer_verification import DEFAULTS, Plugin
-from kong_standin import Request, in_process_kong
+from devtools.kong_standin import Request, in_process_kong
 
 SIGNATURE_HEADERS = [signature.CERTIFICATE_ID_HEADER, signature.REQUEST_TIME_HEADER, signature.SIGNATURE_HEADER]
 
@@ -34,7 +34,8 @@ def with_some_valid_parts(lines, parts):
 
 @pytest.fixture(scope="module")
 def plugin(database_url):
-    from customer_store import Credentials, Settings
+    from customer_auth.connection import Settings
+    from customer_auth.credentials import Credentials
 
     credentials = Credentials(Settings(dsn=database_url, pool_size=2, timeout=2.0))
     yield Plugin(dict(DEFAULTS), credentials)

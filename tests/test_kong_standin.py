@@ -6,7 +6,7 @@ import pathlib
 import pytest
 
 from conftest import start_gateway
-from kong_standin import Request, in_process_kong
+from devtools.kong_standin import Request, in_process_kong
 
 TINY = pathlib.Path(__file__).with_name("tiny_plugin.py")
 
@@ -102,7 +102,7 @@ def test_kong_keeps_at_most_100_header_lines_for_plugins():
 
 
 def test_fail_closed_rule_answers_what_no_plugin_verified():
-    from kong_standin import FailClosedRule
+    from devtools.kong_standin import FailClosedRule
 
     tiny = start_gateway(TINY, "tiny", ["-g", "--no-lua-style"], kong_timeout=2, fail_closed=FailClosedRule("x-config"))
     try:
@@ -116,7 +116,7 @@ def test_fail_closed_rule_answers_what_no_plugin_verified():
 
 
 def test_headers_set_by_a_plugin_are_what_later_plugins_read():
-    from kong_standin import Request
+    from devtools.kong_standin import Request
 
     request = Request([("X-Customer-Id", "forged")])
     request.set_headers({"x-customer-id": "verified", "a": []})

@@ -7,9 +7,9 @@ import time
 import gevent
 import pytest
 
-import customer_signature as signature
+from customer_auth import signature
 from customer_verification import DEFAULTS, Plugin, priority, version, Schema
-from kong_standin import PDKError, Request, in_process_kong, round_trips
+from devtools.kong_standin import PDKError, Request, in_process_kong, round_trips
 
 KEY = "k3y-0f-cert-1"
 
@@ -200,7 +200,8 @@ def test_previous_key_works_only_during_its_grace_period(credentials, customers)
 
 
 def test_store_unreachable_without_cache_is_503(customer_id):
-    from customer_store import Credentials, Settings
+    from customer_auth.connection import Settings
+    from customer_auth.credentials import Credentials
 
     unreachable = Credentials(Settings(dsn="postgresql://u:hunter2@127.0.0.1:1/x", pool_size=1, timeout=1))
     request = run(Plugin(dict(DEFAULTS), unreachable), signed())

@@ -6,7 +6,9 @@ import time
 import psycopg2
 import pytest
 
-from customer_store import Credential, CredentialCache, CustomerStore, Settings, StoreUnavailable
+from customer_auth.cache import CredentialCache
+from customer_auth.connection import Settings, StoreUnavailable
+from customer_auth.lookup import Credential, CustomerStore
 
 
 @pytest.fixture
@@ -226,7 +228,7 @@ def test_verified_requests_are_bounded_and_the_oldest_leave_first(store, custome
 
 
 def test_plugin_instances_with_the_same_cache_settings_share_one_cache(database_url):
-    from customer_store import Credentials
+    from customer_auth.credentials import Credentials
 
     credentials = Credentials(Settings(dsn=database_url, pool_size=1, timeout=1.0))
     try:

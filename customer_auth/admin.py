@@ -15,8 +15,8 @@ import time
 import psycopg2
 import psycopg2.errors
 
-import customer_signature as signature
-from customer_store import Settings, connect, describe
+from customer_auth import signature
+from customer_auth.connection import Settings, connect, describe
 
 DEFAULT_GRACE = 24 * 3600
 

@@ -1,7 +1,7 @@
 """Soak: many mixed requests through the Kong stand-in against the real plugin server, then a
 report of what leaked (threads, memory, database connections) and every wrong answer.
 
-    python soak.py [--requests 50000] [--concurrency 16] [--mode gevent|threading]
+    python -m devtools.soak [--requests 50000] [--concurrency 16] [--mode gevent|threading]
 
 Mixed traffic: valid signatures, wrong signatures, missing headers, unknown certificates. Exits
 non-zero if any request got another answer than it should, or if resources grew unbounded.
@@ -11,9 +11,9 @@ import multiprocessing
 import sys
 import tempfile
 
-import customer_signature as signature
-from benchmark import MODES, ROOT, WARM_CUSTOMERS, database, headers_for, query
-from kong_standin import KongStandIn, PluginServer, Request
+from customer_auth import signature
+from devtools.benchmark import MODES, ROOT, WARM_CUSTOMERS, database, headers_for, query
+from devtools.kong_standin import KongStandIn, PluginServer, Request
 
 POOL_SIZE = 4
 

@@ -1,6 +1,6 @@
 """Benchmark: the real plugin server driven through the Kong stand-in, against the limit.
 
-    python benchmark.py [--rounds 7] [--duration 3] [--window 0.1] [--ramp 0.1] [--concurrency 8] [--out benchmark-results]
+    python -m devtools.benchmark [--rounds 7] [--duration 3] [--window 0.1] [--ramp 0.1] [--concurrency 8] [--out benchmark-results]
 
 For each server mode (kong-pdk threads, gevent) it measures: (a) the limit, a no-op plugin making
 the same PDK calls; (b) this plugin with a warm cache; (c) a cold cache, every request a new
@@ -32,19 +32,19 @@ import time
 import psycopg2
 import psycopg2.extensions
 
-import customer_signature as signature
-from kong_standin import KongStandIn, PluginServer, Request
+from customer_auth import signature
+from devtools.kong_standin import KongStandIn, PluginServer, Request
 
-ROOT = pathlib.Path(__file__).resolve().parent
+ROOT = pathlib.Path(__file__).resolve().parent.parent  # the repository
 MODES = {"threading": ["--no-lua-style"], "gevent": ["-g", "--no-lua-style"]}
 WARM_CUSTOMERS = 200
 COLD_CUSTOMERS = 200_000
 SCENARIOS = {  # name: (plugin script, BENCHMARK_PLUGIN, requests)
-    "limit": ("benchmark_plugins.py", "limit", "warm"),
+    "limit": ("devtools/benchmark_plugins.py", "limit", "warm"),
     "warm cache": ("customer_verification.py", None, "warm"),
     "cold cache": ("customer_verification.py", None, "cold"),
     "rejections": ("customer_verification.py", None, "wrong"),
-    "connect per request": ("benchmark_plugins.py", "connect-per-request", "warm"),
+    "connect per request": ("devtools/benchmark_plugins.py", "connect-per-request", "warm"),
 }
 
 
@@ -200,7 +200,7 @@ def query(dsn, sql, parameters=()):
 def database():
     """A throwaway Postgres with the benchmark's customers; yields DSNs: "admin", and one per
     scenario for a read-only login role of its own, as the deployment's plugin role."""
-    from throwaway_postgres import ThrowawayPostgres
+    from devtools.throwaway_postgres import ThrowawayPostgres
 
     # Password authentication, as in the deployment: it is what makes a connection expensive.
     with ThrowawayPostgres("-c shared_preload_libraries=pg_stat_statements", password="benchmark") as server:

@@ -18,7 +18,7 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
 
-import customer_signature as signature
+from customer_auth import signature
 from customer_verification import Schema, pdk_value, priority, version
 
 

@@ -13,11 +13,11 @@ import uuid
 
 import psycopg2
 
-import customer_signature as signature
-from customer_admin import add_customer
-from kong_standin import KongStandIn, PluginServer, Request
+from customer_auth import signature
+from customer_auth.admin import add_customer
+from devtools.kong_standin import KongStandIn, PluginServer, Request
 
-ROOT = pathlib.Path(__file__).resolve().parent
+ROOT = pathlib.Path(__file__).resolve().parent.parent  # the repository
 
 
 @contextlib.contextmanager
@@ -25,7 +25,7 @@ def database():
     if os.environ.get("DATABASE_URL"):
         yield os.environ["DATABASE_URL"]
         return
-    from throwaway_postgres import ThrowawayPostgres
+    from devtools.throwaway_postgres import ThrowawayPostgres
 
     with ThrowawayPostgres() as server:
         yield server.dsn

@@ -1,0 +1,12 @@
+"""The runtime of customer_verification, apart from its Kong contract (``customer_verification.py``).
+
+- ``signature``: the v1 request signature, pure (clients import it without Kong or a database);
+- ``connection``: connection settings from the environment, bounded connections, the pool;
+- ``lookup``: a customer's credential read from Postgres;
+- ``cache``: credentials and recently verified requests kept in memory;
+- ``changes``: the LISTEN/NOTIFY listener that evicts what changed;
+- ``credentials``: the process's store, caches and listener, shared by every plugin instance;
+- ``admin``: the operator's ``customer-verification`` command.
+
+Imports run one way: the plugin -> credentials -> cache, lookup, changes -> connection.
+"""

@@ -1,0 +1,160 @@
+"""Credentials kept in memory in front of the store, and requests verified lately."""
+import collections
+import dataclasses
+import logging
+import threading
+import time
+
+from customer_auth.connection import StoreUnavailable
+from customer_auth.lookup import Credential
+
+log = logging.getLogger("customer_verification")
+
+
+@dataclasses.dataclass
+class _Entry:
+    credential: Credential  # None: the certificate is known not to exist
+    fresh_until: float
+    stale_until: float
+
+
+class _Flight:
+    """One lookup in progress, which concurrent misses for the same certificate wait on."""
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.credential = None
+        self.error = None
+
+
+class VerifiedRequests:
+    """Signed requests accepted lately, by their three header values as sent
+    (certificate id, request time, signature).
+
+    A client signs all its requests of one second alike, so a busy client sends the same values
+    many times. A repeat is accepted here with a lookup instead of parsing, a credential lookup
+    and a hash. It counts only while its time is within the clock skew, while the cache holds
+    the very credential it was verified with and holds it fresh (a changed, revoked, evicted or
+    expired one is another object or none), and, if a rotated-out key was still valid then,
+    until that key's grace period ends. Only verified requests get in, so nobody can fill it
+    without a key; beyond ``max_entries`` the oldest leave first.
+    """
+
+    def __init__(self, cache, max_entries):
+        self._cache = cache
+        self._max_entries = max_entries
+        self._entries = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def recall(self, signed, now, clock_skew):
+        """The customer id ``signed`` was verified for, if that still holds; else None."""
+        remembered = self._entries.get(signed)
+        if remembered is None:
+            return None
+        credential, request_time, valid_until = remembered
+        if abs(now - request_time) <= clock_skew and now < valid_until and self._cache.fresh(signed[0]) is credential:
+            return credential.customer_id
+        return None
+
+    def remember(self, signed, credential, request_time, now):
+        with self._lock:
+            self._entries[signed] = (credential, request_time, credential.keys_valid_until(now))
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+
+    def __len__(self):
+        return len(self._entries)
+
+
+class CredentialCache:
+    """Credentials by certificate id, bounded, with one lookup per certificate in flight.
+
+    Fresh entries answer without the store; when the store fails, a known customer keeps
+    working until ``stale_ttl`` after its entry went stale. Unknown certificates are cached
+    for ``negative_ttl`` so a flood of them costs one query each per TTL.
+    """
+
+    def __init__(self, fetch, ttl, negative_ttl, stale_ttl, max_entries, clock=time.monotonic):
+        self._fetch = fetch
+        self._ttl = ttl
+        self._negative_ttl = negative_ttl
+        self._stale_ttl = stale_ttl
+        self._max_entries = max_entries
+        self._clock = clock
+        self._entries = collections.OrderedDict()
+        self._flights = {}
+        self._generation = 0  # bumped by every eviction, so a lookup older than it is not stored
+        self._lock = threading.Lock()
+        self.verified = VerifiedRequests(self, max_entries)
+
+    def get(self, certificate_id):
+        # A hit takes no lock: reading and reordering an OrderedDict are single, atomic
+        # operations under the GIL, and this is the path every verified request takes.
+        entry = self._fresh_entry(certificate_id)
+        if entry is not None:
+            try:
+                self._entries.move_to_end(certificate_id)
+            except KeyError:
+                pass  # evicted meanwhile: the entry is still valid
+            return entry.credential
+        with self._lock:
+            entry = self._entries.get(certificate_id)
+            if entry is not None and self._clock() < entry.fresh_until:
+                return entry.credential
+            flight = self._flights.get(certificate_id)
+            leading = flight is None
+            if leading:
+                flight = self._flights[certificate_id] = _Flight()
+                generation = self._generation
+        if leading:
+            self._lead(certificate_id, flight, generation)
+        else:
+            flight.done.wait()
+        if flight.error is None:
+            return flight.credential
+        if entry is not None and entry.credential is not None and self._clock() < entry.stale_until:
+            log.warning("credential store failed (%s); using the cached credential of %s",
+                        flight.error, entry.credential.customer_id)
+            return entry.credential
+        raise flight.error
+
+    def fresh(self, certificate_id):
+        """The cached credential while it is fresh, else None; never asks the store."""
+        entry = self._fresh_entry(certificate_id)
+        return None if entry is None else entry.credential
+
+    def _fresh_entry(self, certificate_id):
+        entry = self._entries.get(certificate_id)
+        return entry if entry is not None and self._clock() < entry.fresh_until else None
+
+    def _lead(self, certificate_id, flight, generation):
+        try:
+            flight.credential = self._fetch(certificate_id)
+        except StoreUnavailable as error:
+            flight.error = error
+        finally:
+            with self._lock:
+                del self._flights[certificate_id]
+                if flight.error is None and generation == self._generation:
+                    self._store(certificate_id, flight.credential)
+            flight.done.set()
+
+    def _store(self, certificate_id, credential):
+        now = self._clock()
+        ttl = self._ttl if credential is not None else self._negative_ttl
+        self._entries[certificate_id] = _Entry(credential, now + ttl, now + ttl + self._stale_ttl)
+        self._entries.move_to_end(certificate_id)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+    def evict(self, certificate_id=None):
+        """Forget one certificate, or everything when ``certificate_id`` is None."""
+        with self._lock:
+            self._generation += 1
+            if certificate_id is None:
+                self._entries.clear()
+            else:
+                self._entries.pop(certificate_id, None)
+
+    def __len__(self):
+        return len(self._entries)

@@ -1,0 +1,123 @@
+"""Connections to the customers database: settings from the environment, every wait bounded.
+
+Connection settings come from the environment only (``DATABASE_URL`` or libpq's ``PG*``
+variables, optionally from the dotenv file named by ``CUSTOMER_VERIFICATION_ENV_FILE``), never from
+Kong's plugin config. Nothing connects until the first lookup.
+"""
+import contextlib
+import dataclasses
+import os
+import select
+import threading
+
+import psycopg2
+import psycopg2.extensions
+
+
+class StoreUnavailable(Exception):
+    """The credential store could not answer in time."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    dsn: str
+    pool_size: int
+    timeout: float
+
+    @classmethod
+    def from_environment(cls):
+        env_file = os.environ.get("CUSTOMER_VERIFICATION_ENV_FILE")
+        if env_file:
+            import dotenv
+
+            dotenv.load_dotenv(env_file, override=False)
+        return cls(
+            dsn=os.environ.get("DATABASE_URL", ""),  # empty: libpq reads PGHOST, PGUSER, ...
+            pool_size=int(os.environ.get("CUSTOMER_VERIFICATION_POOL_SIZE", "4")),
+            timeout=float(os.environ.get("CUSTOMER_VERIFICATION_DB_TIMEOUT", "2")),
+        )
+
+
+def _wait_with_deadline(timeout):
+    """A psycopg2 wait callback that gives up after ``timeout`` seconds without progress.
+
+    libpq's connect_timeout and the server's statement_timeout do not cover a network that
+    stops answering; this does. Waiting through select() also makes psycopg2 cooperative when
+    gevent has patched select (the plugin server's gevent mode).
+    """
+
+    def wait(conn):
+        while True:
+            state = conn.poll()
+            if state == psycopg2.extensions.POLL_OK:
+                return
+            if state == psycopg2.extensions.POLL_READ:
+                ready = select.select([conn.fileno()], [], [], timeout)[0]
+            elif state == psycopg2.extensions.POLL_WRITE:
+                ready = select.select([], [conn.fileno()], [], timeout)[1]
+            else:
+                raise psycopg2.OperationalError(f"unexpected poll state {state}")
+            if not ready:
+                raise psycopg2.OperationalError(f"no answer from the database within {timeout} s")
+
+    return wait
+
+
+def connect(settings, application_name="customer_verification"):
+    """One connection with every wait bounded by ``settings.timeout``."""
+    psycopg2.extensions.set_wait_callback(_wait_with_deadline(settings.timeout))
+    timeout_ms = int(settings.timeout * 1000)
+    return psycopg2.connect(
+        settings.dsn,
+        connect_timeout=max(1, round(settings.timeout)),
+        options=f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}",
+        application_name=application_name,
+    )
+
+
+def describe(error):
+    """The first line of a driver error: enough for an operator, never a DSN or a password."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+class Pool:
+    """At most ``size`` connections; callers wait up to ``timeout`` for one.
+
+    psycopg2's own pools raise instead of waiting, and do not replace dead connections.
+    """
+
+    def __init__(self, settings):
+        self._settings = settings
+        self._slots = threading.BoundedSemaphore(settings.pool_size)
+        self._idle = []
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def connection(self, fresh=False):
+        """Yields ``(connection, reused)``; a connection that raised is closed, not returned."""
+        if not self._slots.acquire(timeout=self._settings.timeout):
+            raise StoreUnavailable("all database connections are busy")
+        try:
+            with self._lock:
+                conn = self._idle.pop() if self._idle and not fresh else None
+            reused = conn is not None
+            if conn is None:
+                conn = connect(self._settings)
+                conn.autocommit = True
+            try:
+                yield conn, reused
+            except BaseException:
+                conn.close()
+                raise
+            with self._lock:
+                self._idle.append(conn)
+        finally:
+            self._slots.release()
+
+    def close(self):
+        """Closes the idle connections; also what to do when one was found dead (a restart)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()

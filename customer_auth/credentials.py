@@ -1,0 +1,54 @@
+"""The process's credential store: one pool, one listener, and the caches of its plugin instances."""
+import threading
+import weakref
+
+from customer_auth.cache import CredentialCache
+from customer_auth.changes import ChangeListener
+from customer_auth.connection import Settings
+from customer_auth.lookup import CustomerStore
+
+
+class Credentials:
+    """The process's credential store: one pool and one listener, shared by every plugin
+    instance's cache, created on first use."""
+
+    _shared = None
+    _shared_lock = threading.Lock()
+
+    def __init__(self, settings):
+        self.store = CustomerStore(settings)
+        self._caches = weakref.WeakValueDictionary()  # settings -> CredentialCache
+        self._caches_lock = threading.Lock()
+        self.listener = ChangeListener(settings, self._evict)
+
+    @classmethod
+    def shared(cls):
+        with cls._shared_lock:
+            if cls._shared is None:
+                cls._shared = cls(Settings.from_environment())
+                cls._shared.listener.start()
+                # Lookups made before LISTEN are cleared once it takes effect; waiting for it
+                # (once per process, bounded) spares the first requests that second lookup.
+                cls._shared.listener.listening.wait(cls._shared.store.settings.timeout)
+            return cls._shared
+
+    def cache(self, ttl, negative_ttl, stale_ttl, max_entries):
+        """The cache for these settings, shared by every plugin instance that has them: Kong
+        starts an instance per plugin entity in each of its workers, and a certificate should
+        cost one lookup per TTL, not one per instance."""
+        settings = (ttl, negative_ttl, stale_ttl, max_entries)
+        with self._caches_lock:
+            cache = self._caches.get(settings)
+            if cache is None:
+                cache = self._caches[settings] = CredentialCache(self.store.fetch, *settings)
+        return cache
+
+    def _evict(self, certificate_id):
+        with self._caches_lock:
+            caches = list(self._caches.values())
+        for cache in caches:
+            cache.evict(certificate_id)
+
+    def close(self):
+        self.listener.stop()
+        self.store.close()

@@ -1,0 +1,96 @@
+"""What ships and how it is arranged: the wheel holds the runtime alone, it works installed in a
+fresh virtualenv, and the runtime's modules stay small and import one way."""
+import ast
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from conftest import ROOT
+
+RUNTIME_PACKAGE = ROOT / "customer_auth"
+MAX_MODULE_LINES = 350
+
+# Each runtime module may import only modules of a lower layer: the Kong glue -> the process's credentials -> cache, lookup, listener -> connections.
+LAYERS = {
+    "customer_auth.signature": 0,
+    "customer_auth.connection": 0,
+    "customer_auth.lookup": 1,
+    "customer_auth.changes": 1,
+    "customer_auth.cache": 2,
+    "customer_auth.credentials": 3,
+    "customer_auth.admin": 4,
+    "customer_verification": 5,
+}
+
+
+def runtime_modules():
+    yield "customer_verification", ROOT / "customer_verification.py"
+    for path in sorted(RUNTIME_PACKAGE.glob("*.py")):
+        if path.name != "__init__.py":
+            yield f"customer_auth.{path.stem}", path
+
+
+def imported_modules(path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module
+            yield from (f"{node.module}.{alias.name}" for alias in node.names)
+
+
+def test_every_runtime_module_has_a_layer_and_stays_small():
+    for name, path in runtime_modules():
+        assert name in LAYERS, f"{name}: give it a layer in this test"
+        assert len(path.read_text().splitlines()) <= MAX_MODULE_LINES, name
+
+
+def test_runtime_imports_run_one_way_and_never_reach_development_tools():
+    for name, path in runtime_modules():
+        for imported in imported_modules(path):
+            assert not imported.startswith(("devtools", "tests", "conftest")), f"{name} imports {imported}"
+            if imported in LAYERS:
+                assert LAYERS[imported] < LAYERS[name], f"{name} imports {imported}, which is not below it"
+
+
+def test_the_signature_needs_neither_kong_nor_a_database():
+    assert set(imported_modules(RUNTIME_PACKAGE / "signature.py")) <= {"hashlib", "hmac", "time"}
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
+                   check=True, capture_output=True, timeout=240)
+    (path,) = out.glob("*.whl")
+    return path
+
+
+def test_the_wheel_holds_the_plugin_its_runtime_and_the_cli_and_nothing_else(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    code = sorted(name for name in names if ".dist-info/" not in name)
+    expected = sorted(["customer_verification.py", "customer_auth/__init__.py"]
+                      + [f"customer_auth/{path.name}" for path in RUNTIME_PACKAGE.glob("*.py") if path.name != "__init__.py"])
+    assert code == expected
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "customer-verification = customer_auth.admin:main" in entry_points
+
+
+def test_the_installed_wheel_runs_as_kong_starts_it_in_a_fresh_virtualenv(wheel, tmp_path):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    subprocess.run([venv / "bin" / "pip", "install", "-q", str(wheel)], check=True, capture_output=True, timeout=400)
+    # Run outside the repository, so nothing but the installed package can be imported.
+    env = {"PATH": os.environ["PATH"], "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
+    dump = subprocess.run([venv / "bin" / "python", "-m", "customer_verification", "--dump"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert '"Name": "customer_verification"' in dump.stdout
+    usage = subprocess.run([venv / "bin" / "customer-verification", "--help"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=60, check=True)
+    assert "rotate" in usage.stdout and "revoke" in usage.stdout
+    installed = subprocess.run([venv / "bin" / "python", "-c", "import devtools"], cwd=tmp_path, env=env,
+                               capture_output=True, timeout=60)
+    assert installed.returncode != 0  # the development tools are not installed
