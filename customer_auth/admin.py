@@ -7,6 +7,7 @@ Exit codes: 0 done, 2 bad usage, 3 certificate already exists, 4 no such certifi
 """
 import argparse
 import json
+import math
 import secrets
 import shlex
 import sys
@@ -19,6 +20,7 @@ from customer_auth import signature
 from customer_auth.connection import Settings, connect, describe
 
 DEFAULT_GRACE = 24 * 3600
+MAX_GRACE = 30 * 24 * 3600  # a rotation is meant to end: longer would keep an old key alive for good
 
 EXIT_EXISTS, EXIT_UNKNOWN, EXIT_DATABASE = 3, 4, 5
 
@@ -88,12 +90,39 @@ def list_customers(conn, now=None):
 def _status(revoked_at, previous_expiry, now):
     if revoked_at is not None:
         return "revoked"
+    if previous_expiry is None:
+        return "active"
     try:
         if float(previous_expiry) > now:
             return f"rotating (previous key until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(float(previous_expiry)))})"
-    except (TypeError, ValueError):
-        pass
+    except (TypeError, ValueError, OverflowError, OSError):
+        # Written by hand, not by this tool (a string, infinity, a year past 9999): shown as stored.
+        return f"active (unreadable previous_key_expires_at: {printable(str(previous_expiry))})"
     return "active"
+
+
+def printable(text):
+    """``text`` safe for a terminal: control characters and non-ASCII are shown escaped."""
+    return text if text.isascii() and text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
+def certificate_id(text):
+    """An argparse type: the plugin's own rule for a certificate id."""
+    try:
+        return signature.parse_certificate_id(text)
+    except signature.MalformedSignature as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def grace_seconds(text):
+    """An argparse type: a finite number of seconds from 0 to MAX_GRACE."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds <= MAX_GRACE:  # also false for nan
+        raise argparse.ArgumentTypeError(f"must be a number of seconds from 0 to {MAX_GRACE}")
+    return seconds
 
 
 def curl_command(headers, method, url):
@@ -104,15 +133,17 @@ def curl_command(headers, method, url):
 def _parser():
     parser = argparse.ArgumentParser(prog="customer-verification", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("add", help="create a customer with a new random key").add_argument("certificate_id")
+    commands.add_parser("add", help="create a customer with a new random key").add_argument(
+        "certificate_id", type=certificate_id)
     rotate = commands.add_parser("rotate", help="give a customer a new key")
-    rotate.add_argument("certificate_id")
-    rotate.add_argument("--grace", type=float, default=DEFAULT_GRACE,
+    rotate.add_argument("certificate_id", type=certificate_id)
+    rotate.add_argument("--grace", type=grace_seconds, default=DEFAULT_GRACE,
                         help="seconds the previous key keeps working (default: %(default)s)")
-    commands.add_parser("revoke", help="stop accepting a customer's requests").add_argument("certificate_id")
+    commands.add_parser("revoke", help="stop accepting a customer's requests").add_argument(
+        "certificate_id", type=certificate_id)
     commands.add_parser("list", help="list customers (never their keys)")
     sign = commands.add_parser("sign", help="print the signature headers, or a curl command, for a request")
-    sign.add_argument("certificate_id")
+    sign.add_argument("certificate_id", type=certificate_id)
     sign.add_argument("--key", required=True, help="the client key ('-' reads it from standard input)")
     sign.add_argument("--curl", metavar="URL", help="print a ready curl command for URL instead of headers")
     sign.add_argument("--method", default="GET", help="HTTP method for --curl (default: %(default)s)")
@@ -120,7 +151,10 @@ def _parser():
 
 
 def main(argv=None, out=sys.stdout):
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as usage:  # argparse has printed why; 0 after --help, 2 for bad usage
+        return usage.code
     try:
         if args.command == "sign":
             return _sign(args, out)
@@ -160,15 +194,11 @@ def _run(args, conn, out):
         print(f"revoked {args.certificate_id}", file=out)
     elif args.command == "list":
         for row in list_customers(conn):
-            print("\t".join(row), file=out)
+            print("\t".join(map(printable, row)), file=out)
 
 
 def _sign(args, out):
     client_key = sys.stdin.readline().strip() if args.key == "-" else args.key
-    try:
-        signature.parse_certificate_id(args.certificate_id)
-    except signature.MalformedSignature as error:
-        raise Failure(2, str(error)) from None
     headers = signature.signed_headers(args.certificate_id, client_key)
     if args.curl:
         print(curl_command(headers, args.method.upper(), args.curl), file=out)

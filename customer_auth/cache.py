@@ -71,7 +71,8 @@ class CredentialCache:
 
     Fresh entries answer without the store; when the store fails, a known customer keeps
     working until ``stale_ttl`` after its entry went stale. Unknown certificates are cached
-    for ``negative_ttl`` so a flood of them costs one query each per TTL.
+    for ``negative_ttl`` so a flood of them costs one query each per TTL, in a bound of their
+    own: any number of them never pushes a known customer out.
     """
 
     def __init__(self, fetch, ttl, negative_ttl, stale_ttl, max_entries, clock=time.monotonic):
@@ -81,7 +82,8 @@ class CredentialCache:
         self._stale_ttl = stale_ttl
         self._max_entries = max_entries
         self._clock = clock
-        self._entries = collections.OrderedDict()
+        self._known = collections.OrderedDict()  # customers
+        self._unknown = collections.OrderedDict()  # certificates known not to exist
         self._flights = {}
         self._generation = 0  # bumped by every eviction, so a lookup older than it is not stored
         self._lock = threading.Lock()
@@ -93,12 +95,12 @@ class CredentialCache:
         entry = self._fresh_entry(certificate_id)
         if entry is not None:
             try:
-                self._entries.move_to_end(certificate_id)
+                self._known.move_to_end(certificate_id)
             except KeyError:
                 pass  # evicted meanwhile: the entry is still valid
             return entry.credential
         with self._lock:
-            entry = self._entries.get(certificate_id)
+            entry = self._known.get(certificate_id) or self._unknown.get(certificate_id)
             if entry is not None and self._clock() < entry.fresh_until:
                 return entry.credential
             flight = self._flights.get(certificate_id)
@@ -124,7 +126,7 @@ class CredentialCache:
         return None if entry is None else entry.credential
 
     def _fresh_entry(self, certificate_id):
-        entry = self._entries.get(certificate_id)
+        entry = self._known.get(certificate_id) or self._unknown.get(certificate_id)
         return entry if entry is not None and self._clock() < entry.fresh_until else None
 
     def _lead(self, certificate_id, flight, generation):
@@ -142,19 +144,23 @@ class CredentialCache:
     def _store(self, certificate_id, credential):
         now = self._clock()
         ttl = self._ttl if credential is not None else self._negative_ttl
-        self._entries[certificate_id] = _Entry(credential, now + ttl, now + ttl + self._stale_ttl)
-        self._entries.move_to_end(certificate_id)
-        while len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
+        entries, other = (self._known, self._unknown) if credential is not None else (self._unknown, self._known)
+        other.pop(certificate_id, None)
+        entries[certificate_id] = _Entry(credential, now + ttl, now + ttl + self._stale_ttl)
+        entries.move_to_end(certificate_id)
+        while len(entries) > self._max_entries:
+            entries.popitem(last=False)
 
     def evict(self, certificate_id=None):
         """Forget one certificate, or everything when ``certificate_id`` is None."""
         with self._lock:
             self._generation += 1
             if certificate_id is None:
-                self._entries.clear()
+                self._known.clear()
+                self._unknown.clear()
             else:
-                self._entries.pop(certificate_id, None)
+                self._known.pop(certificate_id, None)
+                self._unknown.pop(certificate_id, None)
 
     def __len__(self):
-        return len(self._entries)
+        return len(self._known) + len(self._unknown)

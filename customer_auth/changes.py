@@ -2,6 +2,7 @@
 import logging
 import select
 import threading
+import time
 
 import psycopg2
 
@@ -10,6 +11,10 @@ from customer_auth.connection import connect, describe
 log = logging.getLogger("customer_verification")
 
 CHANGES_CHANNEL = "customer_changed"
+
+# Seconds of silence after which the listener checks its connection. With the database timeout
+# (default 2 s) and the 1 s poll, a dead connection is replaced within about 8 s.
+HEARTBEAT_INTERVAL = 5.0
 
 
 class ChangeListener:
@@ -21,10 +26,11 @@ class ChangeListener:
     meantime the cache TTLs bound staleness.
     """
 
-    def __init__(self, settings, on_change, retry_delay=0.5):
+    def __init__(self, settings, on_change, retry_delay=0.5, heartbeat_interval=HEARTBEAT_INTERVAL):
         self._settings = settings
         self._on_change = on_change
         self._retry_delay = retry_delay
+        self._heartbeat_interval = heartbeat_interval
         self._stopped = threading.Event()
         self._failing = False
         self.listening = threading.Event()  # set while LISTEN is in force
@@ -68,10 +74,19 @@ class ChangeListener:
         if self._failing:
             log.warning("change listener reconnected; cached credentials cleared")
         self._failing = False
+        heard_at = time.monotonic()
         while not self._stopped.is_set():
             # A bounded wait notices a dead server by the next poll, and stop() without delay.
             if select.select([self.connection], [], [], 1.0)[0]:
                 self.connection.poll()
-                while self.connection.notifies:
-                    payload = self.connection.notifies.pop(0).payload
-                    self._on_change(payload or None)
+                heard_at = time.monotonic()
+            elif time.monotonic() - heard_at >= self._heartbeat_interval:
+                # A connection that went half-open (a NAT or load balancer forgot it, a partition)
+                # brings no error, only silence: ask, and the wait callback's deadline turns an
+                # unanswered question into an error, hence a reconnect.
+                with self.connection.cursor() as cursor:
+                    cursor.execute("SELECT 1")
+                heard_at = time.monotonic()
+            while self.connection.notifies:
+                payload = self.connection.notifies.pop(0).payload
+                self._on_change(payload or None)

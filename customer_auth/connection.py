@@ -63,8 +63,33 @@ def _wait_with_deadline(timeout):
     return wait
 
 
+class InvalidSettings(psycopg2.ProgrammingError):
+    """The connection settings cannot work. Its message names the problem and never quotes the
+    URL: libpq's own messages for these cases quote it, password included."""
+
+
+def check_dsn(dsn):
+    """Refuses a ``DATABASE_URL`` that libpq would reject, or misread, by quoting its secrets.
+
+    A '@', '/' or ':' in a password must be percent-encoded; libpq otherwise takes what follows
+    it for the host or the port and names that part, a piece of the password, in its error.
+    """
+    try:
+        params = psycopg2.extensions.parse_dsn(dsn)
+    except psycopg2.ProgrammingError as error:
+        hint = ("a '%' must be written %25" if "percent-encoded" in str(error)
+                else "expected postgresql://user:password@host:port/database or key=value pairs")
+        raise InvalidSettings(f"DATABASE_URL is not a valid connection URL ({hint})") from None
+    if "@" in params.get("host", ""):
+        raise InvalidSettings("DATABASE_URL is not a valid connection URL (an '@' in the password must be written %40)")
+    if not all(port.strip().isdigit() or not port.strip() for port in params.get("port", "5432").split(",")):
+        raise InvalidSettings("DATABASE_URL is not a valid connection URL (the port is not a number; "
+                              "a '/' or ':' in the password must be written %2F or %3A)")
+
+
 def connect(settings, application_name="customer_verification"):
     """One connection with every wait bounded by ``settings.timeout``."""
+    check_dsn(settings.dsn)
     psycopg2.extensions.set_wait_callback(_wait_with_deadline(settings.timeout))
     timeout_ms = int(settings.timeout * 1000)
     return psycopg2.connect(

@@ -2,6 +2,7 @@
 import dataclasses
 import logging
 import math
+import time
 
 import psycopg2
 import psycopg2.errors
@@ -12,8 +13,8 @@ log = logging.getLogger("customer_verification")
 
 _LOOKUP = """
     SELECT uuid::text,
-           authentication->>'client_key',
-           authentication->>'previous_client_key',
+           authentication->'client_key',
+           authentication->'previous_client_key',
            authentication->>'previous_key_expires_at'
       FROM customer
      WHERE certificate = %s
@@ -79,17 +80,34 @@ class CustomerStore:
                           certificate_id, len(rows))
             return None
         customer_id, client_key, previous_key, previous_expiry = rows[0]
-        if not client_key:
-            log.error("customer %s has no authentication.client_key; refusing it", customer_id)
-            return None
-        return Credential(customer_id, client_key, previous_key, _epoch_or_none(previous_expiry))
+        previous_expiry = _epoch_or_none(previous_expiry)
+        if not _usable_key(client_key):
+            return self._refuse(certificate_id, "client_key")
+        if previous_key is not None and not _usable_key(previous_key):
+            if previous_expiry is not None and time.time() < previous_expiry:
+                return self._refuse(certificate_id, "previous_client_key")
+            previous_key = None  # its grace period is over: it no longer matters
+        return Credential(customer_id, client_key, previous_key, previous_expiry)
+
+    @staticmethod
+    def _refuse(certificate_id, field):
+        """Logs why the customer cannot be used; None, as for a customer that does not exist."""
+        log.error("certificate %r: authentication.%s is missing or not a non-blank string; the customer is "
+                  "refused until it is fixed", certificate_id, field)
+        return None
 
     def close(self):
         self.pool.close()
 
 
+def _usable_key(value):
+    # The JSON value as stored: false, 0, {} or " " must not become a key that anyone can guess.
+    return isinstance(value, str) and bool(value.strip())
+
+
 def _epoch_or_none(text):
     try:
-        return float(text)
+        epoch = float(text)
     except (TypeError, ValueError):
         return None
+    return epoch if math.isfinite(epoch) else None
