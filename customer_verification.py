@@ -24,9 +24,12 @@ import gevent
 
 from customer_auth import signature
 from customer_auth.connection import StoreUnavailable
+from customer_auth import metrics, operator_log
 from customer_auth.credentials import Credentials
 
-log = logging.getLogger("customer_verification")
+log = logging.getLogger(operator_log.LOGGER_NAME)
+OPERATOR_LOG = operator_log.install()
+VERIFIED = metrics.REQUESTS_BY_OUTCOME["verified"]
 
 version = "1.0.0"
 
@@ -58,10 +61,13 @@ SIGNATURE_HEADERS = ("certificate_id_header", "request_time_header", "signature_
 class Rejection(Exception):
     """A request that gets its answer from the plugin: one status and one message per case."""
 
-    def __init__(self, status, message, reason):
+    OUTCOMES = {400: "malformed", 403: "unverified", 503: "unavailable"}
+
+    def __init__(self, status, message, reason, outcome=None):
         super().__init__(reason)
         self.status = status
         self.message = message
+        self.outcome = outcome or self.OUTCOMES[status]  # the requests_total label
 
 
 def missing(header):
@@ -82,8 +88,12 @@ def unverified(reason):
     return Rejection(403, "Request signature could not be verified", reason)
 
 
-def unavailable(reason):
-    return Rejection(503, "Authentication is temporarily unavailable", reason)
+def unavailable(reason, outcome=None):
+    return Rejection(503, "Authentication is temporarily unavailable", reason, outcome)
+
+
+def internal_error():
+    return unavailable("internal error", outcome="error")
 
 
 class PDKError(Exception):
@@ -117,14 +127,17 @@ class Plugin:
     def access(self, kong):
         try:
             headers = pdk_value(kong.request.get_headers())
-            customer_id = self.authenticate(headers)
-            pdk_value(kong.service.request.set_headers(self.upstream_headers(customer_id)))
+            upstream = self.upstream_headers(self.authenticate(headers))
+            tell_operator(kong)
+            pdk_value(kong.service.request.set_headers(upstream))
         except Rejection as rejection:
             self.reject(kong, rejection)
         except Exception as error:
             # Kong lets the request through when a handler fails: answer it here instead.
             log.exception("unexpected %s while verifying a request", type(error).__name__)
-            self.reject(kong, unavailable("internal error"))
+            self.reject(kong, internal_error())
+        else:
+            VERIFIED.inc()
 
     def authenticate(self, headers):
         """The customer id of a correctly signed request; Rejection otherwise."""
@@ -194,9 +207,24 @@ class Plugin:
 
     @staticmethod
     def reject(kong, rejection):
-        log.info("rejected with %d: %s", rejection.status, rejection)
+        if rejection.outcome == "unavailable":  # the store failed: the operator's problem
+            log.warning("cannot verify requests, answering %d: %s", rejection.status, rejection)
+        else:  # a client's mistake, or an error already logged where it happened
+            log.info("rejected with %d: %s", rejection.status, rejection)
+        metrics.REQUESTS_BY_OUTCOME[rejection.outcome].inc()
+        tell_operator(kong)
         kong.response.exit(rejection.status, {"message": rejection.message})
         end_event()
+
+
+def tell_operator(kong):
+    """Hands one waiting problem to Kong's error log, where its default level shows it: one round
+    trip, only on a request that finds a problem waiting."""
+    if OPERATOR_LOG:
+        line = OPERATOR_LOG.take()
+        if line is not None:
+            method, text = line
+            pdk_value(getattr(kong.log, method.rsplit(".", 1)[1])(text))
 
 
 def end_event():
@@ -218,4 +246,6 @@ if __name__ == "__main__":
         level=os.environ.get("CUSTOMER_VERIFICATION_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s customer_verification: %(message)s",
     )
+    if "--dump" not in sys.argv:  # Kong's query_cmd: only the JSON, and no port taken
+        metrics.serve_from_environment(lambda: Credentials.shared().health())
     start_dedicated_server("customer_verification", Plugin, version, priority, list(Schema))

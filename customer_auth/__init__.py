@@ -6,7 +6,10 @@
 - ``cache``: credentials and recently verified requests kept in memory;
 - ``changes``: the LISTEN/NOTIFY listener that evicts what changed;
 - ``credentials``: the process's store, caches and listener, shared by every plugin instance;
+- ``metrics``: Prometheus metrics, and the listener serving them with /health;
+- ``operator_log``: problems carried into Kong's error log at a level Kong keeps;
 - ``admin``: the operator's ``customer-verification`` command.
 
-Imports run one way: the plugin -> credentials -> cache, lookup, changes -> connection.
+Imports run one way: the plugin -> credentials -> cache -> lookup, changes -> connection ->
+metrics (tests/test_layout.py holds them to it).
 """

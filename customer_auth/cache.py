@@ -5,6 +5,7 @@ import logging
 import threading
 import time
 
+from customer_auth import metrics
 from customer_auth.connection import StoreUnavailable
 from customer_auth.lookup import Credential
 
@@ -53,6 +54,7 @@ class VerifiedRequests:
             return None
         credential, request_time, valid_until = remembered
         if abs(now - request_time) <= clock_skew and now < valid_until and self._cache.fresh(signed[0]) is credential:
+            metrics.CACHE_HIT.inc()
             return credential.customer_id
         return None
 
@@ -97,12 +99,15 @@ class CredentialCache:
             try:
                 self._known.move_to_end(certificate_id)
             except KeyError:
-                pass  # evicted meanwhile: the entry is still valid
+                pass  # evicted meanwhile, or an unknown certificate: the entry is still valid
+            metrics.CACHE_HIT.inc()
             return entry.credential
         with self._lock:
             entry = self._known.get(certificate_id) or self._unknown.get(certificate_id)
             if entry is not None and self._clock() < entry.fresh_until:
+                metrics.CACHE_HIT.inc()
                 return entry.credential
+            metrics.CACHE_MISS.inc()
             flight = self._flights.get(certificate_id)
             leading = flight is None
             if leading:
@@ -115,8 +120,9 @@ class CredentialCache:
         if flight.error is None:
             return flight.credential
         if entry is not None and entry.credential is not None and self._clock() < entry.stale_until:
-            log.warning("credential store failed (%s); using the cached credential of %s",
-                        flight.error, entry.credential.customer_id)
+            log.warning("credential store failed (%s); answering from expired cache entries (within stale_ttl)",
+                        flight.error)
+            metrics.CACHE_STALE.inc()
             return entry.credential
         raise flight.error
 
@@ -150,6 +156,12 @@ class CredentialCache:
         entries.move_to_end(certificate_id)
         while len(entries) > self._max_entries:
             entries.popitem(last=False)
+
+    def usable_while_the_store_fails(self):
+        """How many customers ``get`` would still answer from memory if the store failed now."""
+        now = self._clock()
+        with self._lock:
+            return sum(1 for entry in self._known.values() if now < entry.stale_until)
 
     def evict(self, certificate_id=None):
         """Forget one certificate, or everything when ``certificate_id`` is None."""

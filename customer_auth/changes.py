@@ -6,6 +6,7 @@ import time
 
 import psycopg2
 
+from customer_auth import metrics
 from customer_auth.connection import connect, describe
 
 log = logging.getLogger("customer_verification")
@@ -59,6 +60,7 @@ class ChangeListener:
                 if self.connection is not None:
                     self.connection.close()
                 self.listening.clear()
+                metrics.LISTENER_CONNECTED.set(0)
             self._stopped.wait(self._retry_delay)
 
     def _listen(self):
@@ -71,6 +73,7 @@ class ChangeListener:
         # Clearing also bumps the caches' generation, so a lookup still in flight is not stored.
         self._on_change(None)
         self.listening.set()
+        metrics.LISTENER_CONNECTED.set(1)
         if self._failing:
             log.warning("change listener reconnected; cached credentials cleared")
         self._failing = False

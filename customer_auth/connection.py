@@ -13,6 +13,8 @@ import threading
 import psycopg2
 import psycopg2.extensions
 
+from customer_auth import metrics
+
 
 class StoreUnavailable(Exception):
     """The credential store could not answer in time."""
@@ -63,6 +65,14 @@ def _wait_with_deadline(timeout):
     return wait
 
 
+# libpq's environment variables the deployment passes on (plugin-server-env.conf): with
+# DATABASE_URL empty, or to complete it. The first three alone name a database.
+LIBPQ_TARGET_VARIABLES = ("PGHOST", "PGHOSTADDR", "PGSERVICE")
+LIBPQ_VARIABLES = LIBPQ_TARGET_VARIABLES + (
+    "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD", "PGPASSFILE", "PGSERVICEFILE", "PGSSLMODE", "PGSSLROOTCERT",
+    "PGSSLCERT", "PGSSLKEY", "PGTARGETSESSIONATTRS", "PGLOADBALANCEHOSTS", "PGCONNECT_TIMEOUT")
+
+
 class InvalidSettings(psycopg2.ProgrammingError):
     """The connection settings cannot work. Its message names the problem and never quotes the
     URL: libpq's own messages for these cases quote it, password included."""
@@ -74,6 +84,8 @@ def check_dsn(dsn):
     A '@', '/' or ':' in a password must be percent-encoded; libpq otherwise takes what follows
     it for the host or the port and names that part, a piece of the password, in its error.
     """
+    if not dsn and not any(os.environ.get(name) for name in LIBPQ_TARGET_VARIABLES):
+        raise InvalidSettings("DATABASE_URL is not set (nor libpq's PGHOST or PGSERVICE): no database to ask")
     try:
         params = psycopg2.extensions.parse_dsn(dsn)
     except psycopg2.ProgrammingError as error:
@@ -123,6 +135,7 @@ class Pool:
         """Yields ``(connection, reused)``; a connection that raised is closed, not returned."""
         if not self._slots.acquire(timeout=self._settings.timeout):
             raise StoreUnavailable("all database connections are busy")
+        metrics.POOL_IN_USE.inc()
         try:
             with self._lock:
                 conn = self._idle.pop() if self._idle and not fresh else None
@@ -138,6 +151,7 @@ class Pool:
             with self._lock:
                 self._idle.append(conn)
         finally:
+            metrics.POOL_IN_USE.dec()
             self._slots.release()
 
     def close(self):

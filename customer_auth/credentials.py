@@ -4,7 +4,7 @@ import weakref
 
 from customer_auth.cache import CredentialCache
 from customer_auth.changes import ChangeListener
-from customer_auth.connection import Settings
+from customer_auth.connection import Settings, StoreUnavailable
 from customer_auth.lookup import CustomerStore
 
 
@@ -42,6 +42,20 @@ class Credentials:
             if cache is None:
                 cache = self._caches[settings] = CredentialCache(self.store.fetch, *settings)
         return cache
+
+    def health(self):
+        """``(ok, details)``: ok while requests can be verified, by the store or, while it fails,
+        by cached credentials within their stale window."""
+        listener = "listening" if self.listener.listening.is_set() else "not listening"
+        try:
+            self.store.probe()
+        except StoreUnavailable as error:
+            with self._caches_lock:
+                caches = list(self._caches.values())
+            cached = sum(cache.usable_while_the_store_fails() for cache in caches)
+            return cached > 0, {"status": "degraded" if cached else "unavailable", "store": str(error),
+                                "customers_served_from_cache": cached, "listener": listener}
+        return True, {"status": "ok", "store": "reachable", "listener": listener}
 
     def _evict(self, certificate_id):
         with self._caches_lock:

@@ -7,6 +7,7 @@ import time
 import psycopg2
 import psycopg2.errors
 
+from customer_auth import metrics
 from customer_auth.connection import Pool, StoreUnavailable, describe
 
 log = logging.getLogger("customer_verification")
@@ -54,26 +55,40 @@ class CustomerStore:
         self.queries = 0
 
     def fetch(self, certificate_id):
-        """The customer's credential, or None if there is none; StoreUnavailable on failure.
+        """The customer's credential, or None if there is none; StoreUnavailable on failure."""
+        started = time.perf_counter()
+        try:
+            rows = self._query(certificate_id)
+        except StoreUnavailable:
+            metrics.STORE_LOOKUPS_FAILED.inc()
+            raise
+        finally:
+            metrics.STORE_LOOKUP_SECONDS.observe(time.perf_counter() - started)
+        return self._credential(certificate_id, rows)
 
-        A reused connection may have died with a database restart, and then its idle siblings
+    def probe(self):
+        """Raises StoreUnavailable unless the store answers a lookup now (one no certificate matches)."""
+        self._query("")
+
+    def _query(self, certificate_id):
+        """A reused connection may have died with a database restart, and then its idle siblings
         did too: they are dropped and the lookup is retried once on a new connection, so a
-        restart costs no request.
-        """
+        restart costs no request."""
         for attempt in (1, 2):
             reused = False
             try:
                 with self.pool.connection(fresh=attempt == 2) as (conn, reused), conn.cursor() as cursor:
                     self.queries += 1
                     cursor.execute(_LOOKUP, (certificate_id,))
-                    rows = cursor.fetchall()
-                break
+                    return cursor.fetchall()
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as error:
                 if attempt == 2 or not reused or isinstance(error, psycopg2.errors.QueryCanceled):
                     raise StoreUnavailable(describe(error)) from None
                 self.pool.close()
             except psycopg2.Error as error:
                 raise StoreUnavailable(describe(error)) from None
+
+    def _credential(self, certificate_id, rows):
         if len(rows) != 1:
             if rows:
                 log.error("certificate id %r belongs to %d customers; refusing all of them",

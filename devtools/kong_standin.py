@@ -73,7 +73,7 @@ class Request:
         self.pdk_calls.append(method)
         handler = _PDK.get(method)
         if handler is None:
-            if method.startswith("kong.log."):
+            if method.startswith("kong.log.") and method[len("kong.log."):] in KONG_LOG_FUNCTIONS:
                 self.logs.append((method[len("kong.log."):], args))
                 return None
             raise PDKError(f"could not find pdk method: {method}")
@@ -207,6 +207,57 @@ class FailClosedRule:
             request.exit(503, {"message": "Authentication is temporarily unavailable"})
 
 
+# kong.log's functions, one per level (err writes at nginx's "error").
+KONG_LOG_FUNCTIONS = ("debug", "info", "notice", "warn", "err", "crit", "alert", "emerg")
+# nginx's levels, lowest first; Kong's log_level setting names one of them.
+LOG_LEVELS = ("debug", "info", "notice", "warn", "error", "crit", "alert", "emerg")
+KONG_LOG_LEVEL = {"err": "error"}  # kong.log.err writes at nginx's "error"
+
+
+class ErrorLog:
+    """Kong's error log as an operator reads it: only what is written at ``level`` or above
+    (Kong's ``log_level``, by default ``notice``) is kept.
+
+    Kong copies every line the plugin server process prints into this log at INFO
+    (``process.lua``): ``follow`` a server's output file to model that. ``kong.log.*`` calls of a
+    plugin are written at their own level, Kong's own errors about the bridge at ``error``.
+    """
+
+    def __init__(self, level="notice"):
+        self.level = level
+        self._lines = []  # (level, text)
+        self._followed = {}  # path -> bytes already copied
+        self._lock = threading.Lock()
+
+    def write(self, level, text):
+        level = KONG_LOG_LEVEL.get(level, level)
+        if LOG_LEVELS.index(level) >= LOG_LEVELS.index(self.level):
+            with self._lock:
+                self._lines.append((level, text))
+
+    def follow(self, path):
+        self._followed[str(path)] = 0
+
+    def lines(self):
+        """``(level, text)`` of every line kept so far, the server's output copied first."""
+        for path, copied in list(self._followed.items()):
+            try:
+                with open(path, "rb") as output:
+                    output.seek(copied)
+                    data = output.read()
+            except FileNotFoundError:
+                continue
+            complete = data[:data.rfind(b"\n") + 1]
+            self._followed[path] = copied + len(complete)
+            for line in complete.decode(errors="replace").splitlines():
+                self.write("info", line)
+        with self._lock:
+            return list(self._lines)
+
+    def text(self):
+        return "\n".join(f"[{level}] {text}" for level, text in self.lines())
+
+
 class RPCError(Exception):
     """The plugin server answered an RPC with an error, or could not be reached."""
 
@@ -273,6 +324,7 @@ class KongStandIn:
         self._instances = {}  # plugin id -> (instance id, __seq__)
         self._sequence = itertools.count(1)
         self._fail_closed = fail_closed
+        self.error_log = ErrorLog()
         self.calls = 0
 
     @classmethod
@@ -358,6 +410,7 @@ class KongStandIn:
             except RPCError as error:
                 # Kong raises here: the client gets a 500 and the upstream nothing.
                 errors.append(f"starting instance: {error}")
+                self.error_log.write("error", f"[{self.name}] starting instance: {error}")
                 return Outcome(500, json.dumps({"message": "An unexpected error occurred"}), None, trips, errors)
             try:
                 trips += self._bridge(request, instance_id, phase)
@@ -370,6 +423,10 @@ class KongStandIn:
                 self._reset_instances()
         if self._fail_closed:
             self._fail_closed.after(request)
+        for level, args in request.logs:
+            self.error_log.write(level, "".join(map(str, args)))  # Kong joins the arguments as they are
+        for error in errors:
+            self.error_log.write("error", f"[{self.name}] {error}")
         if request.response is not None:
             status, body = request.response
             return Outcome(status, body, None, trips, errors)

@@ -42,8 +42,9 @@ def _allow_server_user(directory):
 
 
 class ThrowawayPostgres:
-    def __init__(self, extra_options="", password=None):
-        """``password``: require it over TCP (scram-sha-256), as a real deployment does."""
+    def __init__(self, extra_options="", password=None, primary=None):
+        """``password``: require it over TCP (scram-sha-256), as a real deployment does.
+        ``primary``: instead of a new cluster, a hot standby streaming from that server."""
         self.extra_options = extra_options
         self.password = password
         self.directory = pathlib.Path(tempfile.mkdtemp(prefix="customer-verification-pg-"))
@@ -53,6 +54,11 @@ class ThrowawayPostgres:
         if os.geteuid() == 0:
             self._user = SERVER_USER
             _allow_server_user(self.directory)
+        if primary is not None:
+            # A base backup of the running primary; -R writes standby.signal and primary_conninfo.
+            self._run("pg_basebackup", "-D", self.data, "-h", "127.0.0.1", "-p", primary.port, "-U", "postgres",
+                      "-R", "-X", "stream", "--no-sync")
+            return
         auth = ["--auth=trust"]
         if password:
             password_file = self.directory / "password"
@@ -76,6 +82,13 @@ class ThrowawayPostgres:
                    "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 " + self.extra_options)
         self._run("pg_ctl", "start", "-w", "-D", self.data, "-l", self.directory / "server.log", "-o", options)
         return self
+
+    def standby(self):
+        """A started hot standby of this server, replicating by streaming."""
+        return ThrowawayPostgres(self.extra_options, primary=self).start()
+
+    def promote(self):
+        self._run("pg_ctl", "promote", "-w", "-D", self.data)
 
     def stop(self, mode="fast"):
         self._run("pg_ctl", "stop", "-w", "-m", mode, "-D", self.data)

@@ -156,6 +156,7 @@ def start_gateway(script, name, flags=(), env=None, config=None, kong_timeout=10
     server = PluginServer(script, directory, name, flags, env=env).start()
     kong = KongStandIn.query(server.query_command, server.socket_path, timeout=kong_timeout, fail_closed=fail_closed)
     kong.configure("plugin", config)
+    kong.error_log.follow(server.log_path)  # Kong copies the server's output into its log, at INFO
     gateway = Gateway(server, kong)
     gateway.directory = directory
     gateway.cleanup = lambda: (gateway.close(), shutil.rmtree(directory, ignore_errors=True))
@@ -173,3 +174,22 @@ def gateway(database_url, server_mode):
                             SERVER_MODES[server_mode], env={"DATABASE_URL": database_url})
     yield gateway
     gateway.cleanup()
+
+
+@pytest.fixture(autouse=True)
+def operator_log(monkeypatch):
+    """A fresh operator log per test: the process's one would carry problems one test caused
+    (and its rate limit) into the next. Yields the log the in-process plugin hands to Kong."""
+    import logging
+
+    import customer_verification
+    from customer_auth.operator_log import LOGGER_NAME, OperatorLog
+
+    logger, fresh = logging.getLogger(LOGGER_NAME), OperatorLog()
+    installed = customer_verification.OPERATOR_LOG
+    logger.removeHandler(installed)
+    logger.addHandler(fresh)
+    monkeypatch.setattr(customer_verification, "OPERATOR_LOG", fresh)
+    yield fresh
+    logger.removeHandler(fresh)
+    logger.addHandler(installed)

@@ -45,6 +45,29 @@ def env_file(name):
                 if line and not line.startswith("#"))
 
 
+def passed_variables():
+    """The variables nginx keeps for its workers, hence for the plugin server (kong.conf)."""
+    include = kong_conf()["nginx_main_include"]
+    assert include == "/etc/kong/plugin-server-env.conf" and "plugin-server-env.conf /etc/kong/" in dockerfile()
+    lines = [line.strip() for line in (ROOT / "plugin-server-env.conf").read_text().splitlines()]
+    return {re.fullmatch(r"env (\w+);", line).group(1) for line in lines if line and not line.startswith("#")}
+
+
+def variables_the_runtime_reads():
+    from customer_auth.connection import LIBPQ_VARIABLES
+
+    names = set(LIBPQ_VARIABLES)
+    for path in [ROOT / "customer_verification.py", *(ROOT / "customer_auth").glob("*.py")]:
+        names |= set(re.findall(r"""os\.environ(?:\.get\(|\[)\s*["']([A-Z0-9_]+)["']""", path.read_text()))
+    return names
+
+
+def test_every_variable_the_runtime_reads_reaches_the_plugin_server_through_nginx():
+    read = variables_the_runtime_reads()
+    assert {"DATABASE_URL", "CUSTOMER_VERIFICATION_POOL_SIZE", "CUSTOMER_VERIFICATION_METRICS_PORT", "PGHOST"} <= read
+    assert read - passed_variables() == set()
+
+
 def test_compose_file_validates_against_the_compose_specification():
     result = subprocess.run([os.path.join(BIN, "check-jsonschema"), "--builtin-schema", "vendor.compose-spec",
                              str(ROOT / "docker-compose.yml")], capture_output=True, text=True)
@@ -87,7 +110,7 @@ def test_plugin_name_socket_and_commands_agree_everywhere():
 
 def test_paths_and_ports_agree_across_files():
     conf, services = kong_conf(), compose()["services"]
-    assert "COPY kong.conf /etc/kong/kong.conf" in dockerfile()
+    assert "COPY kong.conf plugin-server-env.conf /etc/kong/" in dockerfile()
     assert f"COPY kong.yml {conf['declarative_config']}" in dockerfile()
     assert conf["database"] == "off"
     assert services["kong"]["build"]["dockerfile"] == "Dockerfile-Kong"
@@ -97,9 +120,10 @@ def test_paths_and_ports_agree_across_files():
     host, port = echo["url"].split("//")[1].split(":")
     assert host in services and services[host]["environment"]["HTTP_PORT"] == port
     assert services["kong"]["env_file"] == "kong.env"
-    assert conf["nginx_main_env"] in env_file("kong.env")  # nginx would clear it otherwise
-    for volume in services["postgres"]["volumes"]:
-        assert (ROOT / volume.split(":")[0].removeprefix("./")).exists()
+    assert set(env_file("kong.env")) | set(services["kong"]["environment"]) <= passed_variables()
+    for volume in services["postgres"]["volumes"] + services["kong"]["volumes"]:
+        source = volume.split(":")[0]
+        assert source in compose()["volumes"] or (ROOT / source.removeprefix("./")).exists()
     assert re.match(r"^[\w.-]+:[\w.-]+$", services["postgres"]["image"]) and services["echo"]["image"].count(":") == 1
 
 
@@ -131,6 +155,18 @@ def test_query_command_prints_only_the_json_kong_parses():
     assert info["Priority"] == customer_verification.priority
 
 
+def run_init_script(admin_dsn, database, database_url):
+    """postgres-init.sh into ``database``, as the Postgres image runs it, with kong.env's URL."""
+    from devtools.throwaway_postgres import POSTGRES_BIN_PATH
+
+    params = psycopg2.extensions.parse_dsn(admin_dsn)
+    subprocess.run(["bash", str(ROOT / "postgres-init.sh")], check=True, capture_output=True, env={
+        **os.environ, "PATH": f"{POSTGRES_BIN_PATH}:{os.environ['PATH']}", "SCHEMA_DIR": str(ROOT),
+        "POSTGRES_USER": params.get("user", "postgres"), "POSTGRES_DB": database,
+        "PGHOST": params["host"], "PGPORT": str(params.get("port", 5432)), "PGPASSWORD": params.get("password", ""),
+        "DATABASE_URL": database_url})
+
+
 @pytest.fixture
 def deployed_database(postgres):
     """The init script, run as the Postgres image would, into a fresh database."""
@@ -139,17 +175,10 @@ def deployed_database(postgres):
     execute(dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     execute(dsn, "DROP ROLE IF EXISTS customer_verification")
     execute(dsn, f"CREATE DATABASE {name}")
-    url = dsn_for_database(dsn, name)
-    params = psycopg2.extensions.parse_dsn(url)
-    plugin_url = f"postgresql://customer_verification:change-me-plugin-password@{params['host']}:{params.get('port', 5432)}/{name}"
-    from devtools.throwaway_postgres import POSTGRES_BIN_PATH
-
-    subprocess.run(["bash", str(ROOT / "postgres-init.sh")], check=True, capture_output=True, env={
-        **os.environ, "PATH": f"{POSTGRES_BIN_PATH}:{os.environ['PATH']}", "SCHEMA_DIR": str(ROOT),
-        "POSTGRES_USER": params.get("user", "postgres"), "POSTGRES_DB": name,
-        "PGHOST": params["host"], "PGPORT": str(params.get("port", 5432)), "PGPASSWORD": params.get("password", ""),
-        "DATABASE_URL": env_file("kong.env")["DATABASE_URL"]})
-    yield plugin_url
+    params = psycopg2.extensions.parse_dsn(dsn)
+    run_init_script(dsn, name, env_file("kong.env")["DATABASE_URL"])
+    # kong.env's URL, pointed at this server and database
+    yield f"postgresql://customer_verification:change-me-plugin-password@{params['host']}:{params.get('port', 5432)}/{name}"
     execute(dsn, f"DROP DATABASE {name} WITH (FORCE)")
     execute(dsn, "DROP ROLE IF EXISTS customer_verification")
 
@@ -175,3 +204,115 @@ def test_the_demo_customer_verifies_through_the_kong_standin(deployed_database):
         assert outcome.upstream["x-customer-id"] == ["6f1d8d2e-3b1a-4c52-9a57-0d7e2f6b9c41"]
     finally:
         gateway.cleanup()
+
+
+def test_the_init_script_takes_a_percent_encoded_plugin_password():
+    """On a server that checks passwords: '@', ':', '%' and '/' in the password, encoded in kong.env."""
+    from devtools.throwaway_postgres import ThrowawayPostgres
+
+    with ThrowawayPostgres(password="admin-secret") as server:
+        execute(server.dsn, "CREATE DATABASE customers")
+        run_init_script(server.dsn, "customers",
+                        "postgresql://customer_verification:p%40ss%3Aw%25rd%2F%5Cx@postgres:5432/customers")
+        conn = psycopg2.connect(host="127.0.0.1", port=server.port, dbname="customers",
+                                user="customer_verification", password="p@ss:w%rd/\\x")
+        conn.close()
+
+
+def readme_commands(prefix):
+    return [line.strip() for line in (ROOT / "README.md").read_text().splitlines()
+            if line.startswith("    " + prefix)]
+
+
+def test_the_readmes_customer_commands_for_the_compose_deployment_work(deployed_database, postgres):
+    """The same command lines, with the compose host name pointed at the test server."""
+    dsn, _ = postgres
+    params = psycopg2.extensions.parse_dsn(dsn)
+    commands = readme_commands('docker compose exec -e DATABASE_URL="postgresql://postgres:')
+    assert [shlex.split(command)[7] for command in commands] == ["revoke", "add", "list"]
+    outputs = []
+    for command in commands:
+        words = shlex.split(command)
+        assert words[:5] == ["docker", "compose", "exec", "-e", words[4]] and words[5] == "kong"
+        url = words[4].split("=", 1)[1].replace("${POSTGRES_PASSWORD:-change-me-admin-password}", params.get("password", "x"))
+        url = url.replace("@postgres:5432/customers", f"@{params['host']}:{params.get('port', 5432)}/cv_deploy_test")
+        result = subprocess.run([os.path.join(BIN, words[6]), *words[7:]], capture_output=True, text=True, timeout=60,
+                                env={**os.environ, "DATABASE_URL": url})
+        assert result.returncode == 0, result.stderr
+        outputs.append(result.stdout)
+    assert "demo-certificate\trevoked" in outputs[-1] and "my-first-customer\tactive" in outputs[-1]
+
+
+def test_the_readmes_password_change_works_on_a_running_database(deployed_database, postgres):
+    from devtools.throwaway_postgres import POSTGRES_BIN_PATH
+
+    dsn, _ = postgres
+    params = psycopg2.extensions.parse_dsn(dsn)
+    (command,) = readme_commands("docker compose exec postgres psql")
+    words = shlex.split(command)[4:]
+    words[words.index("-d") + 1] = "cv_deploy_test"
+    subprocess.run([POSTGRES_BIN_PATH / words[0], "-h", params["host"], "-p", str(params.get("port", 5432)),
+                    "-v", "ON_ERROR_STOP=1", *words[1:]], check=True, capture_output=True, timeout=60)
+    rows = psycopg2.connect(dsn).cursor()
+    rows.execute("SELECT rolpassword IS NOT NULL FROM pg_authid WHERE rolname = 'customer_verification'")
+    assert rows.fetchone() == (True,)
+    rows.connection.close()
+
+
+def test_postgres_keeps_customers_in_a_named_volume_and_is_checked_over_tcp():
+    postgres = compose()["services"]["postgres"]
+    assert "customer-data:/var/lib/postgresql/data" in postgres["volumes"] and "customer-data" in compose()["volumes"]
+    check = " ".join(postgres["healthcheck"]["test"])
+    assert "pg_isready" in check and "-h 127.0.0.1" in check
+
+
+def test_kongs_healthcheck_covers_the_plugin_server():
+    kong = compose()["services"]["kong"]
+    check = " ".join(kong["healthcheck"]["test"])
+    port = kong["environment"]["CUSTOMER_VERIFICATION_METRICS_PORT"]
+    assert "kong health" in check and f"127.0.0.1:{port}/health" in check
+
+
+def test_the_image_build_context_holds_only_what_ships():
+    import fnmatch
+
+    rules = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+
+    def sent(path):
+        included = True
+        for rule in rules:
+            negated = rule.startswith("!")
+            if fnmatch.fnmatch(path, rule.lstrip("!")):
+                included = negated
+        return included
+
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    candidates = tracked + [".venv/bin/python", ".git/config", ".env", "benchmark-results/results.json"]
+    copied = set(re.findall(r"^COPY (.+) \S+$", dockerfile(), re.M))
+    needed = {name for line in copied for name in line.split()}
+    assert {path for path in candidates if sent(path)} == {
+        path for path in tracked if path in needed or path.split("/")[0] in needed and path.endswith(".py")}
+
+
+def test_monitoring_uses_only_metrics_the_plugin_exports():
+    import prometheus_client
+
+    import customer_auth.metrics  # noqa: F401  (registers them)
+
+    exported = {sample.name for family in prometheus_client.REGISTRY.collect()
+                if family.name.startswith("customer_verification")
+                for sample in family.samples} | {f"{name}_bucket" for name in ("customer_verification_store_lookup_seconds",)}
+    dashboard = json.loads((ROOT / "monitoring/grafana/dashboards/customer-verification.json").read_text())
+    expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    rules = yaml.safe_load((ROOT / "monitoring/alerts.yml").read_text())
+    expressions += [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    used = {name for expression in expressions for name in re.findall(r"customer_verification_\w+", expression)}
+    assert used and used <= exported, used - exported
+    assert {"CustomerVerification503s", "CustomerVerificationListenerDown"} == {
+        rule["alert"] for group in rules["groups"] for rule in group["rules"]}
+    scrape = yaml.safe_load((ROOT / "monitoring/prometheus.yml").read_text())
+    port = compose()["services"]["kong"]["environment"]["CUSTOMER_VERIFICATION_METRICS_PORT"]
+    assert scrape["scrape_configs"][0]["static_configs"][0]["targets"] == [f"kong:{port}"]
+    for service in ("prometheus", "grafana"):
+        assert compose()["services"][service]["profiles"] == ["monitoring"]

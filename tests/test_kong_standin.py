@@ -123,3 +123,44 @@ def test_headers_set_by_a_plugin_are_what_later_plugins_read():
     assert request.get_header("X-Customer-Id") == "verified"
     request.clear_header("x-customer-id")
     assert request.get_header("x-customer-id") is None and request.upstream == {}
+
+
+def test_the_error_log_keeps_what_kongs_default_level_keeps_and_the_servers_output_is_info(tmp_path):
+    from devtools.kong_standin import ErrorLog
+
+    output = tmp_path / "server.log"
+    output.write_text("Traceback (most recent call last): boom\nhalf a li")
+    log = ErrorLog()  # Kong's default log_level: notice
+    log.follow(output)
+    for level in ("debug", "info", "notice", "warn", "err", "crit"):
+        log.write(level, f"at {level}")
+    assert [text for _, text in log.lines()] == ["at notice", "at warn", "at err", "at crit"]
+    assert ("error", "at err") in log.lines()
+    verbose = ErrorLog(level="info")
+    verbose.follow(output)
+    assert verbose.lines() == [("info", "Traceback (most recent call last): boom")]  # whole lines only
+
+
+def test_kong_log_calls_of_a_plugin_are_recorded_at_their_level():
+    request = Request([])
+    kong = in_process_kong(request, lua_style=False)
+    kong.log.warn("careful: ", 3)
+    kong.log.debug("noise")
+    assert request.logs == [("warn", ["careful: ", 3]), ("debug", ["noise"])]
+    with pytest.raises(Exception, match="could not find pdk method"):
+        kong.log.shout("x")
+
+
+def test_without_a_plugin_instance_kong_answers_500_before_the_fail_closed_rule_runs():
+    """A worker with no instance yet (the server down since Kong started): Kong's plugin iterator
+    raises, so post-function never runs; the client gets Kong's 500 and the upstream nothing."""
+    from devtools.kong_standin import FailClosedRule
+
+    tiny = start_gateway(TINY, "tiny", ["-g", "--no-lua-style"], kong_timeout=2, fail_closed=FailClosedRule("x-config"))
+    try:
+        tiny.server.stop()
+        outcome = tiny.send([("x-config", "forged")])
+        assert (outcome.status, outcome.upstream, outcome.message) == (500, None, "An unexpected error occurred")
+        assert any("starting instance" in text for level, text in tiny.kong.error_log.lines() if level == "error")
+    finally:
+        tiny.cleanup()

@@ -16,13 +16,15 @@ MAX_MODULE_LINES = 350
 # Each runtime module may import only modules of a lower layer: the Kong glue -> the process's credentials -> cache, lookup, listener -> connections.
 LAYERS = {
     "customer_auth.signature": 0,
-    "customer_auth.connection": 0,
-    "customer_auth.lookup": 1,
-    "customer_auth.changes": 1,
-    "customer_auth.cache": 2,
-    "customer_auth.credentials": 3,
-    "customer_auth.admin": 4,
-    "customer_verification": 5,
+    "customer_auth.metrics": 0,
+    "customer_auth.operator_log": 0,
+    "customer_auth.connection": 1,
+    "customer_auth.lookup": 2,
+    "customer_auth.changes": 2,
+    "customer_auth.cache": 3,
+    "customer_auth.credentials": 4,
+    "customer_auth.admin": 5,
+    "customer_verification": 6,
 }
 
 

@@ -1,0 +1,91 @@
+"""Prometheus metrics of the plugin server, and the HTTP listener that serves them with /health.
+
+Metric objects live here, once per process. No label takes a value a client chooses (certificate
+ids are unbounded): every label has a fixed set of values, so cardinality stays fixed.
+"""
+import json
+import logging
+import os
+import socketserver
+import threading
+import wsgiref.simple_server
+
+import prometheus_client
+
+log = logging.getLogger("customer_verification")
+
+OUTCOMES = ("verified", "malformed", "unverified", "unavailable", "error")
+
+REQUESTS = prometheus_client.Counter(
+    "customer_verification_requests", "Requests the plugin answered, by outcome: verified, malformed (400), "
+    "unverified (403), unavailable (503: store down, no usable cache) and error (503: an internal error)",
+    ["outcome"])
+CACHE = prometheus_client.Counter(
+    "customer_verification_cache_lookups", "Credential cache lookups: hit (answered from memory), miss (asked the "
+    "store) and stale (store failed, answered from an expired entry within stale_ttl)", ["result"])
+STORE_LOOKUP_SECONDS = prometheus_client.Histogram(
+    "customer_verification_store_lookup_seconds", "Time of a credential lookup in Postgres, failed ones included",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
+STORE_LOOKUPS_FAILED = prometheus_client.Counter(
+    "customer_verification_store_lookups_failed", "Credential lookups that failed (unreachable, timed out, refused)")
+LISTENER_CONNECTED = prometheus_client.Gauge(
+    "customer_verification_listener_connected", "1 while the change listener's LISTEN is in force, else 0")
+POOL_IN_USE = prometheus_client.Gauge(
+    "customer_verification_pool_connections_in_use", "Database connections of the lookup pool in use")
+
+for _outcome in OUTCOMES:
+    REQUESTS.labels(_outcome)  # every series exists from the start, at 0, so rate() sees the first one
+for _result in ("hit", "miss", "stale"):
+    CACHE.labels(_result)
+
+REQUESTS_BY_OUTCOME = {outcome: REQUESTS.labels(outcome) for outcome in OUTCOMES}
+CACHE_HIT, CACHE_MISS, CACHE_STALE = CACHE.labels("hit"), CACHE.labels("miss"), CACHE.labels("stale")
+
+
+class _QuietHandler(wsgiref.simple_server.WSGIRequestHandler):
+    def log_message(self, format, *args):  # a scrape every few seconds is not news
+        pass
+
+
+class _Server(socketserver.ThreadingMixIn, wsgiref.simple_server.WSGIServer):
+    daemon_threads = True
+
+
+def application(health):
+    """The WSGI app: ``/metrics`` for Prometheus, ``/health`` from ``health()`` -> (ok, details)."""
+    metrics = prometheus_client.make_wsgi_app()
+
+    def app(environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return metrics(environ, start_response)
+        if path == "/health":
+            ok, details = health()
+            start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "application/json")])
+            return [json.dumps(details).encode()]
+        start_response("404 Not Found", [("Content-Type", "application/json")])
+        return [b'{"message": "not found: try /metrics or /health"}']
+
+    return app
+
+
+def serve_from_environment(health):
+    """Serves /metrics and /health when ``CUSTOMER_VERIFICATION_METRICS_PORT`` is set (on
+    ``CUSTOMER_VERIFICATION_METRICS_ADDRESS``, default all interfaces); else nothing listens."""
+    port = os.environ.get("CUSTOMER_VERIFICATION_METRICS_PORT", "").strip()
+    if not port:
+        return None
+    address = os.environ.get("CUSTOMER_VERIFICATION_METRICS_ADDRESS", "0.0.0.0")
+    try:
+        return serve(int(port), health, address)
+    except (ValueError, OSError) as error:  # the plugin still verifies: only its metrics are missing
+        log.error("cannot serve metrics on %s port %r (CUSTOMER_VERIFICATION_METRICS_PORT): %s", address, port, error)
+        return None
+
+
+def serve(port, health, address="0.0.0.0"):
+    """Serves /metrics and /health on ``address:port`` from a daemon thread; returns the server."""
+    server = wsgiref.simple_server.make_server(address, port, application(health), _Server, _QuietHandler)
+    threading.Thread(target=server.serve_forever, name="customer-verification-metrics", daemon=True).start()
+    log.info("serving /metrics and /health on %s:%d", address, server.server_port)
+    return server

@@ -1,0 +1,249 @@
+"""What an operator sees: problems in Kong's error log at its default level (notice), rate-limited
+and without secrets; Prometheus metrics and /health served by the plugin server."""
+import json
+import logging
+import socket
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import ROOT, start_gateway
+from customer_auth import signature
+from customer_auth.operator_log import OperatorLog
+from customer_verification import DEFAULTS, Plugin
+from devtools.kong_standin import Request, in_process_kong
+
+GEVENT = ["-g", "--no-lua-style"]
+UNREACHABLE = "postgresql://cv:Hunter7Tail9x@127.0.0.1:1/customers"
+
+
+def signed(certificate_id, client_key):
+    return list(signature.signed_headers(certificate_id, client_key).items())
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def gateway_on(url, **env):
+    return start_gateway(ROOT / "customer_verification.py", "customer_verification", GEVENT,
+                         env={"DATABASE_URL": url, "CUSTOMER_VERIFICATION_DB_TIMEOUT": "1", **env})
+
+
+def operator_lines(gateway):
+    """What Kong's error log holds at its default level (notice)."""
+    return gateway.kong.error_log.lines()
+
+
+# -- the rate-limited queue ---------------------------------------------------------------
+
+class Clock:
+    now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def record(message, *args, level=logging.WARNING):
+    return logging.LogRecord("customer_verification", level, __file__, 1, message, args, None)
+
+
+def test_one_line_per_kind_per_interval_saying_how_many_were_left_out():
+    clock = Clock()
+    log = OperatorLog(interval=10, clock=clock)
+    for attempt in range(5):
+        log.handle(record("store failed: %s", f"attempt {attempt}"))
+    log.handle(record("listener lost (%s)", "x", level=logging.ERROR))
+    assert log.take() == ("kong.log.warn", "customer_verification: store failed: attempt 0 (+4 more like this not logged)")
+    assert log.take() == ("kong.log.err", "customer_verification: listener lost (x)")
+    assert log.take() is None and not log
+    clock.now += 5
+    log.handle(record("store failed: %s", "attempt 5"))
+    assert not log  # within the interval: counted, not logged
+    clock.now += 5
+    log.handle(record("store failed: %s", "attempt 6"))
+    assert log.take() == ("kong.log.warn", "customer_verification: store failed: attempt 6 (+1 more like this not logged)")
+
+
+def test_client_mistakes_logged_at_info_never_reach_the_operator_log():
+    log = OperatorLog()
+    logging.getLogger("customer_verification").addHandler(log)
+    try:
+        logging.getLogger("customer_verification").info("rejected with %d: %s", 403, "wrong signature")
+    finally:
+        logging.getLogger("customer_verification").removeHandler(log)
+    assert log.take() is None
+
+
+# -- through the plugin ---------------------------------------------------------------------
+
+def test_an_unexpected_exception_reaches_kongs_log_once_as_an_error(credentials, customers, operator_log):
+    customers.add("cert-1", "key-1")
+    plugin = Plugin(dict(DEFAULTS), credentials)
+    plugin.credentials.get = lambda certificate_id: 1 / 0
+    requests = [Request(signed("cert-1", "key-1")) for _ in range(3)]
+    for request in requests:
+        plugin.access(in_process_kong(request, lua_style=False))
+        assert request.response[0] == 503
+    assert requests[0].logs == [("err", ["customer_verification: unexpected ZeroDivisionError while verifying a request"])]
+    assert requests[0].pdk_calls == ["kong.request.get_headers", "kong.log.err", "kong.response.exit"]
+    assert requests[1].logs == requests[2].logs == []  # rate-limited: one extra round trip, once
+
+
+def test_verified_requests_cost_no_extra_round_trip_when_nothing_is_wrong(credentials, customers):
+    customers.add("cert-1", "key-1")
+    request = Request(signed("cert-1", "key-1"))
+    Plugin(dict(DEFAULTS), credentials).access(in_process_kong(request, lua_style=False))
+    assert request.pdk_calls == ["kong.request.get_headers", "kong.service.request.set_headers"]
+
+
+def test_an_unreachable_store_is_in_kongs_log_at_the_default_level_without_secrets():
+    gateway = gateway_on(UNREACHABLE)
+    try:
+        statuses = {gateway.send(signed(f"cert-{i}", "key")).status for i in range(300)}
+        assert statuses == {503}
+        lines = operator_lines(gateway)
+        store_lines = [(level, text) for level, text in lines if "answering 503" in text]
+        assert store_lines and all(level == "warn" for level, _ in store_lines)
+        assert "credential store failed" in store_lines[0][1] and "Connection refused" in store_lines[0][1]
+        assert len(lines) <= 6, lines  # rate-limited: 300 failing requests, a handful of lines
+        assert "Hunter7Tail9x" not in gateway.kong.error_log.text() + gateway.server.log()
+    finally:
+        gateway.cleanup()
+
+
+def test_client_mistakes_add_no_lines_at_the_default_level(database_url, customers):
+    customers.add("cert-1", "key-1")
+    gateway = gateway_on(database_url)
+    try:
+        for i in range(100):
+            assert gateway.send(signed("cert-1", "wrong")).status == 403
+            assert gateway.send(signed(f"nobody-{i}", "key")).status == 403
+            assert gateway.send([("client-certificate-id", "cert-1")]).status == 400
+        assert operator_lines(gateway) == []
+        assert "rejected with 403" in gateway.server.log()  # at INFO, for whoever raises the level
+    finally:
+        gateway.cleanup()
+
+
+def test_the_listener_losing_and_regaining_its_connection_is_in_kongs_log(database_url, customers):
+    customers.add("cert-1", "key-1")
+    gateway = gateway_on(database_url)
+    try:
+        assert gateway.send(signed("cert-1", "key-1")).status == 200
+        customers.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE application_name = 'customer_verification listener'")
+        deadline = time.monotonic() + 10
+        texts = ""
+        while "change listener reconnected" not in texts:
+            assert time.monotonic() < deadline, texts
+            assert gateway.send(signed("cert-1", "key-1")).status == 200
+            texts = " ".join(text for _, text in operator_lines(gateway))
+            time.sleep(0.1)
+        assert "change listener lost its database connection" in texts
+    finally:
+        gateway.cleanup()
+
+
+def test_a_missing_database_url_is_in_kongs_log():
+    """(Malformed URLs: tests/test_hardening.py, each shape.)"""
+    gateway = gateway_on("")
+    try:
+        assert gateway.send(signed("cert-1", "key")).status == 503
+        texts = [text for level, text in operator_lines(gateway) if level == "warn"]
+        assert any("DATABASE_URL is not set" in text for text in texts), texts
+    finally:
+        gateway.cleanup()
+
+
+# -- metrics and health ---------------------------------------------------------------------
+
+def scrape(port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def health(port):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_metrics_count_every_answer_the_cache_and_the_store(database_url, customers):
+    customers.add("cert-1", "key-1")
+    port = free_port()
+    gateway = gateway_on(database_url, CUSTOMER_VERIFICATION_METRICS_PORT=str(port))
+    try:
+        for _ in range(5):
+            assert gateway.send(signed("cert-1", "key-1")).status == 200
+        assert gateway.send(signed("cert-1", "wrong")).status == 403
+        assert gateway.send(signed("nobody", "key")).status == 403
+        assert gateway.send([]).status == 400
+        samples = scrape(port)
+        requests = {labels[0][1]: value for (name, labels), value in samples.items()
+                    if name == "customer_verification_requests_total"}
+        assert requests == {"verified": 5, "malformed": 1, "unverified": 2, "unavailable": 0, "error": 0}
+        cache = {labels[0][1]: value for (name, labels), value in samples.items()
+                 if name == "customer_verification_cache_lookups_total"}
+        assert cache["miss"] == 2 and cache["hit"] >= 4 and cache["stale"] == 0  # cert-1 and nobody
+        assert samples[("customer_verification_store_lookup_seconds_count", ())] >= 2
+        assert samples[("customer_verification_store_lookups_failed_total", ())] == 0
+        assert samples[("customer_verification_listener_connected", ())] == 1
+        assert samples[("customer_verification_pool_connections_in_use", ())] == 0
+        # No label takes a client's value: a thousand certificate ids later, the same series.
+        for i in range(50):
+            gateway.send(signed(f"random-{i}", "key"))
+        assert set(scrape(port)) == set(samples)
+    finally:
+        gateway.cleanup()
+
+
+def test_health_is_ok_with_the_store_and_503_without_store_or_cache(database_url):
+    port = free_port()
+    gateway = gateway_on(database_url, CUSTOMER_VERIFICATION_METRICS_PORT=str(port))
+    try:
+        status, body = health(port)
+        assert status == 200 and body["status"] == "ok" and body["store"] == "reachable"
+    finally:
+        gateway.cleanup()
+    down = gateway_on(UNREACHABLE, CUSTOMER_VERIFICATION_METRICS_PORT=str(port))
+    try:
+        status, body = health(port)
+        assert status == 503 and body["status"] == "unavailable"
+        assert "Hunter7Tail9x" not in json.dumps(body)
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).status == 200
+    finally:
+        down.cleanup()
+
+
+def test_health_stays_ok_while_cached_customers_can_be_served(database_url, customers, table_gone):
+    customers.add("cert-1", "key-1")
+    port = free_port()
+    gateway = gateway_on(database_url, CUSTOMER_VERIFICATION_METRICS_PORT=str(port))
+    gateway.kong.configure("plugin", {"cache_ttl": 0, "stale_ttl": 300})
+    try:
+        assert gateway.send(signed("cert-1", "key-1")).status == 200
+        with table_gone:
+            assert gateway.send(signed("cert-1", "key-1")).status == 200  # from the stale window
+            status, body = health(port)
+            assert status == 200 and body["status"] == "degraded" and body["customers_served_from_cache"] == 1
+        assert scrape(port)[("customer_verification_cache_lookups_total", (("result", "stale"),))] == 1
+    finally:
+        gateway.cleanup()
+
+
+def test_without_a_port_nothing_listens(database_url):
+    gateway = gateway_on(database_url)
+    try:
+        assert "serving /metrics" not in gateway.server.log()
+    finally:
+        gateway.cleanup()
