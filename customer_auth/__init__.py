@@ -2,7 +2,8 @@
 
 - ``signature``: the v1 request signature, pure (clients import it without Kong or a database);
 - ``connection``: connection settings from the environment, bounded connections, the pool;
-- ``lookup``: a customer's credential read from Postgres;
+- ``lookup``: a customer's credential read from Postgres (a standby when one is up to date);
+- ``replication``: how far a hot standby must have replayed before its answer counts;
 - ``cache``: credentials and recently verified requests kept in memory;
 - ``changes``: the LISTEN/NOTIFY listener that evicts what changed;
 - ``credentials``: the process's store, caches and listener, shared by every plugin instance;
@@ -11,5 +12,6 @@
 - ``admin``: the operator's ``customer-verification`` command.
 
 Imports run one way: the plugin -> credentials -> cache -> lookup, changes -> connection ->
-metrics (tests/test_layout.py holds them to it).
+metrics, replication
+(tests/test_layout.py holds them to it).
 """

@@ -17,7 +17,7 @@ import psycopg2
 import psycopg2.errors
 
 from customer_auth import signature
-from customer_auth.connection import Settings, connect, describe
+from customer_auth.connection import PRIMARY, Settings, connect, describe
 
 DEFAULT_GRACE = 24 * 3600
 MAX_GRACE = 30 * 24 * 3600  # a rotation is meant to end: longer would keep an old key alive for good
@@ -174,7 +174,7 @@ def main(argv=None, out=sys.stdout):
 
 def _connect():
     try:
-        conn = connect(Settings.from_environment())
+        conn = connect(Settings.from_environment(), PRIMARY)  # writes: never a standby
     except psycopg2.Error as error:
         raise Failure(EXIT_DATABASE, f"cannot reach the database: {describe(error)}") from None
     conn.autocommit = True

@@ -7,24 +7,47 @@ import time
 import psycopg2
 
 from customer_auth import metrics
-from customer_auth.connection import connect, describe
+from customer_auth.connection import LISTENER, connect, describe
 
 log = logging.getLogger("customer_verification")
 
 CHANGES_CHANNEL = "customer_changed"
+# The listener's echo channel: a notification it sends itself proves its LISTEN holds (_echo).
+HEARTBEAT_CHANNEL = "customer_verification_heartbeat"
 
 # Seconds of silence after which the listener checks its connection. With the database timeout
 # (default 2 s) and the 1 s poll, a dead connection is replaced within about 8 s.
 HEARTBEAT_INTERVAL = 5.0
+
+# The primary's WAL position in bytes, at or past the end of every change committed so far. The
+# insert position counts, since an asynchronous commit may not be written yet. At the very start
+# of a WAL page it points past the page header (24 bytes, 40 on a segment's first page), where no
+# record can end, while a standby's replay position stops at the end of the last record: the
+# header is taken off, or an idle primary would hold every lookup on itself.
+WAL_POSITION = """
+    SELECT CASE WHEN mod(position, segment) = 40 THEN position - 40
+                WHEN mod(position, page) = 24 THEN position - 24
+                ELSE position END
+      FROM (SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint AS position,
+                   current_setting('wal_block_size')::bigint AS page,
+                   pg_size_bytes(current_setting('wal_segment_size')) AS segment) AS wal
+"""
+
+
+class NoEcho(Exception):
+    """The listener's own notification did not come back: its LISTEN no longer holds."""
 
 
 class ChangeListener:
     """Evicts changed customers from every cache as Postgres announces them.
 
     The schema's trigger notifies ``customer_changed`` with the certificate id (empty: evict
-    everything). A change announced while no LISTEN is in force (before the first, or while the
-    connection is down) is lost, so every cache is cleared each time LISTEN takes effect; in the
-    meantime the cache TTLs bound staleness.
+    everything); ``on_change(certificate_id or None, wal_position)`` hears each, with the primary's
+    WAL position once it was committed (a hot standby must replay past it before its answer about
+    that certificate counts). NOTIFY reaches sessions on the primary only, so the listener always
+    connects to the primary, whatever the order of hosts. A change announced while no LISTEN is in
+    force (before the first, or while the connection is down) is lost, so every cache is cleared
+    each time LISTEN takes effect; in the meantime the cache TTLs bound staleness.
     """
 
     def __init__(self, settings, on_change, retry_delay=0.5, heartbeat_interval=HEARTBEAT_INTERVAL):
@@ -51,11 +74,14 @@ class ChangeListener:
         while not self._stopped.is_set():
             try:
                 self._listen()
+            except NoEcho as error:
+                self._warn_once("change listener heard no answer to its heartbeat (%s): its connection died "
+                                "silently, or it goes through a pool that does not keep a session (PgBouncer "
+                                "pool_mode=transaction cannot hold a LISTEN: give CUSTOMER_VERIFICATION_LISTENER_URL "
+                                "a direct or session-mode URL); reconnecting every %g s", error, self._retry_delay)
             except (psycopg2.Error, OSError, ValueError) as error:
-                if not self._failing:
-                    log.warning("change listener lost its database connection (%s); retrying every %g s, "
+                self._warn_once("change listener lost its database connection (%s); retrying every %g s, "
                                 "cache TTLs bound staleness meanwhile", describe(error), self._retry_delay)
-                self._failing = True
             finally:
                 if self.connection is not None:
                     self.connection.close()
@@ -63,19 +89,27 @@ class ChangeListener:
                 metrics.LISTENER_CONNECTED.set(0)
             self._stopped.wait(self._retry_delay)
 
+    def _warn_once(self, message, *args):
+        if not self._failing:
+            log.warning(message, *args)
+        self._failing = True
+
     def _listen(self):
-        self.connection = connect(self._settings, application_name="customer_verification listener")
+        self.connection = connect(self._settings, LISTENER, application_name="customer_verification listener")
         self.connection.autocommit = True
         with self.connection.cursor() as cursor:
-            cursor.execute(f"LISTEN {CHANGES_CHANNEL}")
+            cursor.execute(f"LISTEN {CHANGES_CHANNEL}; LISTEN {HEARTBEAT_CHANNEL}")
+        self._confirm_listening()
         # Whatever changed before this LISTEN was never announced, and a lookup may have cached
         # it meanwhile (at start as after a reconnect): only lookups from now on can be trusted.
         # Clearing also bumps the caches' generation, so a lookup still in flight is not stored.
-        self._on_change(None)
+        self._on_change(None, self._wal_position())
         self.listening.set()
         metrics.LISTENER_CONNECTED.set(1)
         if self._failing:
             log.warning("change listener reconnected; cached credentials cleared")
+        else:
+            log.info("change listener listening on %s", CHANGES_CHANNEL)
         self._failing = False
         heard_at = time.monotonic()
         while not self._stopped.is_set():
@@ -84,12 +118,52 @@ class ChangeListener:
                 self.connection.poll()
                 heard_at = time.monotonic()
             elif time.monotonic() - heard_at >= self._heartbeat_interval:
-                # A connection that went half-open (a NAT or load balancer forgot it, a partition)
-                # brings no error, only silence: ask, and the wait callback's deadline turns an
-                # unanswered question into an error, hence a reconnect.
-                with self.connection.cursor() as cursor:
-                    cursor.execute("SELECT 1")
+                # A half-open connection (a NAT or load balancer forgot it, a partition) brings
+                # no error, only silence: the echo, or the wait callback's deadline, tells.
+                self._echo(self.connection)
                 heard_at = time.monotonic()
-            while self.connection.notifies:
-                payload = self.connection.notifies.pop(0).payload
-                self._on_change(payload or None)
+            self._announce(self._take_changes())
+
+    def _confirm_listening(self):
+        """A notification sent from another session must reach this one while it is idle.
+
+        Through a pool that lends a server session per transaction (PgBouncer's
+        pool_mode=transaction) every query works, but between them the LISTEN is on a session
+        nobody reads: the pool drops what it hears. Only such a test tells.
+        """
+        sender = connect(self._settings, LISTENER, application_name="customer_verification listener check")
+        try:
+            sender.autocommit = True
+            self._echo(sender)
+        finally:
+            sender.close()
+
+    def _echo(self, sender):
+        """Notifies the heartbeat channel through ``sender`` and waits for it here, within the
+        database timeout; NoEcho if it does not come."""
+        token = f"{self.connection.get_backend_pid()}-{time.monotonic_ns()}"
+        with sender.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, %s)", (HEARTBEAT_CHANNEL, token))
+        deadline = time.monotonic() + self._settings.timeout
+        while not any(n.channel == HEARTBEAT_CHANNEL and n.payload == token for n in self.connection.notifies):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise NoEcho(f"none within {self._settings.timeout:g} s")
+            if select.select([self.connection], [], [], remaining)[0]:
+                self.connection.poll()
+
+    def _take_changes(self):
+        changes = [n.payload or None for n in self.connection.notifies if n.channel == CHANGES_CHANNEL]
+        self.connection.notifies.clear()
+        return changes
+
+    def _announce(self, changes):
+        if changes:
+            wal_position = self._wal_position()  # after the commits: at or past each change
+            for certificate_id in changes:
+                self._on_change(certificate_id, wal_position)
+
+    def _wal_position(self):
+        with self.connection.cursor() as cursor:
+            cursor.execute(WAL_POSITION)
+            return cursor.fetchone()[0]

@@ -22,9 +22,10 @@ class StoreUnavailable(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    dsn: str
+    dsn: str  # one URL for the whole cluster: libpq's multi-host syntax lists primary and standbys
     pool_size: int
     timeout: float
+    listener_dsn: str = ""  # the change listener's, when it must bypass a transaction-mode pool
 
     @classmethod
     def from_environment(cls):
@@ -37,6 +38,7 @@ class Settings:
             dsn=os.environ.get("DATABASE_URL", ""),  # empty: libpq reads PGHOST, PGUSER, ...
             pool_size=int(os.environ.get("CUSTOMER_VERIFICATION_POOL_SIZE", "4")),
             timeout=float(os.environ.get("CUSTOMER_VERIFICATION_DB_TIMEOUT", "2")),
+            listener_dsn=os.environ.get("CUSTOMER_VERIFICATION_LISTENER_URL", ""),
         )
 
 
@@ -99,16 +101,34 @@ def check_dsn(dsn):
                               "a '/' or ':' in the password must be written %2F or %3A)")
 
 
-def connect(settings, application_name="customer_verification"):
-    """One connection with every wait bounded by ``settings.timeout``."""
-    check_dsn(settings.dsn)
+# Where a connection goes among the hosts of a multi-host URL (libpq picks, in this order of wish):
+LOOKUPS = "lookups"  # a standby when one answers, spread over them; else the primary
+PRIMARY = "primary"  # the primary: writes, and reads that must not lag
+LISTENER = "listener"  # the primary (NOTIFY reaches its sessions only), by listener_dsn if set
+
+
+def _session_attributes(dsn, role):
+    """libpq's choice among the hosts of ``dsn`` for ``role``."""
+    if role in (PRIMARY, LISTENER):
+        return {"target_session_attrs": "primary"}
+    if "target_session_attrs" in psycopg2.extensions.parse_dsn(dsn):
+        return {}  # the operator chose
+    return {"target_session_attrs": "prefer-standby", "load_balance_hosts": "random"}
+
+
+def connect(settings, role=LOOKUPS, application_name="customer_verification"):
+    """One connection for ``role`` with every wait bounded by ``settings.timeout``."""
+    dsn = (settings.listener_dsn or settings.dsn) if role == LISTENER else settings.dsn
+    check_dsn(dsn)
+    session_attributes = _session_attributes(dsn, role)
     psycopg2.extensions.set_wait_callback(_wait_with_deadline(settings.timeout))
     timeout_ms = int(settings.timeout * 1000)
     return psycopg2.connect(
-        settings.dsn,
+        dsn,
         connect_timeout=max(1, round(settings.timeout)),
         options=f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}",
         application_name=application_name,
+        **session_attributes,
     )
 
 
@@ -124,9 +144,10 @@ class Pool:
     psycopg2's own pools raise instead of waiting, and do not replace dead connections.
     """
 
-    def __init__(self, settings):
+    def __init__(self, settings, role=LOOKUPS, size=None):
         self._settings = settings
-        self._slots = threading.BoundedSemaphore(settings.pool_size)
+        self._role = role
+        self._slots = threading.BoundedSemaphore(size or settings.pool_size)
         self._idle = []
         self._lock = threading.Lock()
 
@@ -141,7 +162,7 @@ class Pool:
                 conn = self._idle.pop() if self._idle and not fresh else None
             reused = conn is not None
             if conn is None:
-                conn = connect(self._settings)
+                conn = connect(self._settings, self._role)
                 conn.autocommit = True
             try:
                 yield conn, reused

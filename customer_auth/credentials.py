@@ -19,7 +19,7 @@ class Credentials:
         self.store = CustomerStore(settings)
         self._caches = weakref.WeakValueDictionary()  # settings -> CredentialCache
         self._caches_lock = threading.Lock()
-        self.listener = ChangeListener(settings, self._evict)
+        self.listener = ChangeListener(settings, self._changed)
 
     @classmethod
     def shared(cls):
@@ -56,6 +56,12 @@ class Credentials:
             return cached > 0, {"status": "degraded" if cached else "unavailable", "store": str(error),
                                 "customers_served_from_cache": cached, "listener": listener}
         return True, {"status": "ok", "store": "reachable", "listener": listener}
+
+    def _changed(self, certificate_id, wal_position):
+        # First the floor, then the eviction: a lookup that misses the cache after it must not
+        # take a lagging standby's word for the changed certificate.
+        self.store.replay_floors.raise_to(certificate_id, wal_position)
+        self._evict(certificate_id)
 
     def _evict(self, certificate_id):
         with self._caches_lock:

@@ -8,19 +8,26 @@ import psycopg2
 import psycopg2.errors
 
 from customer_auth import metrics
-from customer_auth.connection import Pool, StoreUnavailable, describe
+from customer_auth.connection import PRIMARY, Pool, StoreUnavailable, describe
+from customer_auth.replication import ReplayFloors
 
 log = logging.getLogger("customer_verification")
 
+# One row at least: how far this server has replayed the primary's WAL (NULL on the primary),
+# then the customers holding the certificate, if any.
 _LOOKUP = """
-    SELECT uuid::text,
-           authentication->'client_key',
-           authentication->'previous_client_key',
-           authentication->>'previous_key_expires_at'
-      FROM customer
-     WHERE certificate = %s
-       AND authentication->>'revoked_at' IS NULL
-     LIMIT 2
+    SELECT server.replayed, found.*
+      FROM (SELECT CASE WHEN pg_is_in_recovery() THEN (pg_last_wal_replay_lsn() - '0/0')::bigint END
+                   AS replayed) AS server
+      LEFT JOIN LATERAL (
+            SELECT uuid::text,
+                   authentication->'client_key',
+                   authentication->'previous_client_key',
+                   authentication->>'previous_key_expires_at'
+              FROM customer
+             WHERE certificate = %s
+               AND authentication->>'revoked_at' IS NULL
+             LIMIT 2) AS found ON true
 """
 
 
@@ -51,14 +58,23 @@ class CustomerStore:
 
     def __init__(self, settings):
         self.settings = settings
-        self.pool = Pool(settings)
+        self.pool = Pool(settings)  # a standby when there is one
+        # For the few lookups a lagging standby cannot answer: rarely busy, so a small share.
+        self.primary_pool = Pool(settings, PRIMARY, size=max(1, settings.pool_size // 2))
+        self.replay_floors = ReplayFloors()
         self.queries = 0
 
     def fetch(self, certificate_id):
         """The customer's credential, or None if there is none; StoreUnavailable on failure."""
         started = time.perf_counter()
         try:
-            rows = self._query(certificate_id)
+            replayed, rows = self._query(self.pool, certificate_id)
+            if replayed is not None:  # a standby answered
+                if replayed < self.replay_floors.required(certificate_id):
+                    # It has not replayed a change the listener heard of: its answer is older.
+                    _, rows = self._query(self.primary_pool, certificate_id)
+                else:
+                    self.replay_floors.reached(certificate_id, replayed)
         except StoreUnavailable:
             metrics.STORE_LOOKUPS_FAILED.inc()
             raise
@@ -68,23 +84,26 @@ class CustomerStore:
 
     def probe(self):
         """Raises StoreUnavailable unless the store answers a lookup now (one no certificate matches)."""
-        self._query("")
+        self._query(self.pool, "")
 
-    def _query(self, certificate_id):
-        """A reused connection may have died with a database restart, and then its idle siblings
-        did too: they are dropped and the lookup is retried once on a new connection, so a
-        restart costs no request."""
+    def _query(self, pool, certificate_id):
+        """``(replayed, rows)``: the server's replay position (None on a primary), the customers.
+
+        A reused connection may have died with a database restart (or its server went down), and
+        then its idle siblings did too: they are dropped and the lookup is retried once on a new
+        connection, which libpq may make to another host, so a restart costs no request."""
         for attempt in (1, 2):
             reused = False
             try:
-                with self.pool.connection(fresh=attempt == 2) as (conn, reused), conn.cursor() as cursor:
+                with pool.connection(fresh=attempt == 2) as (conn, reused), conn.cursor() as cursor:
                     self.queries += 1
                     cursor.execute(_LOOKUP, (certificate_id,))
-                    return cursor.fetchall()
+                    rows = cursor.fetchall()
+                return rows[0][0], [row[1:] for row in rows if row[1] is not None]
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as error:
                 if attempt == 2 or not reused or isinstance(error, psycopg2.errors.QueryCanceled):
                     raise StoreUnavailable(describe(error)) from None
-                self.pool.close()
+                pool.close()
             except psycopg2.Error as error:
                 raise StoreUnavailable(describe(error)) from None
 
@@ -113,6 +132,7 @@ class CustomerStore:
 
     def close(self):
         self.pool.close()
+        self.primary_pool.close()
 
 
 def _usable_key(value):

@@ -18,6 +18,7 @@ LAYERS = {
     "customer_auth.signature": 0,
     "customer_auth.metrics": 0,
     "customer_auth.operator_log": 0,
+    "customer_auth.replication": 0,
     "customer_auth.connection": 1,
     "customer_auth.lookup": 2,
     "customer_auth.changes": 2,
