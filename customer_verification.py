@@ -1,8 +1,11 @@
 """customer_verification: a Kong plugin that authenticates API clients by a signed request.
 
-The client sends ``client-certificate-id``, ``client-request-time`` and
-``client-request-signature`` (see customer_auth/signature.py); on success the upstream receives
-``X-Customer-Id: <uuid>``, otherwise the client gets a JSON ``{"message": ...}`` answer.
+The client signs with HTTP Message Signatures (RFC 9421: ``Signature-Input`` and ``Signature``,
+see customer_auth/message_signatures.py) or with the older three headers ``client-certificate-id``,
+``client-request-time`` and ``client-request-signature`` (customer_auth/signature.py). On success
+the upstream receives ``X-Customer-Id: <uuid>``, otherwise the client gets a JSON
+``{"message": ...}`` answer. The rules are customer_auth/verification.py's; this module is the
+Kong contract and the glue: headers in, one decision, headers or a response out.
 
 Run by Kong as ``python customer_verification.py -p <kong prefix> -g --no-lua-style``
 (``--dump`` prints the plugin's description for Kong's ``query_cmd``).
@@ -18,14 +21,13 @@ if __name__ == "__main__" and ("-g" in sys.argv or "--gevent" in sys.argv):
 
 import logging
 import os
-import time
 
 import gevent
 
 from customer_auth import signature
-from customer_auth.connection import StoreUnavailable
 from customer_auth import metrics, operator_log
 from customer_auth.credentials import Credentials
+from customer_auth.verification import RFC9421, V1, BodyTooLarge, Rejection, Verifier, internal_error
 
 log = logging.getLogger(operator_log.LOGGER_NAME)
 OPERATOR_LOG = operator_log.install()
@@ -40,6 +42,12 @@ priority = 1200
 _HEADER_NAME = {"type": "string", "required": True, "match": "^[%w%-]+$"}
 
 Schema = (
+    {"signature_schemes": {"type": "array", "required": True, "default": [V1, RFC9421], "len_min": 1,
+                           "elements": {"type": "string", "one_of": [V1, RFC9421]}}},
+    {"required_components": {"type": "array", "required": True,
+                             "default": ["@method", "@path", "@query", "content-digest"],
+                             "elements": {"type": "string", "match": "^[@%w%-]+$"}}},
+    {"max_body_size": {"type": "integer", "required": True, "default": 1048576, "between": [0, 1073741824]}},
     {"certificate_id_header": {**_HEADER_NAME, "default": signature.CERTIFICATE_ID_HEADER}},
     {"request_time_header": {**_HEADER_NAME, "default": signature.REQUEST_TIME_HEADER}},
     {"signature_header": {**_HEADER_NAME, "default": signature.SIGNATURE_HEADER}},
@@ -53,47 +61,6 @@ Schema = (
 )
 
 DEFAULTS = {name: spec["default"] for field in Schema for name, spec in field.items()}
-
-# The config fields naming the three signature headers.
-SIGNATURE_HEADERS = ("certificate_id_header", "request_time_header", "signature_header")
-
-
-class Rejection(Exception):
-    """A request that gets its answer from the plugin: one status and one message per case."""
-
-    OUTCOMES = {400: "malformed", 403: "unverified", 503: "unavailable"}
-
-    def __init__(self, status, message, reason, outcome=None):
-        super().__init__(reason)
-        self.status = status
-        self.message = message
-        self.outcome = outcome or self.OUTCOMES[status]  # the requests_total label
-
-
-def missing(header):
-    return Rejection(400, f"Missing {header} header", f"no {header} header")
-
-
-def repeated(header):
-    return Rejection(400, f"Header {header} must be sent once", f"{header} sent more than once")
-
-
-def malformed(header, error):
-    return Rejection(400, f"Malformed {header} header: {error}", f"malformed {header}")
-
-
-def unverified(reason):
-    # One answer for unknown certificate, wrong signature and stale time: the client learns
-    # nothing about which certificates exist. The reason goes to the log only.
-    return Rejection(403, "Request signature could not be verified", reason)
-
-
-def unavailable(reason, outcome=None):
-    return Rejection(503, "Authentication is temporarily unavailable", reason, outcome)
-
-
-def internal_error():
-    return unavailable("internal error", outcome="error")
 
 
 class PDKError(Exception):
@@ -110,12 +77,42 @@ def pdk_value(result):
     return result
 
 
+class KongRequest:
+    """The request as verification sees it: the headers, read already, and the rest asked of
+    Kong (one round trip each) only when a signature covers it."""
+
+    def __init__(self, kong, headers):
+        self._kong = kong
+        self.headers = headers
+
+    def method(self):
+        return pdk_value(self._kong.request.get_method())
+
+    def target(self):
+        return pdk_value(self._kong.request.get_path_with_query())  # as received, never normalised
+
+    def scheme(self):
+        return pdk_value(self._kong.request.get_scheme())
+
+    def body(self, limit):
+        try:
+            body = pdk_value(self._kong.request.get_raw_body(limit))  # also a body Kong put in a file
+        except Exception as error:  # PDKError, or kong-pdk's PDKException: "request body file too big"
+            if "too big" in str(error):
+                raise BodyTooLarge() from None
+            raise
+        # Bytes that are not UTF-8 arrive as surrogates (see accept_raw_bytes): these are the
+        # bytes the client sent.
+        body = body.encode("utf-8", "surrogateescape") if isinstance(body, str) else bytes(body or b"")
+        if len(body) > limit:
+            raise BodyTooLarge()
+        return body
+
+
 class Plugin:
     def __init__(self, config, credentials=None):
         self.config = {name: default if config.get(name) is None else config[name]
                        for name, default in DEFAULTS.items()}
-        for name in SIGNATURE_HEADERS:
-            self.config[name] = self.config[name].lower()  # Kong gives request headers lower-cased
         credentials = credentials or Credentials.shared()
         self.credentials = credentials.cache(
             ttl=self.config["cache_ttl"],
@@ -123,11 +120,12 @@ class Plugin:
             stale_ttl=self.config["stale_ttl"],
             max_entries=self.config["cache_size"],
         )
+        self.verifier = Verifier(self.config, self.credentials)
 
     def access(self, kong):
         try:
             headers = pdk_value(kong.request.get_headers())
-            upstream = self.upstream_headers(self.authenticate(headers))
+            upstream = self.upstream_headers(self.verifier.authenticate(KongRequest(kong, headers)))
             tell_operator(kong)
             pdk_value(kong.service.request.set_headers(upstream))
         except Rejection as rejection:
@@ -139,70 +137,14 @@ class Plugin:
         else:
             VERIFIED.inc()
 
-    def authenticate(self, headers):
-        """The customer id of a correctly signed request; Rejection otherwise."""
-        config = self.config
-        signed = (self.read_header(headers, config["certificate_id_header"]),
-                  self.read_header(headers, config["request_time_header"]),
-                  self.read_header(headers, config["signature_header"]))
-        now = time.time()
-        customer_id = self.credentials.verified.recall(signed, now, config["clock_skew"])
-        if customer_id is None:
-            customer_id = self.verify(signed, now)
-        return customer_id
-
-    def verify(self, signed, now):
-        """Checks the three header values in full, and remembers them once verified."""
-        config = self.config
-        certificate_id = self.parse(signed[0], config["certificate_id_header"], signature.parse_certificate_id)
-        request_time = self.parse(signed[1], config["request_time_header"], signature.parse_request_time)
-        client_signature = self.parse(signed[2], config["signature_header"], signature.parse_signature)
-        try:
-            signature.check_fresh(request_time, config["clock_skew"], now)
-        except signature.SignatureExpired as error:
-            raise unverified(f"certificate {certificate_id!r}: {error}") from None
-        try:
-            credential = self.credentials.get(certificate_id)
-        except StoreUnavailable as error:
-            raise unavailable(f"certificate {certificate_id!r}: credential store failed: {error}") from None
-        if credential is None:
-            raise unverified(f"certificate {certificate_id!r} is unknown or revoked")
-        try:
-            signature.verify(client_signature, certificate_id, request_time, credential.keys_valid_at(now))
-        except signature.BadSignature:
-            raise unverified(f"certificate {certificate_id!r}: signature does not match") from None
-        self.credentials.verified.remember(signed, credential, int(request_time), now)
-        return credential.customer_id
-
-    @staticmethod
-    def read_header(headers, name):
-        """The header's one value, as sent."""
-        values = headers.get(name)
-        if not values:
-            raise missing(name)
-        if not isinstance(values, list):
-            raise malformed(name, "unexpected value")
-        if len(values) > 1:
-            raise repeated(name)
-        if not isinstance(values[0], str) or not values[0]:
-            raise missing(name)
-        return values[0]
-
-    @staticmethod
-    def parse(value, name, parse):
-        try:
-            return parse(value)
-        except signature.MalformedSignature as error:
-            raise malformed(name, error) from None
-
     def upstream_headers(self, customer_id):
         """One set_headers call: sets (never adds) the customer id, overriding whatever the
         client sent, and with hide_credentials removes the signature headers (an empty list
         clears a header in nginx)."""
         headers = {self.config["customer_id_header"]: customer_id}
         if self.config["hide_credentials"]:
-            for name in SIGNATURE_HEADERS:
-                headers[self.config[name]] = []
+            for name in self.verifier.v1_headers + ("signature-input", "signature"):
+                headers[name] = []
         return headers
 
     @staticmethod
@@ -213,7 +155,7 @@ class Plugin:
             log.info("rejected with %d: %s", rejection.status, rejection)
         metrics.REQUESTS_BY_OUTCOME[rejection.outcome].inc()
         tell_operator(kong)
-        kong.response.exit(rejection.status, {"message": rejection.message})
+        kong.response.exit(rejection.status, {"message": rejection.message}, rejection.headers or None)
         end_event()
 
 
@@ -238,6 +180,27 @@ def end_event():
         raise gevent.GreenletExit
 
 
+def accept_raw_bytes():
+    """Lets every byte a client may send reach the plugin.
+
+    HTTP allows any byte from 0x80 up in a header value, and Kong passes header values and bodies
+    on as they are, as MessagePack strings. kong-pdk decodes those as strict UTF-8, so one such
+    byte kills the connection's handler and the request gets a 5xx. Decoded with surrogateescape
+    instead, they arrive as text that the parsers refuse (400), and a body re-encodes to its
+    exact bytes; answers carrying such text go back to Kong as the same bytes.
+    """
+    import functools
+    import types
+
+    import kong_pdk.listener
+    import msgpack
+
+    kong_pdk.listener.msgpack = types.SimpleNamespace(
+        Unpacker=functools.partial(msgpack.Unpacker, unicode_errors="surrogateescape"),
+        packb=functools.partial(msgpack.packb, unicode_errors="surrogateescape"),
+    )
+
+
 if __name__ == "__main__":
     from kong_pdk.cli import start_dedicated_server
 
@@ -248,4 +211,5 @@ if __name__ == "__main__":
     )
     if "--dump" not in sys.argv:  # Kong's query_cmd: only the JSON, and no port taken
         metrics.serve_from_environment(lambda: Credentials.shared().health())
+        accept_raw_bytes()
     start_dedicated_server("customer_verification", Plugin, version, priority, list(Schema))

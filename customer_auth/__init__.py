@@ -1,6 +1,8 @@
 """The runtime of customer_verification, apart from its Kong contract (``customer_verification.py``).
 
 - ``signature``: the v1 request signature, pure (clients import it without Kong or a database);
+- ``message_signatures``: HTTP Message Signatures (RFC 9421) as the plugin accepts them, pure;
+- ``verification``: the one decision over a request view, with every rule, status and message;
 - ``connection``: connection settings from the environment, bounded connections, the pool;
 - ``lookup``: a customer's credential read from Postgres (a standby when one is up to date);
 - ``replication``: how far a hot standby must have replayed before its answer counts;
@@ -11,7 +13,7 @@
 - ``operator_log``: problems carried into Kong's error log at a level Kong keeps;
 - ``admin``: the operator's ``customer-verification`` command.
 
-Imports run one way: the plugin -> credentials -> cache -> lookup, changes -> connection ->
+Imports run one way: the plugin -> verification, credentials -> cache -> lookup, changes -> connection ->
 metrics, replication
 (tests/test_layout.py holds them to it).
 """

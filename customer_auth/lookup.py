@@ -1,4 +1,6 @@
 """A customer's credential, read from Postgres by certificate id."""
+import base64
+import binascii
 import dataclasses
 import logging
 import math
@@ -23,7 +25,9 @@ _LOOKUP = """
             SELECT uuid::text,
                    authentication->'client_key',
                    authentication->'previous_client_key',
-                   authentication->>'previous_key_expires_at'
+                   authentication->>'previous_key_expires_at',
+                   authentication->'public_key',
+                   authentication->'previous_public_key'
               FROM customer
              WHERE certificate = %s
                AND authentication->>'revoked_at' IS NULL
@@ -33,24 +37,35 @@ _LOOKUP = """
 
 @dataclasses.dataclass(frozen=True)
 class Credential:
+    """A customer's keys: a shared secret (``client_key``, for v1 and RFC 9421 hmac-sha256) or an
+    ed25519 public key (RFC 9421 only; the gateway then holds nothing that can sign), each with
+    the key it replaced, valid until ``previous_key_expires_at``."""
+
     customer_id: str
-    client_key: str
+    client_key: str = None
     previous_client_key: str = None
     previous_key_expires_at: float = None
+    public_key: bytes = None  # raw, 32 bytes
+    previous_public_key: bytes = None
 
     def keys_valid_at(self, now):
-        """The keys a signature may be made with at ``now``: during a rotation's grace period
-        the previous key still counts, so clients can roll over without downtime."""
-        if self._in_grace_period(now):
-            return (self.client_key, self.previous_client_key)
-        return (self.client_key,)
+        """The secrets a signature may be made with at ``now``: during a rotation's grace period
+        the previous one still counts, so clients can roll over without downtime."""
+        return self._valid(self.client_key, self.previous_client_key, now)
+
+    def public_keys_valid_at(self, now):
+        return self._valid(self.public_key, self.previous_public_key, now)
 
     def keys_valid_until(self, now):
-        """When ``keys_valid_at(now)`` stops being the answer: the end of a grace period."""
+        """When the keys valid at ``now`` stop being the answer: the end of a grace period."""
         return self.previous_key_expires_at if self._in_grace_period(now) else math.inf
 
+    def _valid(self, current, previous, now):
+        keys = (current, previous) if previous is not None and self._in_grace_period(now) else (current,)
+        return tuple(key for key in keys if key is not None)
+
     def _in_grace_period(self, now):
-        return bool(self.previous_client_key and self.previous_key_expires_at and now < self.previous_key_expires_at)
+        return bool(self.previous_key_expires_at and now < self.previous_key_expires_at)
 
 
 class CustomerStore:
@@ -113,31 +128,52 @@ class CustomerStore:
                 log.error("certificate id %r belongs to %d customers; refusing all of them",
                           certificate_id, len(rows))
             return None
-        customer_id, client_key, previous_key, previous_expiry = rows[0]
+        customer_id, client_key, previous_key, previous_expiry, public_key, previous_public_key = rows[0]
         previous_expiry = _epoch_or_none(previous_expiry)
-        if not _usable_key(client_key):
-            return self._refuse(certificate_id, "client_key")
-        if previous_key is not None and not _usable_key(previous_key):
-            if previous_expiry is not None and time.time() < previous_expiry:
-                return self._refuse(certificate_id, "previous_client_key")
-            previous_key = None  # its grace period is over: it no longer matters
-        return Credential(customer_id, client_key, previous_key, previous_expiry)
-
-    @staticmethod
-    def _refuse(certificate_id, field):
-        """Logs why the customer cannot be used; None, as for a customer that does not exist."""
-        log.error("certificate %r: authentication.%s is missing or not a non-blank string; the customer is "
-                  "refused until it is fixed", certificate_id, field)
-        return None
+        in_grace_period = previous_expiry is not None and time.time() < previous_expiry
+        try:
+            keys = {"client_key": _secret(client_key, "client_key"),
+                    "public_key": _public_key(public_key, "public_key")}
+            if keys == {"client_key": None, "public_key": None}:
+                raise _UnusableKey("client_key")
+            if in_grace_period:  # a previous key only matters until its grace period ends
+                keys["previous_client_key"] = _secret(previous_key, "previous_client_key")
+                keys["previous_public_key"] = _public_key(previous_public_key, "previous_public_key")
+        except _UnusableKey as field:
+            log.error("certificate %r: authentication.%s is missing or not a usable key (a non-blank string, or "
+                      "an ed25519 public key in base64); the customer is refused until it is fixed", certificate_id, field)
+            return None
+        return Credential(customer_id, previous_key_expires_at=previous_expiry, **keys)
 
     def close(self):
         self.pool.close()
         self.primary_pool.close()
 
 
-def _usable_key(value):
+class _UnusableKey(Exception):
+    """The named field of ``authentication`` holds something that is not a key."""
+
+
+def _secret(value, field):
     # The JSON value as stored: false, 0, {} or " " must not become a key that anyone can guess.
-    return isinstance(value, str) and bool(value.strip())
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise _UnusableKey(field)
+    return value
+
+
+def _public_key(value, field):
+    """A raw ed25519 public key from its base64 (how ``customer-verification`` stores it)."""
+    if value is None:
+        return None
+    try:
+        key = base64.b64decode(value, validate=True) if isinstance(value, str) else b""
+    except binascii.Error:
+        key = b""
+    if len(key) != 32:
+        raise _UnusableKey(field)
+    return key
 
 
 def _epoch_or_none(text):

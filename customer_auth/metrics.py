@@ -14,11 +14,11 @@ import prometheus_client
 
 log = logging.getLogger("customer_verification")
 
-OUTCOMES = ("verified", "malformed", "unverified", "unavailable", "error")
+OUTCOMES = ("verified", "malformed", "unverified", "too_large", "unavailable", "error")
 
 REQUESTS = prometheus_client.Counter(
     "customer_verification_requests", "Requests the plugin answered, by outcome: verified, malformed (400), "
-    "unverified (403), unavailable (503: store down, no usable cache) and error (503: an internal error)",
+    "unverified (403), too_large (413), unavailable (503: store down, no usable cache) and error (503: internal)",
     ["outcome"])
 CACHE = prometheus_client.Counter(
     "customer_verification_cache_lookups", "Credential cache lookups: hit (answered from memory), miss (asked the "

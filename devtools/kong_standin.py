@@ -50,11 +50,18 @@ class Request:
     ``response`` is ``(status, body)`` when a plugin answered the client itself.
     """
 
-    def __init__(self, header_lines=()):
+    def __init__(self, header_lines=(), method="GET", target="/", scheme="http", body=b""):
         # nginx keeps one list of request headers: plugins change it, later plugins read the
-        # changed list, and the upstream receives it.
-        self.header_lines = [(name.lower(), value) for name, value in header_lines]
+        # changed list, and the upstream receives it. A value may be bytes: HTTP allows any byte
+        # from 0x80 up, and Kong passes them on as they are (a Lua string is bytes). Here they
+        # are held as text whose undecodable bytes are surrogates, which packs back to the bytes.
+        self.header_lines = [(name.lower(), _text(value)) for name, value in header_lines]
+        self.method = method
+        self.target = target  # the raw request target: path and query as received
+        self.scheme = scheme
+        self.body = body
         self.response = None
+        self.response_headers = None
         self.response_method = None
         self.logs = []
         self.pdk_calls = []
@@ -90,6 +97,26 @@ class Request:
         values = self.get_headers().get(name.lower())
         return values[0] if values else None
 
+    def get_method(self):
+        return self.method
+
+    def get_path_with_query(self):
+        return self.target
+
+    def get_scheme(self):
+        return self.scheme
+
+    def get_raw_body(self, max_allowed_file_size=None):
+        """Kong 3.9's: a body over nginx's client_body_buffer_size is in a file, read only when
+        ``max_allowed_file_size`` allows (0: any size)."""
+        if len(self.body) > CLIENT_BODY_BUFFER_SIZE:
+            if max_allowed_file_size is None or max_allowed_file_size < 0:
+                raise PDKError("request body did not fit into client body buffer, consider raising "
+                               "'client_body_buffer_size'")
+            if 0 < max_allowed_file_size < len(self.body):
+                raise PDKError(f"request body file too big: {len(self.body)} > {max_allowed_file_size}")
+        return _text(self.body)
+
     # kong.service.request
     def set_header(self, name, value):
         self._set_upstream(name, _header_values(name, value, allow_list=False))
@@ -117,6 +144,7 @@ class Request:
         if isinstance(body, dict):
             body = json.dumps(body)
         self._answer("kong.response.exit", status, body)
+        self.response_headers = headers or {}
 
     def error(self, status, message=None, headers=None):
         body = json.dumps({"message": message or DEFAULT_ERROR_MESSAGES.get(status, "Error")})
@@ -130,6 +158,10 @@ class Request:
 _PDK = {
     "kong.request.get_headers": "get_headers",
     "kong.request.get_header": "get_header",
+    "kong.request.get_method": "get_method",
+    "kong.request.get_path_with_query": "get_path_with_query",
+    "kong.request.get_scheme": "get_scheme",
+    "kong.request.get_raw_body": "get_raw_body",
     "kong.service.request.set_header": "set_header",
     "kong.service.request.add_header": "add_header",
     "kong.service.request.clear_header": "clear_header",
@@ -137,6 +169,14 @@ _PDK = {
     "kong.response.exit": "exit",
     "kong.response.error": "error",
 }
+
+
+# Kong's nginx template: bodies larger than this are buffered to a file.
+CLIENT_BODY_BUFFER_SIZE = 8192
+
+
+def _text(value):
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
 def _header_name(name):
@@ -267,7 +307,7 @@ class _Connection:
         self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.socket.settimeout(timeout)
         self.socket.connect(path)
-        self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+        self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, unicode_errors="surrogateescape")
 
     def closed_by_peer(self):
         """nginx watches idle keepalive connections and drops those the peer closed."""
@@ -279,7 +319,9 @@ class _Connection:
             return True
 
     def call(self, msgid, method, arg):
-        self.socket.sendall(msgpack.packb([0, msgid, method, [arg]]))
+        # Lua strings are bytes: Kong sends every string as a MessagePack str of those bytes.
+        self.socket.sendall(msgpack.packb([0, msgid, method, [arg]], use_bin_type=False,
+                                          unicode_errors="surrogateescape"))
         while True:
             for message in self.unpacker:
                 kind, answer_id, error, result = message
@@ -300,6 +342,7 @@ class Outcome:
     upstream: dict  # None when the request did not reach the upstream
     round_trips: int
     errors: list  # what Kong would write to its error log
+    headers: dict = None  # the response headers a plugin set with its answer
 
     @property
     def message(self):
@@ -429,7 +472,7 @@ class KongStandIn:
             self.error_log.write("error", f"[{self.name}] {error}")
         if request.response is not None:
             status, body = request.response
-            return Outcome(status, body, None, trips, errors)
+            return Outcome(status, body, None, trips, errors, request.response_headers)
         return Outcome(200, json.dumps({"message": "proxied"}), request.upstream, trips, errors)
 
     def _bridge(self, request, instance_id, phase):

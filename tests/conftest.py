@@ -137,10 +137,11 @@ class Gateway:
         self.server = server
         self.kong = kong
 
-    def send(self, header_lines, plugin_id="plugin"):
+    def send(self, header_lines, plugin_id="plugin", **request):
+        """``request``: method, target, scheme, body, as Kong's Request takes them."""
         from devtools.kong_standin import Request
 
-        return self.kong.handle(Request(header_lines), plugin_id)
+        return self.kong.handle(Request(header_lines, **request), plugin_id)
 
     def close(self):
         self.kong.close()

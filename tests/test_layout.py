@@ -19,11 +19,13 @@ LAYERS = {
     "customer_auth.metrics": 0,
     "customer_auth.operator_log": 0,
     "customer_auth.replication": 0,
+    "customer_auth.message_signatures": 1,
     "customer_auth.connection": 1,
     "customer_auth.lookup": 2,
     "customer_auth.changes": 2,
     "customer_auth.cache": 3,
     "customer_auth.credentials": 4,
+    "customer_auth.verification": 4,
     "customer_auth.admin": 5,
     "customer_verification": 6,
 }
@@ -59,8 +61,10 @@ def test_runtime_imports_run_one_way_and_never_reach_development_tools():
                 assert LAYERS[imported] < LAYERS[name], f"{name} imports {imported}, which is not below it"
 
 
-def test_the_signature_needs_neither_kong_nor_a_database():
+def test_the_signatures_need_neither_kong_nor_a_database():
     assert set(imported_modules(RUNTIME_PACKAGE / "signature.py")) <= {"hashlib", "hmac", "time"}
+    imported = set(imported_modules(RUNTIME_PACKAGE / "message_signatures.py"))
+    assert not {name for name in imported if name.split(".")[0] in ("kong_pdk", "psycopg2", "gevent")}
 
 
 @pytest.fixture(scope="module")

@@ -191,7 +191,7 @@ def test_metrics_count_every_answer_the_cache_and_the_store(database_url, custom
         samples = scrape(port)
         requests = {labels[0][1]: value for (name, labels), value in samples.items()
                     if name == "customer_verification_requests_total"}
-        assert requests == {"verified": 5, "malformed": 1, "unverified": 2, "unavailable": 0, "error": 0}
+        assert requests == {"verified": 5, "malformed": 1, "unverified": 2, "too_large": 0, "unavailable": 0, "error": 0}
         cache = {labels[0][1]: value for (name, labels), value in samples.items()
                  if name == "customer_verification_cache_lookups_total"}
         assert cache["miss"] == 2 and cache["hit"] >= 4 and cache["stale"] == 0  # cert-1 and nobody

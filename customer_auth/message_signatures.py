@@ -1,0 +1,301 @@
+"""HTTP Message Signatures (RFC 9421), the profile this plugin accepts: pure functions, importable
+by clients without kong_pdk or a database.
+
+A client sends ``Signature-Input`` and ``Signature`` (RFC 8941 dictionaries, one member per
+label). The member's ``keyid`` is the certificate id, ``created`` is required, ``expires`` and
+``alg`` (``hmac-sha256`` with the customer's client key, or ``ed25519`` with a registered public
+key) are optional. The covered components are rebuilt from the request as received into the
+signature base (RFC 9421 §2.5); a covered ``Content-Digest`` (RFC 9530) is checked against the
+body. Every check raises its own exception of ``signature``, which callers map to a response.
+
+The common form of the fields is parsed here directly; anything else goes through ``http_sf``, a
+complete RFC 8941 parser, which gives the same result for the common form (a test holds them to it).
+"""
+import base64
+import binascii
+import dataclasses
+import hashlib
+import hmac
+import re
+
+from customer_auth.signature import BadSignature, MalformedSignature, SignatureExpired, parse_certificate_id
+
+HMAC_SHA256 = "hmac-sha256"
+ED25519 = "ed25519"
+ALGORITHMS = (HMAC_SHA256, ED25519)
+DERIVED_COMPONENTS = ("@method", "@target-uri", "@authority", "@scheme", "@request-target", "@path", "@query")
+DIGEST_ALGORITHMS = {"sha-256": hashlib.sha256, "sha-512": hashlib.sha512}
+MAX_FIELD_LENGTH = 8192  # a Signature-Input or Signature longer than any honest one
+DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+class PolicyViolation(MalformedSignature):
+    """No signature of the request meets the route's policy (what it must cover)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MessageSignature:
+    label: str
+    covered_components: tuple  # component names, as signed (parameters are not accepted)
+    created: int
+    keyid: str
+    alg: str = None
+    expires: int = None
+    signature: bytes = b""
+    signature_params: str = ""  # the serialized inner list with its parameters, as in the base
+
+
+# -- parsing ---------------------------------------------------------------------------------
+
+# Strings without escapes, spaces, ')' or ';' (so they can be split on those); others take the
+# full parser.
+_SF_STRING = r'"[\x21\x23-\x28\x2a-\x3a\x3c-\x5b\x5d-\x7e]*"'
+_PARAM = r';[a-z*][a-z0-9_.*-]{0,63}=(?:-?(?:0|[1-9][0-9]{0,14})|' + _SF_STRING + r')'
+_INPUT_MEMBER = re.compile(r'([a-z*][a-z0-9_.*-]{0,63})=(\((?:' + _SF_STRING + r'(?: ' + _SF_STRING + r')*)?\)(?:' + _PARAM + r')*)')
+_SIGNATURE_MEMBER = re.compile(r'([a-z*][a-z0-9_.*-]{0,63})=:([A-Za-z0-9+/]*={0,2}):')
+_MEMBER_SEPARATOR = re.compile(r'[ \t]*,[ \t]*')
+
+
+def _field(values):
+    """A field's lines as one value (RFC 9110 §5.3), bounded."""
+    text = ", ".join(value.strip(" \t") for value in values)
+    if len(text) > MAX_FIELD_LENGTH:
+        raise MalformedSignature(f"longer than {MAX_FIELD_LENGTH} characters")
+    if not text.isascii():
+        raise MalformedSignature("not ASCII")
+    return text
+
+
+def _fast_members(text, member):
+    """``[(label, match)]`` when every member has the common form, else None."""
+    members, position = [], 0
+    while True:
+        match = member.match(text, position)
+        if match is None:
+            return None
+        members.append((match.group(1), match))
+        position = match.end()
+        if position == len(text):
+            return members
+        separator = _MEMBER_SEPARATOR.match(text, position)
+        if separator is None or separator.end() == len(text):
+            return None
+        position = separator.end()
+
+
+def _no_duplicates(labels):
+    if len(set(labels)) != len(labels):
+        raise MalformedSignature("a label appears twice")
+
+
+def _parse_dictionary(text):
+    """The full RFC 8941 parser: ``{label: (value, params)}``; duplicate labels are refused."""
+    import http_sf
+
+    labels = []
+    try:
+        parsed = http_sf.parse(text.encode("ascii"), tltype="dictionary",
+                               on_duplicate_key=lambda key, context: labels.append(key))
+    except Exception:  # http_sf raises its own ValueErrors and more for what it cannot parse
+        raise MalformedSignature("not a structured field dictionary (RFC 8941)") from None
+    if labels:
+        raise MalformedSignature("a label appears twice")
+    return parsed
+
+
+def parse_signature_input(values):
+    """``{label: (covered_components, params, signature_params_text)}`` from the field's lines."""
+    text = _field(values)
+    fast = _fast_members(text, _INPUT_MEMBER)
+    if fast is not None:
+        _no_duplicates([label for label, _ in fast])
+        result = {}
+        for label, match in fast:
+            serialized = match.group(2)
+            inner, _, params_text = serialized.partition(")")
+            covered = tuple(item[1:-1] for item in inner[1:].split(" ")) if inner != "(" else ()
+            params = {}
+            for param in params_text.split(";")[1:]:  # strings hold no ';' here: the regex saw to it
+                name, _, raw = param.partition("=")
+                params[name] = raw[1:-1] if raw.startswith('"') else int(raw)
+            result[label] = (covered, params, serialized)
+        return result
+    import http_sf
+
+    result = {}
+    for label, (value, params) in _parse_dictionary(text).items():
+        if not isinstance(value, list):
+            raise MalformedSignature(f"{label} is not a list of components")
+        covered = []
+        for name, component_params in value:
+            if not isinstance(name, str):
+                raise MalformedSignature(f"{label}: a component is not a string")
+            if component_params:
+                raise MalformedSignature(f"{label}: component parameters are not supported")
+            covered.append(name)
+        serialized = http_sf.ser({label: (value, params)}).split("=", 1)[1]
+        result[label] = (tuple(covered), dict(params), serialized)
+    return result
+
+
+def parse_signature(values):
+    """``{label: signature bytes}`` from the field's lines."""
+    text = _field(values)
+    fast = _fast_members(text, _SIGNATURE_MEMBER)
+    if fast is not None:
+        _no_duplicates([label for label, _ in fast])
+        try:
+            return {label: base64.b64decode(match.group(2), validate=True) for label, match in fast}
+        except binascii.Error:
+            raise MalformedSignature("a signature is not base64") from None
+    result = {}
+    for label, (value, _params) in _parse_dictionary(text).items():
+        if not isinstance(value, bytes):
+            raise MalformedSignature(f"{label} is not a byte sequence")
+        result[label] = value
+    return result
+
+
+def choose(inputs, signatures, required_components):
+    """The first signature whose parameters meet the policy; PolicyViolation if none does.
+
+    ``required_components`` must all be covered; ``created`` (an integer) and ``keyid`` (a
+    certificate id) are required; ``alg``, when present, must be one this plugin knows.
+    """
+    reasons = []
+    for label, (covered, params, serialized) in inputs.items():
+        missing = [name for name in required_components if name not in covered]
+        if missing:
+            reasons.append(f"{label} does not cover {', '.join(missing)}")
+            continue
+        if label not in signatures:
+            reasons.append(f"{label} has no Signature")
+            continue
+        created, keyid, alg, expires = (params.get(name) for name in ("created", "keyid", "alg", "expires"))
+        if not isinstance(created, int) or isinstance(created, bool):
+            reasons.append(f"{label} has no integer created")
+        elif not isinstance(keyid, str):
+            reasons.append(f"{label} has no keyid")
+        elif alg is not None and alg not in ALGORITHMS:
+            reasons.append(f"{label} has an unsupported alg")
+        elif expires is not None and (not isinstance(expires, int) or isinstance(expires, bool)):
+            reasons.append(f"{label} has an expires that is not an integer")
+        elif len(set(covered)) != len(covered):
+            reasons.append(f"{label} covers a component twice")
+        else:
+            parse_certificate_id(keyid)
+            return MessageSignature(label, covered, created, keyid, alg, expires, signatures[label], serialized)
+    raise PolicyViolation("; ".join(reasons) or "no signature")
+
+
+def check_fresh(signature, clock_skew, now):
+    offset = now - signature.created
+    if abs(offset) > clock_skew:
+        raise SignatureExpired(f"created is {int(offset)} s {'behind' if offset > 0 else 'ahead of'} the gateway clock")
+    if signature.expires is not None and now > signature.expires:
+        raise SignatureExpired(f"expired {int(now - signature.expires)} s ago")
+
+
+# -- the signature base ----------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Message:
+    """A request as received, for the components: each part is asked for only when covered, since
+    asking may cost a round trip (Kong) or a read (the body)."""
+    method: object  # callables returning str: the method, the raw target (path and query), the scheme
+    target: object
+    scheme: object
+    headers: dict  # lower-case name -> [value, ...] as received
+
+
+def component_value(message, name):
+    if name == "@method":
+        return message.method()
+    if name == "@request-target":
+        return message.target()
+    if name == "@path":
+        return message.target().partition("?")[0] or "/"
+    if name == "@query":
+        return "?" + message.target().partition("?")[2]
+    if name == "@authority":
+        return _authority(message)
+    if name == "@scheme":
+        return message.scheme().lower()
+    if name == "@target-uri":
+        return f"{message.scheme().lower()}://{_authority(message)}{message.target()}"
+    if name.startswith("@"):
+        raise MalformedSignature(f"component {name} is not supported")
+    values = message.headers.get(name)
+    if not values:
+        raise MalformedSignature(f"covered field {name} is not in the request")
+    return ", ".join(value.strip(" \t") for value in values)
+
+
+def _authority(message):
+    hosts = message.headers.get("host")
+    if not hosts or len(hosts) != 1:
+        raise MalformedSignature("@authority needs one Host header")
+    authority = hosts[0].strip().lower()
+    host, _, port = authority.rpartition(":")
+    # The scheme costs a round trip in Kong: asked only when the port may be its default.
+    if port in DEFAULT_PORTS.values() and DEFAULT_PORTS.get(message.scheme().lower()) == port:
+        return host
+    return authority
+
+
+def signature_base(message, signature):
+    lines = []
+    for name in signature.covered_components:
+        value = component_value(message, name)
+        if not value.isascii() or not value.replace("\t", " ").isprintable():
+            raise MalformedSignature(f"covered component {name} holds characters a signature base cannot")
+        lines.append(f'"{name}": {value}')
+    lines.append(f'"@signature-params": {signature.signature_params}')
+    return "\n".join(lines).encode("ascii")
+
+
+# -- content digest and verification ---------------------------------------------------------
+
+def check_content_digest(values, body):
+    """The body against ``Content-Digest`` (RFC 9530): every known algorithm it names must match."""
+    digests = parse_signature(values) if values else {}
+    known = {name: value for name, value in digests.items() if name in DIGEST_ALGORITHMS}
+    if not known:
+        raise MalformedSignature("Content-Digest names neither sha-256 nor sha-512")
+    for name, value in known.items():
+        if not hmac.compare_digest(DIGEST_ALGORITHMS[name](body).digest(), value):
+            raise BadSignature("content digest does not match the body")
+
+
+def verify(signature, base, client_keys=(), public_keys=()):
+    """Accept if ``signature`` was made over ``base`` with any of the keys its ``alg`` allows.
+
+    Every key of the kind is tried, so timing does not tell which matched.
+    """
+    matched = False
+    if signature.alg in (None, HMAC_SHA256):
+        for client_key in client_keys:
+            expected = hmac.new(client_key.encode("utf-8"), base, hashlib.sha256).digest()
+            matched |= hmac.compare_digest(expected, signature.signature)
+    if signature.alg in (None, ED25519) and len(signature.signature) == 64:
+        for public_key in public_keys:
+            matched |= _ed25519_verifies(public_key, signature.signature, base)
+    if not matched:
+        raise BadSignature("signature does not match")
+
+
+def _ed25519_verifies(public_key, signature, base):
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, base)
+        return True
+    except InvalidSignature:
+        return False
+
+
+def accept_signature(required_components):
+    """``Accept-Signature`` (RFC 9421 §5.1): what a signature must cover here."""
+    covered = " ".join(f'"{name}"' for name in required_components)
+    return f"sig1=({covered});created;keyid"

@@ -1,0 +1,224 @@
+"""The one decision, whatever carries the request: the customer id of a correctly signed request,
+or a Rejection with its status and message. No rule of verification lives in a face (the Kong
+plugin); each hands over a request view and maps the decision back to its world.
+
+A request view has ``headers`` (lower-case name -> list of values as received) and, asked for
+only when a signature needs them, ``method()``, ``target()`` (the raw path and query),
+``scheme()`` and ``body(limit)`` (the raw body, BodyTooLarge beyond ``limit`` bytes).
+"""
+import time
+
+from customer_auth import message_signatures, signature
+from customer_auth.connection import StoreUnavailable
+
+V1, RFC9421 = "v1", "rfc9421"
+V1_HEADERS = ("certificate_id_header", "request_time_header", "signature_header")  # config fields
+
+
+class BodyTooLarge(Exception):
+    """The request body is larger than the verification may read."""
+
+
+class Rejection(Exception):
+    """A request that gets its answer from the verifier: one status and one message per case."""
+
+    OUTCOMES = {400: "malformed", 403: "unverified", 413: "too_large", 503: "unavailable"}
+
+    def __init__(self, status, message, reason, outcome=None, headers=None):
+        super().__init__(reason)
+        self.status = status
+        self.message = message
+        self.outcome = outcome or self.OUTCOMES[status]  # the requests_total label
+        self.headers = headers or {}  # response headers, e.g. Accept-Signature
+
+
+def missing(header, headers=None):
+    return Rejection(400, f"Missing {header} header", f"no {header} header", headers=headers)
+
+
+def repeated(header):
+    return Rejection(400, f"Header {header} must be sent once", f"{header} sent more than once")
+
+
+def malformed(header, error, headers=None):
+    return Rejection(400, f"Malformed {header} header: {error}", f"malformed {header}: {error}", headers=headers)
+
+
+def unverified(reason):
+    # One answer for unknown certificate, wrong signature, digest mismatch and stale time: the
+    # client learns nothing about which certificates exist. The reason goes to the log only.
+    return Rejection(403, "Request signature could not be verified", reason)
+
+
+def scheme_required(schemes):
+    return Rejection(403, f"This route requires {' or '.join(SCHEME_NAMES[name] for name in schemes)}",
+                     "a signature scheme the route does not accept")
+
+
+def too_large(limit):
+    return Rejection(413, f"Request body is larger than {limit} bytes", "body over max_body_size")
+
+
+def unavailable(reason, outcome=None):
+    return Rejection(503, "Authentication is temporarily unavailable", reason, outcome)
+
+
+def internal_error():
+    return unavailable("internal error", outcome="error")
+
+
+SCHEME_NAMES = {V1: "the client-* signature headers", RFC9421: "HTTP Message Signatures (RFC 9421)"}
+
+
+class Verifier:
+    """The rules, for one configuration (the plugin's config fields) over a credential cache."""
+
+    def __init__(self, config, credentials):
+        self.config = config
+        self.credentials = credentials
+        self.v1_headers = tuple(config[name].lower() for name in V1_HEADERS)  # Kong lower-cases them
+        self.schemes = tuple(config["signature_schemes"])
+
+    def authenticate(self, request):
+        """The customer id of a correctly signed request; Rejection otherwise."""
+        headers = request.headers
+        if RFC9421 in self.schemes and ("signature-input" in headers or "signature" in headers):
+            return self._rfc9421(request)
+        if V1 in self.schemes:
+            return self._v1(headers)
+        if any(name in headers for name in self.v1_headers):
+            raise scheme_required(self.schemes)
+        raise missing("Signature-Input", self._accept_signature(request))
+
+    # -- v1: the three client-* headers -----------------------------------------------------
+
+    def _v1(self, headers):
+        signed = tuple(self._one_value(headers, name) for name in self.v1_headers)
+        now = time.time()
+        customer_id = self.credentials.verified.recall(signed, now, self.config["clock_skew"])
+        return self._verify_v1(signed, now) if customer_id is None else customer_id
+
+    def _verify_v1(self, signed, now):
+        """Checks the three header values in full, and remembers them once verified."""
+        names = self.v1_headers
+        certificate_id = _parse(signed[0], names[0], signature.parse_certificate_id)
+        request_time = _parse(signed[1], names[1], signature.parse_request_time)
+        client_signature = _parse(signed[2], names[2], signature.parse_signature)
+        try:
+            signature.check_fresh(request_time, self.config["clock_skew"], now)
+        except signature.SignatureExpired as error:
+            raise unverified(f"certificate {certificate_id!r}: {error}") from None
+        credential = self._credential(certificate_id)
+        try:
+            signature.verify(client_signature, certificate_id, request_time, credential.keys_valid_at(now))
+        except signature.BadSignature:
+            raise unverified(f"certificate {certificate_id!r}: signature does not match") from None
+        self.credentials.verified.remember(signed, credential, int(request_time), now)
+        return credential.customer_id
+
+    @staticmethod
+    def _one_value(headers, name):
+        values = headers.get(name)
+        if not values:
+            raise missing(name)
+        if not isinstance(values, list):
+            raise malformed(name, "unexpected value")
+        if len(values) > 1:
+            raise repeated(name)
+        if not isinstance(values[0], str) or not values[0]:
+            raise missing(name)
+        return values[0]
+
+    # -- RFC 9421 ---------------------------------------------------------------------------
+
+    def _rfc9421(self, request):
+        headers = request.headers
+        accept = self._accept_signature(request)
+        for name in ("signature-input", "signature"):
+            if not headers.get(name):
+                raise missing(name.title(), accept)
+        limit = self.config["max_body_size"]
+        if _content_length(headers) > limit:
+            raise too_large(limit)
+        try:
+            inputs = message_signatures.parse_signature_input(headers["signature-input"])
+        except signature.MalformedSignature as error:
+            raise malformed("Signature-Input", error, accept) from None
+        try:
+            signatures = message_signatures.parse_signature(headers["signature"])
+        except signature.MalformedSignature as error:
+            raise malformed("Signature", error, accept) from None
+        try:
+            chosen = message_signatures.choose(inputs, signatures, self._required_components(headers))
+        except signature.MalformedSignature as error:
+            raise Rejection(400, f"Signature does not meet this route's policy: {error}",
+                            f"policy: {error}", headers=accept) from None
+        message = message_signatures.Message(request.method, request.target, request.scheme, headers)
+        try:
+            base = message_signatures.signature_base(message, chosen)
+        except signature.MalformedSignature as error:
+            raise Rejection(400, f"Signature cannot be checked: {error}", f"base: {error}", headers=accept) from None
+        now = time.time()
+        reference = f"certificate {chosen.keyid!r}"
+        try:
+            message_signatures.check_fresh(chosen, self.config["clock_skew"], now)
+        except signature.SignatureExpired as error:
+            raise unverified(f"{reference}: {error}") from None
+        credential = self._credential(chosen.keyid)
+        if "content-digest" in chosen.covered_components:
+            self._check_body(request, headers, reference, limit)
+        try:
+            message_signatures.verify(chosen, base, credential.keys_valid_at(now), credential.public_keys_valid_at(now))
+        except signature.BadSignature:
+            raise unverified(f"{reference}: signature does not match") from None
+        return credential.customer_id
+
+    def _required_components(self, headers):
+        required = self.config["required_components"]
+        if not _has_body(headers):  # a digest of nothing proves nothing
+            required = [name for name in required if name != "content-digest"]
+        return required
+
+    def _accept_signature(self, request):
+        return {"Accept-Signature": message_signatures.accept_signature(self._required_components(request.headers))}
+
+    @staticmethod
+    def _check_body(request, headers, reference, limit):
+        try:
+            body = request.body(limit)
+        except BodyTooLarge:
+            raise too_large(limit) from None
+        try:
+            message_signatures.check_content_digest(headers.get("content-digest"), body)
+        except signature.BadSignature as error:
+            raise unverified(f"{reference}: {error}") from None
+        except signature.MalformedSignature as error:
+            raise malformed("Content-Digest", error) from None
+
+    # -- shared ------------------------------------------------------------------------------
+
+    def _credential(self, certificate_id):
+        try:
+            credential = self.credentials.get(certificate_id)
+        except StoreUnavailable as error:
+            raise unavailable(f"certificate {certificate_id!r}: credential store failed: {error}") from None
+        if credential is None:
+            raise unverified(f"certificate {certificate_id!r} is unknown or revoked")
+        return credential
+
+
+def _parse(value, name, parse):
+    try:
+        return parse(value)
+    except signature.MalformedSignature as error:
+        raise malformed(name, error) from None
+
+
+def _content_length(headers):
+    values = headers.get("content-length") or ["0"]
+    text = values[0].strip()
+    return int(text) if text.isdigit() and len(text) < 20 else 0
+
+
+def _has_body(headers):
+    return _content_length(headers) > 0 or bool(headers.get("transfer-encoding"))
