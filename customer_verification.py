@@ -84,15 +84,21 @@ class KongRequest:
     def __init__(self, kong, headers):
         self._kong = kong
         self.headers = headers
+        self._asked = {}
+
+    def _ask(self, function):
+        if function not in self._asked:
+            self._asked[function] = pdk_value(getattr(self._kong.request, function)())
+        return self._asked[function]
 
     def method(self):
-        return pdk_value(self._kong.request.get_method())
+        return self._ask("get_method")
 
     def target(self):
-        return pdk_value(self._kong.request.get_path_with_query())  # as received, never normalised
+        return self._ask("get_path_with_query")  # as received, never normalised
 
     def scheme(self):
-        return pdk_value(self._kong.request.get_scheme())
+        return self._ask("get_scheme")
 
     def body(self, limit):
         try:

@@ -6,17 +6,19 @@ Exit codes: 0 done, 2 bad usage, 3 certificate already exists, 4 no such certifi
 5 database unreachable or failing.
 """
 import argparse
+import base64
 import json
 import math
 import secrets
 import shlex
 import sys
 import time
+import types
 
 import psycopg2
 import psycopg2.errors
 
-from customer_auth import signature
+from customer_auth import client, signature
 from customer_auth.connection import PRIMARY, Settings, connect, describe
 
 DEFAULT_GRACE = 24 * 3600
@@ -35,34 +37,46 @@ def new_client_key():
     return secrets.token_urlsafe(32)  # 256 bits
 
 
-def add_customer(conn, certificate_id):
-    """Creates a customer with a new key; returns ``(customer_id, client_key)``."""
-    client_key = new_client_key()
+def add_customer(conn, certificate_id, public_key=None):
+    """Creates a customer; returns ``(customer_id, client_key)``. With ``public_key`` (raw ed25519
+    bytes) the customer signs with its private key and has no client key (None)."""
+    client_key = None if public_key else new_client_key()
+    authentication = {"public_key": base64.b64encode(public_key).decode()} if public_key else {"client_key": client_key}
     try:
         with conn.cursor() as cursor:
             cursor.execute("INSERT INTO customer (certificate, authentication) VALUES (%s, %s) RETURNING uuid::text",
-                           (certificate_id, json.dumps({"client_key": client_key})))
+                           (certificate_id, json.dumps(authentication)))
             return cursor.fetchone()[0], client_key
     except psycopg2.errors.UniqueViolation:
         raise Failure(EXIT_EXISTS, f"certificate {certificate_id!r} already exists") from None
 
 
-def rotate_key(conn, certificate_id, grace, now=None):
-    """Gives the customer a new key; the current one keeps working for ``grace`` seconds."""
-    client_key = new_client_key()
+def rotate_key(conn, certificate_id, grace, now=None, public_key=None):
+    """Gives the customer a new key of the kind it has (a new random client key, or the given
+    ed25519 ``public_key``); the current one keeps working for ``grace`` seconds. Returns the new
+    client key (None for a public key)."""
+    field, new_key = ("public_key", base64.b64encode(public_key).decode()) if public_key else ("client_key", new_client_key())
     expires_at = (time.time() if now is None else now) + grace
     with conn.cursor() as cursor:
         cursor.execute(
             """UPDATE customer
                   SET authentication = authentication || jsonb_build_object(
-                          'client_key', %s::text,
-                          'previous_client_key', authentication->>'client_key',
-                          'previous_key_expires_at', %s::float8)
-                WHERE certificate = %s AND authentication->>'revoked_at' IS NULL""",
-            (client_key, expires_at, certificate_id))
+                          %(field)s, %(key)s::text,
+                          'previous_' || %(field)s, authentication->%(field)s,
+                          'previous_key_expires_at', %(expires)s::float8)
+                WHERE certificate = %(certificate)s AND authentication->>'revoked_at' IS NULL
+                  AND authentication ? %(field)s
+            RETURNING 1""",
+            {"field": field, "key": new_key, "expires": expires_at, "certificate": certificate_id})
         if cursor.rowcount == 0:
+            cursor.execute("SELECT 1 FROM customer WHERE certificate = %s AND authentication->>'revoked_at' IS NULL",
+                           (certificate_id,))
+            if cursor.fetchone():
+                other = "a client key" if public_key else "a public key"
+                raise Failure(2, f"certificate {certificate_id!r} has {other}: rotate it with "
+                                 f"{'no --public-key' if public_key else '--public-key FILE'}")
             raise Failure(EXIT_UNKNOWN, f"no active customer has certificate {certificate_id!r}")
-    return client_key
+    return None if public_key else new_key
 
 
 def revoke(conn, certificate_id, now=None):
@@ -125,29 +139,59 @@ def grace_seconds(text):
     return seconds
 
 
-def curl_command(headers, method, url):
-    parts = ["curl", "-sS", "-X", method, *(arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")), url]
+def curl_command(headers, method, url, body_file=None):
+    parts = ["curl", "-sS", "-X", method, *(arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}"))]
+    if body_file:
+        parts += ["--data-binary", f"@{body_file}"]
+    parts.append(url)
     return " ".join(shlex.quote(part) for part in parts)
 
 
 def _parser():
     parser = argparse.ArgumentParser(prog="customer-verification", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("add", help="create a customer with a new random key").add_argument(
-        "certificate_id", type=certificate_id)
-    rotate = commands.add_parser("rotate", help="give a customer a new key")
+    public_key_help = "an ed25519 public key file (PEM, or base64 of the raw key) instead of a shared secret"
+    add = commands.add_parser("add", help="create a customer with a new random key, or a public key")
+    add.add_argument("certificate_id", type=certificate_id)
+    add.add_argument("--public-key", metavar="FILE", type=public_key_file, help=public_key_help)
+    rotate = commands.add_parser("rotate", help="give a customer a new key (of the kind it has)")
     rotate.add_argument("certificate_id", type=certificate_id)
     rotate.add_argument("--grace", type=grace_seconds, default=DEFAULT_GRACE,
                         help="seconds the previous key keeps working (default: %(default)s)")
+    rotate.add_argument("--public-key", metavar="FILE", type=public_key_file, help="the new " + public_key_help)
     commands.add_parser("revoke", help="stop accepting a customer's requests").add_argument(
         "certificate_id", type=certificate_id)
     commands.add_parser("list", help="list customers (never their keys)")
-    sign = commands.add_parser("sign", help="print the signature headers, or a curl command, for a request")
+    sign = commands.add_parser("sign", help="print the signature headers (RFC 9421), or a curl command, for a request")
     sign.add_argument("certificate_id", type=certificate_id)
-    sign.add_argument("--key", required=True, help="the client key ('-' reads it from standard input)")
-    sign.add_argument("--curl", metavar="URL", help="print a ready curl command for URL instead of headers")
-    sign.add_argument("--method", default="GET", help="HTTP method for --curl (default: %(default)s)")
+    key = sign.add_mutually_exclusive_group(required=True)
+    key.add_argument("--key", help="the client key ('-' reads it from standard input)")
+    key.add_argument("--private-key", metavar="FILE", type=private_key_file, help="an ed25519 private key (PEM)")
+    sign.add_argument("--url", default="http://localhost:8000/echo",
+                      help="without --curl, the request's URL: its path and query are signed (default: %(default)s)")
+    sign.add_argument("--method", default="GET", help="the request's method (default: %(default)s)")
+    sign.add_argument("--body", metavar="FILE", type=argparse.FileType("rb"), help="the request's body")
+    sign.add_argument("--curl", metavar="URL", help="print a ready curl command for URL (its path and query are "
+                      "signed) instead of headers")
+    sign.add_argument("--v1", action="store_true", help="the three client-* headers (no method, path or body)")
     return parser
+
+
+def public_key_file(path):
+    """An argparse type: the raw ed25519 public key in ``path``."""
+    try:
+        with open(path, encoding="ascii") as key_file:
+            return client.load_public_key(key_file.read())
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise argparse.ArgumentTypeError(f"{path}: not an ed25519 public key ({type(error).__name__})") from None
+
+
+def private_key_file(path):
+    try:
+        with open(path, encoding="ascii") as key_file:
+            return client.load_private_key(key_file.read())
+    except (OSError, ValueError, TypeError, UnicodeDecodeError) as error:
+        raise argparse.ArgumentTypeError(f"{path}: not an ed25519 private key ({type(error).__name__})") from None
 
 
 def main(argv=None, out=sys.stdout):
@@ -183,12 +227,14 @@ def _connect():
 
 def _run(args, conn, out):
     if args.command == "add":
-        customer_id, client_key = add_customer(conn, args.certificate_id)
-        print(f"customer_id: {customer_id}\ncertificate_id: {args.certificate_id}\n"
-              f"client_key: {client_key}\n(the key is shown only this once)", file=out)
+        customer_id, client_key = add_customer(conn, args.certificate_id, args.public_key)
+        key_line = ("public key registered: the customer signs with its private key (RFC 9421, ed25519)"
+                    if args.public_key else f"client_key: {client_key}\n(the key is shown only this once)")
+        print(f"customer_id: {customer_id}\ncertificate_id: {args.certificate_id}\n{key_line}", file=out)
     elif args.command == "rotate":
-        client_key = rotate_key(conn, args.certificate_id, args.grace)
-        print(f"client_key: {client_key}\n(the previous key works for {args.grace:g} more seconds)", file=out)
+        client_key = rotate_key(conn, args.certificate_id, args.grace, public_key=args.public_key)
+        key_line = "new public key registered" if args.public_key else f"client_key: {client_key}"
+        print(f"{key_line}\n(the previous key works for {args.grace:g} more seconds)", file=out)
     elif args.command == "revoke":
         revoke(conn, args.certificate_id)
         print(f"revoked {args.certificate_id}", file=out)
@@ -198,10 +244,26 @@ def _run(args, conn, out):
 
 
 def _sign(args, out):
+    """The headers of a signed request; with --curl, a curl command sending it."""
+    from http_message_signatures.structures import CaseInsensitiveDict
+
     client_key = sys.stdin.readline().strip() if args.key == "-" else args.key
-    headers = signature.signed_headers(args.certificate_id, client_key)
+    body = args.body.read() if args.body else None
+    method, url = args.method.upper(), args.curl or args.url
+    if args.v1:
+        if client_key is None:
+            raise Failure(2, "--v1 signs with --key")
+        headers = signature.signed_headers(args.certificate_id, client_key)
+    else:
+        message = types.SimpleNamespace(method=method, url=url, headers=CaseInsensitiveDict())
+        try:
+            client.sign_message(message, args.certificate_id, client_key=client_key, private_key=args.private_key,
+                                body=body)
+        except Exception as error:  # the library's HTTPMessageSignaturesException: a URL it cannot sign
+            raise Failure(2, f"cannot sign that request: {error}") from None
+        headers = dict(message.headers.items())
     if args.curl:
-        print(curl_command(headers, args.method.upper(), args.curl), file=out)
+        print(curl_command(headers, method, url, args.body.name if body else None), file=out)
     else:
         for name, value in headers.items():
             print(f"{name}: {value}", file=out)

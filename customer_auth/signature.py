@@ -94,18 +94,3 @@ def verify(signature, certificate_id, request_time, client_keys):
         matched |= hmac.compare_digest(_digest(certificate_id, client_key, request_time), signature)
     if not matched:
         raise BadSignature("signature does not match")
-
-
-class SignedRequestAuth:
-    """Signs each outgoing request; works as ``auth=`` for both requests and httpx."""
-
-    def __init__(self, certificate_id, client_key):
-        self.certificate_id = certificate_id
-        self._client_key = client_key
-
-    def __call__(self, request):
-        request.headers.update(signed_headers(self.certificate_id, self._client_key))
-        return request
-
-    def __repr__(self):
-        return f"SignedRequestAuth(certificate_id={self.certificate_id!r})"

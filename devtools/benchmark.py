@@ -43,18 +43,47 @@ SCENARIOS = {  # name: (plugin script, BENCHMARK_PLUGIN, requests)
     "limit": ("devtools/benchmark_plugins.py", "limit", "warm"),
     "warm cache": ("customer_verification.py", None, "warm"),
     "cold cache": ("customer_verification.py", None, "cold"),
+    "cold cache on standby": ("customer_verification.py", None, "cold"),  # lookups on a hot standby
     "rejections": ("customer_verification.py", None, "wrong"),
+    "rfc9421 hmac": ("customer_verification.py", None, "rfc9421 hmac"),
+    "rfc9421 ed25519": ("customer_verification.py", None, "rfc9421 ed25519"),
     "connect per request": ("devtools/benchmark_plugins.py", "connect-per-request", "warm"),
 }
+# One key pair for every ed25519 customer of the benchmark: its private half is no secret.
+ED25519_SEED = bytes(range(32))
+_signed = {}  # (kind, number) -> a signed request, reused: signing costs a client ~0.1 ms
 
 
-def headers_for(kind, i, worker, workers=1):
+def request_for(kind, i, worker, workers=1):
+    """The keyword arguments of the stand-in's Request for request ``i`` of ``worker``."""
     if kind == "cold":
         # Workers share the server's cache: interleaved, no two requests name one certificate.
         number = (i * workers + worker) % COLD_CUSTOMERS
-        return signature.signed_headers(f"cold-{number}", f"key-{number}")
+        return {"header_lines": list(signature.signed_headers(f"cold-{number}", f"key-{number}").items())}
     number = (worker * 7 + i) % WARM_CUSTOMERS
-    return signature.signed_headers(f"warm-{number}", "wrong" if kind == "wrong" else f"key-warm-{number}")
+    if kind.startswith("rfc9421"):
+        if (kind, number) not in _signed:
+            _signed[kind, number] = _rfc9421_request(kind, number)
+        return _signed[kind, number]
+    client_key = "wrong" if kind == "wrong" else f"key-warm-{number}"
+    return {"header_lines": list(signature.signed_headers(f"warm-{number}", client_key).items())}
+
+
+def _rfc9421_request(kind, number):
+    import types
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from http_message_signatures.structures import CaseInsensitiveDict
+
+    from customer_auth.client import sign_message
+
+    target = f"/echo?customer={number}"
+    message = types.SimpleNamespace(method="GET", url=f"http://gateway.test{target}", headers=CaseInsensitiveDict())
+    if kind == "rfc9421 ed25519":
+        sign_message(message, f"ed-{number}", private_key=Ed25519PrivateKey.from_private_bytes(ED25519_SEED))
+    else:
+        sign_message(message, f"warm-{number}", client_key=f"key-warm-{number}")
+    return {"header_lines": [("host", "gateway.test"), *message.headers.items()], "method": "GET", "target": target}
 
 
 def drive(targets, worker, workers, window, ramp, schedule, ready, start, results):
@@ -66,7 +95,7 @@ def drive(targets, worker, workers, window, ramp, schedule, ready, start, result
         kong = KongStandIn(socket_path, plugin_info)
         kong.configure("bench")
         for i in range(warm_up):  # fills this plugin instance's cache
-            kong.handle(Request(list(headers_for(kind, i, worker, workers).items())), "bench")
+            kong.handle(Request(**request_for(kind, i, worker, workers)), "bench")
         kongs.append((kong, kind))
     measured = [{"latencies": [], "round_trips": 0, "statuses": {}, "sent": 0} for _ in targets]
     ready.put(worker)
@@ -77,9 +106,9 @@ def drive(targets, worker, workers, window, ramp, schedule, ready, start, result
         begin = start_at + number * (ramp + window)
         time.sleep(max(0.0, begin - time.time()))
         while (now := time.time()) < begin + ramp + window:
-            lines = list(headers_for(kind, i, worker, workers).items())
+            request = Request(**request_for(kind, i, worker, workers))
             began = time.perf_counter()
-            outcome = kong.handle(Request(lines), "bench")
+            outcome = kong.handle(request, "bench")
             part["sent"] += 1
             i += 1
             if now >= begin + ramp:
@@ -137,7 +166,7 @@ def run_round(dsns, scenarios, mode, duration, window, ramp, concurrency, root, 
             worker.start()
         for _ in workers:
             ready.get(timeout=300)
-        queries_before = {scenario: lookups(dsns["admin"], dsns[scenario]) for scenario in scenarios}
+        queries_before = {scenario: lookups(dsns, scenario) for scenario in scenarios}
         cpu_before = {scenario: server.cpu_seconds() for scenario, server in servers.items()}
         start.set(time.time() + 0.2)
         collected = [results.get(timeout=len(schedule) * (ramp + window) + 120) for _ in workers]
@@ -150,7 +179,7 @@ def run_round(dsns, scenarios, mode, duration, window, ramp, concurrency, root, 
             if not any(part["latencies"] for part in parts):
                 raise RuntimeError(f"{scenario} / {mode}: no request finished; plugin server log:\n{server.log()}")
             rows.append(_row(scenario, mode, parts, turns * window,
-                             lookups(dsns["admin"], dsns[scenario]) - queries_before[scenario],
+                             lookups(dsns, scenario) - queries_before[scenario],
                              server.cpu_seconds() - cpu_before[scenario], server.threads()))
         return rows
     finally:
@@ -178,12 +207,15 @@ def _row(scenario, mode, parts, seconds, queries, cpu_seconds, threads):
     }
 
 
-def lookups(admin_dsn, dsn):
-    """Credential lookups so far by the database role ``dsn`` connects as: each scenario has its
-    own, so its queries are told apart from the others' running in the same round."""
-    return query(admin_dsn, """SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid
-                                WHERE r.rolname = %s AND s.query LIKE '%%FROM customer%%WHERE certificate%%'""",
-                 (psycopg2.extensions.parse_dsn(dsn)["user"],))
+def lookups(dsns, scenario):
+    """Credential lookups so far, on the primary and the standby, by the database role of
+    ``scenario``: each scenario has its own, so its queries are told apart from the others'
+    running in the same round."""
+    role = psycopg2.extensions.parse_dsn(dsns[scenario])["user"]
+    return sum(query(dsns[server], """SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s
+                                        JOIN pg_roles r ON r.oid = s.userid
+                                       WHERE r.rolname = %s AND s.query LIKE '%%FROM customer%%WHERE certificate%%'""",
+                     (role,)) for server in ("admin", "standby admin"))
 
 
 def query(dsn, sql, parameters=()):
@@ -198,12 +230,22 @@ def query(dsn, sql, parameters=()):
 
 @contextlib.contextmanager
 def database():
-    """A throwaway Postgres with the benchmark's customers; yields DSNs: "admin", and one per
-    scenario for a read-only login role of its own, as the deployment's plugin role."""
+    """A throwaway Postgres with the benchmark's customers, and a hot standby of it; yields DSNs:
+    "admin" and "standby admin", and one per scenario for a read-only login role of its own, as
+    the deployment's plugin role ("cold cache on standby" names both hosts, the standby first)."""
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from devtools.throwaway_postgres import ThrowawayPostgres
 
+    public_key = base64.b64encode(Ed25519PrivateKey.from_private_bytes(ED25519_SEED).public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()
     # Password authentication, as in the deployment: it is what makes a connection expensive.
-    with ThrowawayPostgres("-c shared_preload_libraries=pg_stat_statements", password="benchmark") as server:
+    # full_page_writes for the standby's base backup.
+    options = "-c shared_preload_libraries=pg_stat_statements -c full_page_writes=on"
+    with ThrowawayPostgres(options, password="benchmark") as server:
         dsns = {"admin": server.dsn}
         conn = psycopg2.connect(server.dsn)
         conn.autocommit = True
@@ -218,10 +260,22 @@ def database():
                               SELECT 'warm-' || n, jsonb_build_object('client_key', 'key-warm-' || n)
                                 FROM generate_series(0, %s - 1) n""", (WARM_CUSTOMERS,))
             cursor.execute("""INSERT INTO customer (certificate, authentication)
+                              SELECT 'ed-' || n, jsonb_build_object('public_key', %s::text)
+                                FROM generate_series(0, %s - 1) n""", (public_key, WARM_CUSTOMERS))
+            cursor.execute("""INSERT INTO customer (certificate, authentication)
                               SELECT 'cold-' || n, jsonb_build_object('client_key', 'key-' || n)
                                 FROM generate_series(0, %s - 1) n""", (COLD_CUSTOMERS,))
+            cursor.execute("CHECKPOINT")
         conn.close()
-        yield dsns
+        standby = server.standby()
+        try:
+            dsns["standby admin"] = standby.dsn
+            role = psycopg2.extensions.parse_dsn(dsns["cold cache on standby"])["user"]
+            dsns["cold cache on standby"] = (f"postgresql://{role}:{server.password}@127.0.0.1:{standby.port},"
+                                           f"127.0.0.1:{server.port}/postgres")
+            yield dsns
+        finally:
+            standby.destroy()
 
 
 def table(rows):
@@ -259,6 +313,10 @@ def targets(rows, measured):
         f"{by[('rejections', fastest)]['round_trips']:.2f} (<= 2)",
         f"DB queries per 1000 requests: warm {by[warm]['queries_per_1000']:.1f}, cold "
         f"{by[('cold cache', fastest)]['queries_per_1000']:.1f} (every cold request is a new certificate)",
+        f"cold cache on standby / cold cache ({fastest}): {ratio(('cold cache on standby', fastest), ('cold cache', fastest)):.2f}",
+        f"rfc9421 hmac / warm cache (v1) ({fastest}): {ratio(('rfc9421 hmac', fastest), warm):.2f}, "
+        f"rfc9421 ed25519 / warm cache: {ratio(('rfc9421 ed25519', fastest), warm):.2f}; round trips "
+        f"{by[('rfc9421 hmac', fastest)]['round_trips']:.2f} (<= 5 without a body)",
     ]
 
 

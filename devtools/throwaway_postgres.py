@@ -56,8 +56,10 @@ class ThrowawayPostgres:
             _allow_server_user(self.directory)
         if primary is not None:
             # A base backup of the running primary; -R writes standby.signal and primary_conninfo.
-            self._run("pg_basebackup", "-D", self.data, "-h", "127.0.0.1", "-p", primary.port, "-U", "postgres",
-                      "-R", "-X", "stream", "--no-sync")
+            self.password = primary.password
+            conninfo = f"host=127.0.0.1 port={primary.port} user=postgres" + (f" password={primary.password}"
+                                                                             if primary.password else "")
+            self._run("pg_basebackup", "-D", self.data, "-d", conninfo, "-R", "-X", "stream", "--no-sync")
             return
         auth = ["--auth=trust"]
         if password:

@@ -95,14 +95,14 @@ def test_unreachable_database_is_a_clear_error(monkeypatch, capsys):
 
 
 def test_sign_prints_the_three_headers(cli):
-    code, output = cli("sign", "cert-a", "--key", "k")
+    code, output = cli("sign", "cert-a", "--key", "k", "--v1")
     headers = dict(line.split(": ", 1) for line in output.splitlines())
     assert code == 0
     assert headers[signature.SIGNATURE_HEADER] == signature.sign("cert-a", "k", headers[signature.REQUEST_TIME_HEADER])
 
 
 def test_sign_prints_a_ready_curl_command(cli):
-    code, output = cli("sign", "cert-a", "--key", "k", "--curl", "http://localhost:8000/echo", "--method", "post")
+    code, output = cli("sign", "cert-a", "--key", "k", "--curl", "http://localhost:8000/echo", "--method", "post", "--v1")
     words = shlex.split(output)
     assert code == 0 and words[:4] == ["curl", "-sS", "-X", "POST"] and words[-1] == "http://localhost:8000/echo"
     assert f"{signature.CERTIFICATE_ID_HEADER}: cert-a" in words
@@ -119,3 +119,79 @@ def test_the_console_script_is_installed_and_usage_errors_exit_2():
                              "print([e.value for e in m.entry_points(group='console_scripts') if e.name == 'customer-verification'])"],
                             capture_output=True, text=True)
     assert "customer_auth.admin:main" in script.stdout
+
+
+def ed25519_files(tmp_path, name="key"):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    private = Ed25519PrivateKey.generate()
+    public = private.public_key()
+    pem = tmp_path / f"{name}.pub.pem"
+    pem.write_bytes(public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    b64 = tmp_path / f"{name}.pub.b64"
+    b64.write_text(__import__("base64").b64encode(raw).decode() + "\n")
+    secret = tmp_path / f"{name}.pem"
+    secret.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption()))
+    return pem, b64, secret, raw
+
+
+def test_add_with_a_public_key_stores_no_secret(cli, store, tmp_path):
+    pem, b64, _, raw = ed25519_files(tmp_path)
+    for certificate_id, path in (("cert-pem", pem), ("cert-b64", b64)):
+        code, output = cli("add", certificate_id, "--public-key", str(path))
+        assert code == 0 and "client_key" not in output and "public key registered" in output
+        credential = store.fetch(certificate_id)
+        assert credential.public_key == raw and credential.client_key is None
+
+
+def test_a_file_that_is_no_ed25519_public_key_is_refused(cli, tmp_path, customers):
+    bad = tmp_path / "bad"
+    bad.write_text("not a key")
+    assert cli("add", "cert-x", "--public-key", str(bad))[0] == 2
+    assert customers.execute("SELECT count(*) FROM customer") == [(0,)]
+
+
+def test_rotate_works_for_both_kinds_and_refuses_to_mix_them(cli, store, tmp_path):
+    pem, _, _, first = ed25519_files(tmp_path, "first")
+    second_pem, _, _, second = ed25519_files(tmp_path, "second")
+    cli("add", "cert-pk", "--public-key", str(pem))
+    code, output = cli("rotate", "cert-pk", "--public-key", str(second_pem), "--grace", "60")
+    assert code == 0 and "new public key registered" in output
+    assert store.fetch("cert-pk").public_keys_valid_at(time.time()) == (second, first)
+    assert cli("rotate", "cert-pk")[0] == 2  # a public-key customer gets a new public key, not a secret
+    cli("add", "cert-secret")
+    assert cli("rotate", "cert-secret", "--public-key", str(pem))[0] == 2
+
+
+def test_sign_prints_rfc9421_headers_that_an_independent_verifier_accepts(cli, tmp_path):
+    import types
+
+    from http_message_signatures import HTTPMessageVerifier, HTTPSignatureKeyResolver, algorithms
+    from http_message_signatures.structures import CaseInsensitiveDict
+
+    body = tmp_path / "body.json"
+    body.write_bytes(b'{"amount": 10}')
+    code, output = cli("sign", "cert-a", "--key", "k", "--method", "post", "--url", "http://gw.test/pay?x=1",
+                       "--body", str(body))
+    headers = CaseInsensitiveDict(line.split(": ", 1) for line in output.splitlines())
+    assert code == 0 and {"signature-input", "signature", "content-digest"} <= {name.lower() for name in headers}
+
+    class Key(HTTPSignatureKeyResolver):
+        def resolve_public_key(self, key_id):
+            assert key_id == "cert-a"
+            return b"k"
+
+    message = types.SimpleNamespace(method="POST", url="http://gw.test/pay?x=1", headers=headers)
+    (result,) = HTTPMessageVerifier(signature_algorithm=algorithms.HMAC_SHA256, key_resolver=Key()).verify(message)
+    assert {"@method", "@path", "@query", "content-digest"} <= {str(c).strip('"') for c in result.covered_components}
+
+
+def test_sign_with_a_private_key_and_a_ready_curl_command(cli, tmp_path):
+    _, _, private, _ = ed25519_files(tmp_path)
+    code, output = cli("sign", "cert-a", "--private-key", str(private), "--curl", "http://localhost:8000/echo?a=1")
+    words = shlex.split(output)
+    assert code == 0 and words[:4] == ["curl", "-sS", "-X", "GET"] and words[-1] == "http://localhost:8000/echo?a=1"
+    assert any(word.startswith("Signature-Input: sig1=") and 'alg="ed25519"' in word for word in words)

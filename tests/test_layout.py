@@ -20,6 +20,7 @@ LAYERS = {
     "customer_auth.operator_log": 0,
     "customer_auth.replication": 0,
     "customer_auth.message_signatures": 1,
+    "customer_auth.client": 1,
     "customer_auth.connection": 1,
     "customer_auth.lookup": 2,
     "customer_auth.changes": 2,

@@ -6,6 +6,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from customer_auth import signature
+from customer_auth.client import SignedRequestAuth
 
 # Computed independently with: printf 'cert-1|key-1|1700000000' | sha256sum
 VECTORS = [
@@ -122,7 +123,7 @@ def assert_signed(headers):
 def test_auth_signs_requests_made_with_requests():
     import requests
 
-    auth = signature.SignedRequestAuth("cert-1", "key-1")
+    auth = SignedRequestAuth("cert-1", "key-1", scheme="v1")
     prepared = requests.Request("GET", "http://gateway.invalid/echo", auth=auth).prepare()
     assert_signed(prepared.headers)
     assert "key-1" not in repr(auth)
@@ -133,7 +134,7 @@ def test_auth_signs_requests_made_with_httpx():
 
     seen = []
     transport = httpx.MockTransport(lambda request: seen.append(request) or httpx.Response(200))
-    with httpx.Client(transport=transport, auth=signature.SignedRequestAuth("cert-1", "key-1")) as client:
+    with httpx.Client(transport=transport, auth=SignedRequestAuth("cert-1", "key-1", scheme="v1")) as client:
         client.get("http://gateway.invalid/echo")
     assert_signed(seen[0].headers)
 

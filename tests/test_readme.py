@@ -1,0 +1,78 @@
+"""The README's RFC 9421 worked example and openssl recipe, checked against the plugin and the
+reference library: what the README shows is what works."""
+import base64
+import hashlib
+import hmac
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import ROOT
+from customer_auth import message_signatures
+from customer_verification import DEFAULTS, Plugin
+from devtools.kong_standin import Request, in_process_kong
+
+README = (ROOT / "README.md").read_text()
+
+
+def indented_block_after(heading_text):
+    """The first indented block after the line containing ``heading_text``."""
+    lines = README[README.index(heading_text):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("    "))
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("    "):
+            break
+        block.append(line[4:])
+    return block
+
+
+def example():
+    headers = dict(line.split(": ", 1) for line in indented_block_after("`POST https://api.example.com/orders?id=7`"))
+    base = "\n".join(indented_block_after("of this signature base"))
+    return headers, base
+
+
+def test_the_worked_examples_signature_base_and_signature_are_what_the_plugin_computes():
+    headers, base = example()
+    parsed = message_signatures.parse_signature_input([headers["Signature-Input"]])
+    chosen = message_signatures.choose(parsed, message_signatures.parse_signature([headers["Signature"]]),
+                                       DEFAULTS["required_components"])
+    message = message_signatures.Message(lambda: "POST", lambda: "/orders?id=7", lambda: "https",
+                                         {name.lower(): [value] for name, value in headers.items()})
+    assert message_signatures.signature_base(message, chosen).decode() == base
+    expected = hmac.new(b"my-client-key", base.encode(), hashlib.sha256).digest()
+    assert headers["Signature"] == f"sig1=:{base64.b64encode(expected).decode()}:"
+    digest = base64.b64encode(hashlib.sha256(b'{"qty": 1}').digest()).decode()
+    assert headers["Content-Digest"] == f"sha-256=:{digest}:"
+
+
+def test_the_worked_example_verifies_through_the_plugin(credentials, customers, monkeypatch):
+    headers, _ = example()
+    customer_id = customers.add("my-certificate", "my-client-key")
+    monkeypatch.setattr("customer_auth.verification.time.time", lambda: 1700000000)
+    request = Request([("Host", "api.example.com"), ("Content-Length", "10"), *headers.items()],
+                      method="POST", target="/orders?id=7", scheme="https", body=b'{"qty": 1}')
+    Plugin(dict(DEFAULTS), credentials).access(in_process_kong(request, lua_style=False))
+    assert request.upstream["x-customer-id"] == [customer_id]
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+def test_the_openssl_recipe_signs_what_the_plugin_verifies(credentials, customers):
+    recipe = indented_block_after("With\nnothing but openssl and curl")
+    assert recipe[-1].startswith("curl ")
+    script = "\n".join(recipe[:-1]) + '\nprintf "%s\\n%s\\n%s\\n%s" "$digest" "$params" "$signature" "$created"'
+    digest, params, signature, created = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, check=True, env={"PATH": os.environ["PATH"]}
+    ).stdout.splitlines()
+    customer_id = customers.add("my-certificate", "my-client-key")
+    assert re.fullmatch(r"\d+", created)
+    request = Request([("Host", "api.example.com"), ("Content-Type", "application/json"), ("Content-Length", "10"),
+                       ("Content-Digest", digest), ("Signature-Input", f"sig1={params}"),
+                       ("Signature", f"sig1=:{signature}:")],
+                      method="POST", target="/orders?id=7", scheme="https", body=b'{"qty": 1}')
+    Plugin(dict(DEFAULTS), credentials).access(in_process_kong(request, lua_style=False))
+    assert request.upstream["x-customer-id"] == [customer_id]
