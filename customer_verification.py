@@ -21,17 +21,18 @@ if __name__ == "__main__" and ("-g" in sys.argv or "--gevent" in sys.argv):
 
 import logging
 import os
+import uuid
 
 import gevent
 
 from customer_auth import signature
 from customer_auth import metrics, operator_log
+from customer_auth.consumers import BY_ID, BY_USERNAME, ConsumerMap
 from customer_auth.credentials import Credentials
 from customer_auth.verification import RFC9421, V1, BodyTooLarge, Rejection, Verifier, internal_error
 
 log = logging.getLogger(operator_log.LOGGER_NAME)
 OPERATOR_LOG = operator_log.install()
-VERIFIED = metrics.REQUESTS_BY_OUTCOME["verified"]
 
 version = "1.0.0"
 
@@ -58,9 +59,18 @@ Schema = (
     {"stale_ttl": {"type": "number", "required": True, "default": 300, "between": [0, 604800]}},
     {"cache_size": {"type": "integer", "required": True, "default": 10000, "between": [1, 10000000]}},
     {"hide_credentials": {"type": "boolean", "required": True, "default": False}},
+    {"consumer_by": {"type": "array", "required": True, "default": [],
+                     "elements": {"type": "string", "one_of": [BY_USERNAME, BY_ID]}}},
+    {"consumer_optional": {"type": "boolean", "required": True, "default": False}},
+    {"anonymous": {"type": "string", "required": False, "default": None}},
+    {"run_on_preflight": {"type": "boolean", "required": True, "default": True}},
 )
 
 DEFAULTS = {name: spec["default"] for field in Schema for name, spec in field.items()}
+
+# Left in kong.ctx.shared for a preflight let through unauthenticated (run_on_preflight off), so
+# the shipped fail-closed rule lets it pass too.
+PREFLIGHT_MARK = "customer_verification_preflight"
 
 
 class PDKError(Exception):
@@ -127,27 +137,88 @@ class Plugin:
             max_entries=self.config["cache_size"],
         )
         self.verifier = Verifier(self.config, self.credentials)
+        self.consumers = ConsumerMap(self.config["consumer_by"], self.config["cache_ttl"], self.config["cache_size"])
 
     def access(self, kong):
+        outcome = "verified"
         try:
             headers = pdk_value(kong.request.get_headers())
-            upstream = self.upstream_headers(self.verifier.authenticate(KongRequest(kong, headers)))
-            tell_operator(kong)
-            pdk_value(kong.service.request.set_headers(upstream))
+            request = KongRequest(kong, headers)
+            if self.skip(kong, request):
+                outcome = "skipped"
+                return
+            try:
+                customer = self.verifier.authenticate(request)
+            except Rejection as rejection:
+                if self.config["anonymous"] is None or rejection.status not in (400, 403):
+                    raise  # a store that fails (503) never lets anyone in as anonymous
+                log.info("anonymous after %d: %s", rejection.status, rejection)
+                outcome = "anonymous"
+                self.let_in(kong, self.anonymous_consumer(kong), None)
+                return
+            self.let_in(kong, self.consumer_of(kong, customer), customer)
         except Rejection as rejection:
+            outcome = rejection.outcome
             self.reject(kong, rejection)
         except Exception as error:
             # Kong lets the request through when a handler fails: answer it here instead.
             log.exception("unexpected %s while verifying a request", type(error).__name__)
+            outcome = "error"
             self.reject(kong, internal_error())
-        else:
-            VERIFIED.inc()
+        finally:
+            metrics.REQUESTS_BY_OUTCOME[outcome].inc()
 
-    def upstream_headers(self, customer_id):
-        """One set_headers call: sets (never adds) the customer id, overriding whatever the
-        client sent, and with hide_credentials removes the signature headers (an empty list
-        clears a header in nginx)."""
-        headers = {self.config["customer_id_header"]: customer_id}
+    def skip(self, kong, request):
+        """A CORS preflight when run_on_preflight is off, or (with ``anonymous`` set) a request
+        another auth plugin has authenticated: Kong's logical OR. Costs other requests nothing."""
+        if (not self.config["run_on_preflight"] and "access-control-request-method" in request.headers
+                and request.method() == "OPTIONS"):
+            pdk_value(kong.ctx.shared.set(PREFLIGHT_MARK, True))  # for the fail-closed rule (kong.yml)
+            return True
+        return self.config["anonymous"] is not None and pdk_value(kong.client.get_credential()) is not None
+
+    def consumer_of(self, kong, customer):
+        if not self.consumers.consumer_by:
+            return None
+        consumer = self.consumers.for_customer(customer, lambda key, by_username: load_consumer(kong, key, by_username))
+        if consumer is None and not self.config["consumer_optional"]:
+            log.warning("certificate %r (customer %s) is verified but has no Kong consumer by %s; answering 403 "
+                        "(create the consumer, or set consumer_optional)", customer.certificate_id,
+                        customer.customer_id, " or ".join(self.consumers.consumer_by))
+            raise Rejection(403, "Request signature could not be verified", "no Kong consumer", outcome="unverified")
+        return consumer
+
+    def anonymous_consumer(self, kong):
+        anonymous = self.config["anonymous"]
+        consumer = self.consumers.by_name(anonymous, lambda key, by_username: load_consumer(kong, key, by_username))
+        if consumer is None:
+            log.error("the anonymous consumer %r does not exist; answering 500 (fix the plugin's anonymous setting)",
+                      anonymous)
+            raise Rejection(500, "An unexpected error occurred", "anonymous consumer not found", outcome="error")
+        return consumer
+
+    def let_in(self, kong, consumer, customer):
+        """One set_headers call that sets or clears every identity header (a client can never
+        supply one), then tells Kong who the caller is, as its auth plugins do. In this order:
+        should the plugin server die between the two, the fail-closed rule finds no credential
+        and answers 503, instead of passing on a request without its headers."""
+        credential = {"id": customer.customer_id} if customer else None
+        tell_operator(kong)
+        pdk_value(kong.service.request.set_headers(self.upstream_headers(consumer, customer)))
+        pdk_value(kong.client.authenticate(consumer, credential))
+
+    def upstream_headers(self, consumer, customer):
+        """Sets (never adds) or clears (an empty list, as in nginx) each identity header; with
+        hide_credentials also removes the signature headers."""
+        consumer = consumer or {}
+        headers = {
+            self.config["customer_id_header"]: customer.customer_id if customer else [],
+            "X-Credential-Identifier": customer.customer_id if customer else [],
+            "X-Consumer-ID": consumer.get("id") or [],
+            "X-Consumer-Username": consumer.get("username") or [],
+            "X-Consumer-Custom-ID": consumer.get("custom_id") or [],
+            "X-Anonymous-Consumer": [] if customer else "true",
+        }
         if self.config["hide_credentials"]:
             for name in self.verifier.v1_headers + ("signature-input", "signature"):
                 headers[name] = []
@@ -159,10 +230,24 @@ class Plugin:
             log.warning("cannot verify requests, answering %d: %s", rejection.status, rejection)
         else:  # a client's mistake, or an error already logged where it happened
             log.info("rejected with %d: %s", rejection.status, rejection)
-        metrics.REQUESTS_BY_OUTCOME[rejection.outcome].inc()
         tell_operator(kong)
         kong.response.exit(rejection.status, {"message": rejection.message}, rejection.headers or None)
         end_event()
+
+
+def load_consumer(kong, key, by_username):
+    """Kong's consumer by id (a uuid) or, with ``by_username``, by username; None if none. Kong
+    raises on a key that is not a uuid unless ``by_username``, so such a key is never sent."""
+    if not by_username and not _is_uuid(key):
+        return None
+    return pdk_value(kong.client.load_consumer(key, by_username)) or None
+
+
+def _is_uuid(text):
+    try:
+        return str(uuid.UUID(text)) == text.lower()
+    except ValueError:
+        return False
 
 
 def tell_operator(kong):

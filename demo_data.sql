@@ -6,3 +6,9 @@ CREATE ROLE :"plugin_user" LOGIN PASSWORD :'plugin_password' IN ROLE customer_re
 INSERT INTO customer (uuid, certificate, authentication)
 VALUES ('6f1d8d2e-3b1a-4c52-9a57-0d7e2f6b9c41', 'demo-certificate', '{"client_key": "demo-client-key"}')
 ON CONFLICT DO NOTHING;
+
+-- A second demo customer, so the demo's per-customer rate limit shows one customer limited while
+-- the other passes. Its key is public too.
+INSERT INTO customer (uuid, certificate, authentication)
+VALUES ('0b9f7c3e-5d2a-4e8b-8f61-2c4d6e8a0b13', 'demo-certificate-2', '{"client_key": "demo-client-key-2"}')
+ON CONFLICT DO NOTHING;

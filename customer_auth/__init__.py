@@ -9,6 +9,8 @@
 - ``cache``: credentials and recently verified requests kept in memory;
 - ``changes``: the LISTEN/NOTIFY listener that evicts what changed;
 - ``credentials``: the process's store, caches and listener, shared by every plugin instance;
+- ``consumers``: Kong consumers of verified customers, remembered;
+- ``client``: signing requests as a client (RFC 9421 through the reference library, or v1);
 - ``metrics``: Prometheus metrics, and the listener serving them with /health;
 - ``operator_log``: problems carried into Kong's error log at a level Kong keeps;
 - ``admin``: the operator's ``customer-verification`` command.

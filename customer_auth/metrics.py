@@ -14,11 +14,12 @@ import prometheus_client
 
 log = logging.getLogger("customer_verification")
 
-OUTCOMES = ("verified", "malformed", "unverified", "too_large", "unavailable", "error")
+OUTCOMES = ("verified", "malformed", "unverified", "too_large", "unavailable", "error", "anonymous", "skipped")
 
 REQUESTS = prometheus_client.Counter(
     "customer_verification_requests", "Requests the plugin answered, by outcome: verified, malformed (400), "
-    "unverified (403), too_large (413), unavailable (503: store down, no usable cache) and error (503: internal)",
+    "unverified (403), too_large (413), unavailable (503: store down, no usable cache), error (500/503: internal), "
+    "anonymous (let in as the anonymous consumer) and skipped (a preflight, or another auth plugin's caller)",
     ["outcome"])
 CACHE = prometheus_client.Counter(
     "customer_verification_cache_lookups", "Credential cache lookups: hit (answered from memory), miss (asked the "

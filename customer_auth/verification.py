@@ -6,6 +6,7 @@ A request view has ``headers`` (lower-case name -> list of values as received) a
 only when a signature needs them, ``method()``, ``target()`` (the raw path and query),
 ``scheme()`` and ``body(limit)`` (the raw body, BodyTooLarge beyond ``limit`` bytes).
 """
+import collections
 import time
 
 from customer_auth import message_signatures, signature
@@ -15,6 +16,9 @@ V1, RFC9421 = "v1", "rfc9421"
 V1_HEADERS = ("certificate_id_header", "request_time_header", "signature_header")  # config fields
 
 
+Customer = collections.namedtuple("Customer", "customer_id certificate_id")  # a verified caller
+
+
 class BodyTooLarge(Exception):
     """The request body is larger than the verification may read."""
 
@@ -22,7 +26,7 @@ class BodyTooLarge(Exception):
 class Rejection(Exception):
     """A request that gets its answer from the verifier: one status and one message per case."""
 
-    OUTCOMES = {400: "malformed", 403: "unverified", 413: "too_large", 503: "unavailable"}
+    OUTCOMES = {400: "malformed", 403: "unverified", 413: "too_large", 503: "unavailable"}  # by status
 
     def __init__(self, status, message, reason, outcome=None, headers=None):
         super().__init__(reason)
@@ -80,7 +84,7 @@ class Verifier:
         self.schemes = tuple(config["signature_schemes"])
 
     def authenticate(self, request):
-        """The customer id of a correctly signed request; Rejection otherwise."""
+        """The Customer of a correctly signed request; Rejection otherwise."""
         headers = request.headers
         if RFC9421 in self.schemes and ("signature-input" in headers or "signature" in headers):
             return self._rfc9421(request)
@@ -96,7 +100,7 @@ class Verifier:
         signed = tuple(self._one_value(headers, name) for name in self.v1_headers)
         now = time.time()
         customer_id = self.credentials.verified.recall(signed, now, self.config["clock_skew"])
-        return self._verify_v1(signed, now) if customer_id is None else customer_id
+        return self._verify_v1(signed, now) if customer_id is None else Customer(customer_id, signed[0])
 
     def _verify_v1(self, signed, now):
         """Checks the three header values in full, and remembers them once verified."""
@@ -114,7 +118,7 @@ class Verifier:
         except signature.BadSignature:
             raise unverified(f"certificate {certificate_id!r}: signature does not match") from None
         self.credentials.verified.remember(signed, credential, int(request_time), now)
-        return credential.customer_id
+        return Customer(credential.customer_id, certificate_id)
 
     @staticmethod
     def _one_value(headers, name):
@@ -171,7 +175,7 @@ class Verifier:
             message_signatures.verify(chosen, base, credential.keys_valid_at(now), credential.public_keys_valid_at(now))
         except signature.BadSignature:
             raise unverified(f"{reference}: signature does not match") from None
-        return credential.customer_id
+        return Customer(credential.customer_id, chosen.keyid)
 
     def _required_components(self, headers):
         required = self.config["required_components"]

@@ -27,6 +27,9 @@ import msgpack
 TERMINAL_METHODS = {"kong.response.exit", "kong.response.error"}
 MULTI_MAP_METHODS = {"kong.request.get_headers", "kong.request.get_query",
                      "kong.response.get_headers", "kong.service.response.get_headers"}
+# How Kong steps an entity back (plugin_servers/pb_rpc and mp_rpc): by the PDK function's result type.
+STEP_METHODS = {"kong.client.authenticate": "plugin.StepCredential", "kong.client.get_credential": "plugin.StepCredential",
+                "kong.client.load_consumer": "plugin.StepConsumer", "kong.client.get_consumer": "plugin.StepConsumer"}
 # nginx's default for ngx.req.get_headers(): later header lines are not returned to plugins.
 MAX_REQUEST_HEADERS = 100
 DEFAULT_ERROR_MESSAGES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden",
@@ -35,6 +38,11 @@ DEFAULT_ERROR_MESSAGES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidd
 
 class PDKError(Exception):
     """A PDK function failed: Kong answers with plugin.StepError."""
+
+
+class KongRaised(BaseException):
+    """A PDK function raised inside Kong (a Lua error): the request ends in Kong's 500 and the
+    plugin is never answered. A BaseException, so a plugin's ``except Exception`` cannot hide it."""
 
 
 class NeverAnswered(BaseException):
@@ -50,7 +58,7 @@ class Request:
     ``response`` is ``(status, body)`` when a plugin answered the client itself.
     """
 
-    def __init__(self, header_lines=(), method="GET", target="/", scheme="http", body=b""):
+    def __init__(self, header_lines=(), method="GET", target="/", scheme="http", body=b"", consumers=()):
         # nginx keeps one list of request headers: plugins change it, later plugins read the
         # changed list, and the upstream receives it. A value may be bytes: HTTP allows any byte
         # from 0x80 up, and Kong passes them on as they are (a Lua string is bytes). Here they
@@ -60,6 +68,10 @@ class Request:
         self.target = target  # the raw request target: path and query as received
         self.scheme = scheme
         self.body = body
+        self.consumers = list(consumers)  # Kong's consumer entities (the declarative config's)
+        self.credential = None  # what kong.client.authenticate set, for later plugins
+        self.consumer = None
+        self.ctx_shared = {}  # kong.ctx.shared: per request, for later plugins
         self.response = None
         self.response_headers = None
         self.response_method = None
@@ -117,6 +129,38 @@ class Request:
                 raise PDKError(f"request body file too big: {len(self.body)} > {max_allowed_file_size}")
         return _text(self.body)
 
+    # kong.client
+    def authenticate(self, consumer=None, credential=None):
+        if consumer is None and credential is None:
+            raise KongRaised("either credential or consumer must be provided")
+        for entity in (consumer, credential):
+            if entity is not None and not isinstance(entity, dict):
+                raise KongRaised("consumer and credential must be tables")
+        self.consumer, self.credential = consumer, credential
+
+    def get_credential(self):
+        return self.credential
+
+    def get_consumer(self):
+        return self.consumer
+
+    def load_consumer(self, key, by_username=False):
+        """By id when ``key`` is a uuid, then by username when ``by_username``; None if none."""
+        if not _is_uuid(key) and not by_username:
+            raise KongRaised(f"cannot load a consumer with an id that is not a uuid: {key}")
+        for field in ("id", "username") if by_username else ("id",):
+            for consumer in self.consumers:
+                if consumer.get(field) == key:
+                    return consumer
+        return None
+
+    # kong.ctx.shared (served by Kong's bridge itself)
+    def ctx_shared_set(self, key, value):
+        self.ctx_shared[key] = value
+
+    def ctx_shared_get(self, key):
+        return self.ctx_shared.get(key)
+
     # kong.service.request
     def set_header(self, name, value):
         self._set_upstream(name, _header_values(name, value, allow_list=False))
@@ -162,6 +206,12 @@ _PDK = {
     "kong.request.get_path_with_query": "get_path_with_query",
     "kong.request.get_scheme": "get_scheme",
     "kong.request.get_raw_body": "get_raw_body",
+    "kong.ctx.shared.set": "ctx_shared_set",
+    "kong.ctx.shared.get": "ctx_shared_get",
+    "kong.client.authenticate": "authenticate",
+    "kong.client.get_credential": "get_credential",
+    "kong.client.get_consumer": "get_consumer",
+    "kong.client.load_consumer": "load_consumer",
     "kong.service.request.set_header": "set_header",
     "kong.service.request.add_header": "add_header",
     "kong.service.request.clear_header": "clear_header",
@@ -173,6 +223,16 @@ _PDK = {
 
 # Kong's nginx template: bodies larger than this are buffered to a file.
 CLIENT_BODY_BUFFER_SIZE = 8192
+
+
+def _is_uuid(text):
+    import uuid
+
+    try:
+        uuid.UUID(str(text))
+        return True
+    except ValueError:
+        return False
 
 
 def _text(value):
@@ -234,7 +294,8 @@ def round_trips(request):
 class FailClosedRule:
     """The deployment's global pre-function and post-function (kong.yml), as Kong runs them:
     the first clears the client's customer id header before any plugin, the second answers 503
-    after all plugins when no plugin set it."""
+    after all plugins when no auth plugin authenticated the request (no credential, no consumer)
+    and customer_verification did not let it through as a CORS preflight."""
 
     def __init__(self, header="X-Customer-Id"):
         self.header = header
@@ -243,7 +304,8 @@ class FailClosedRule:
         request.clear_header(self.header)
 
     def after(self, request):
-        if request.response is None and request.get_header(self.header) is None:
+        if (request.response is None and request.get_credential() is None and request.get_consumer() is None
+                and not request.ctx_shared.get(PREFLIGHT_MARK)):
             request.exit(503, {"message": "Authentication is temporarily unavailable"})
 
 
@@ -296,6 +358,10 @@ class ErrorLog:
 
     def text(self):
         return "\n".join(f"[{level}] {text}" for level, text in self.lines())
+
+
+# What customer_verification leaves in kong.ctx.shared for a preflight it lets through (kong.yml).
+PREFLIGHT_MARK = "customer_verification_preflight"
 
 
 class RPCError(Exception):
@@ -364,6 +430,7 @@ class KongStandIn:
         self._msgids = itertools.count(1)
         self._lock = threading.Lock()
         self._plugins = {}  # plugin id -> config as Kong stores it
+        self.consumers = []  # consumer entities, as the declarative config's "consumers"
         self._instances = {}  # plugin id -> (instance id, __seq__)
         self._sequence = itertools.count(1)
         self._fail_closed = fail_closed
@@ -443,6 +510,8 @@ class KongStandIn:
     # -- a request -----------------------------------------------------------------------------
     def handle(self, request, plugin_id="plugin", phase="access"):
         """Runs ``phase`` for ``request`` as Kong does and says what the client and upstream see."""
+        if not request.consumers:
+            request.consumers = self.consumers
         if self._fail_closed:
             self._fail_closed.before(request)
         errors = []
@@ -458,6 +527,10 @@ class KongStandIn:
             try:
                 trips += self._bridge(request, instance_id, phase)
                 break
+            except KongRaised as error:
+                errors.append(str(error))
+                self.error_log.write("error", f"[{self.name}] {error}")
+                return Outcome(500, json.dumps({"message": "An unexpected error occurred"}), None, trips, errors)
             except _BridgeError as error:
                 trips += error.round_trips
                 errors.append(str(error))
@@ -483,9 +556,11 @@ class KongStandIn:
             while step["Data"] != "ret":
                 method, args = step["Data"]["Method"], step["Data"]["Args"] or []
                 try:
-                    result, step_method = request.call(method, args), "plugin.Step"
-                    if method in MULTI_MAP_METHODS:
-                        step_method = "plugin.StepMultiMap"
+                    result = request.call(method, args)
+                    step_method = "plugin.StepMultiMap" if method in MULTI_MAP_METHODS else STEP_METHODS.get(
+                        method, "plugin.Step")
+                except KongRaised:
+                    raise  # nginx ends the request with a 500: nothing more is sent to the server
                 except PDKError as error:
                     result, step_method = str(error), "plugin.StepError"
                 if method in TERMINAL_METHODS:

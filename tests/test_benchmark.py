@@ -17,19 +17,20 @@ def test_benchmark_measures_every_scenario_and_tells_their_lookups_apart(tmp_pat
     results = json.loads((tmp_path / "results.json").read_text())
     rows = {row["scenario"]: row for row in results["rows"]}
     assert set(rows) == set(benchmark.SCENARIOS)
-    for scenario, status in [("limit", "200"), ("warm cache", "200"), ("cold cache", "200"),
+    for scenario, status in [("limit", "200"), ("warm cache", "200"), ("warm cache with consumers", "200"), ("cold cache", "200"),
                              ("cold cache on standby", "200"), ("rejections", "403"), ("rfc9421 hmac", "200"),
                              ("rfc9421 ed25519", "200"), ("connect per request", "200")]:
         assert rows[scenario]["requests"] > 0
         assert rows[scenario]["statuses"] == {status: rows[scenario]["requests"]}, scenario
         assert rows[scenario]["server_threads_after"] == 1, scenario  # gevent: no thread per request
-    assert rows["warm cache"]["round_trips"] == 3 and rows["rejections"]["round_trips"] == 2
+    assert rows["warm cache"]["round_trips"] == 4 and rows["rejections"]["round_trips"] == 2
+    assert rows["warm cache with consumers"]["round_trips"] == 4  # consumers remembered like credentials
     # Lookups are counted per scenario although all ran in the same seconds on one database.
     assert rows["limit"]["queries_per_1000"] == rows["warm cache"]["queries_per_1000"] == 0
     assert rows["rejections"]["queries_per_1000"] == 0
     assert rows["connect per request"]["queries_per_1000"] == 1000
     assert rows["cold cache"]["queries_per_1000"] > 900  # each cold request names a new certificate
     assert rows["cold cache on standby"]["queries_per_1000"] > 900  # counted on the standby too
-    assert rows["rfc9421 hmac"]["round_trips"] == rows["rfc9421 ed25519"]["round_trips"] == 5
+    assert rows["rfc9421 hmac"]["round_trips"] == rows["rfc9421 ed25519"]["round_trips"] == 6
     assert any(line.startswith("warm cache / limit") for line in results["targets"])
     assert (tmp_path / "results.png").stat().st_size > 0

@@ -133,13 +133,24 @@ def test_declarative_config_enables_the_plugin_with_valid_options():
     assert set(plugin["config"]) <= set(customer_verification.DEFAULTS)
 
 
+def test_the_demo_limits_each_customer_by_its_kong_consumer():
+    config = declarative()
+    plugins = {plugin["name"]: plugin["config"] for plugin in config["services"][0]["plugins"]}
+    assert plugins["customer_verification"]["consumer_by"] == ["username"]
+    assert plugins["rate-limiting"]["limit_by"] == "consumer"
+    demo = (ROOT / "demo_data.sql").read_text()
+    for consumer in config["consumers"]:
+        assert f"'{consumer['custom_id']}', '{consumer['username']}'" in demo
+
+
 def test_fail_closed_rule_is_present_and_global():
     plugins = {plugin["name"]: plugin for plugin in declarative()["plugins"]}
     header = customer_verification.DEFAULTS["customer_id_header"]
     clear = plugins["pre-function"]["config"]["access"]
     assert clear == [f'kong.service.request.clear_header("{header}")']
     check = plugins["post-function"]["config"]["access"][0]
-    assert f'if not kong.request.get_header("{header}")' in check
+    assert "if not kong.client.get_credential() and not kong.client.get_consumer()" in check
+    assert f"and not kong.ctx.shared.{customer_verification.PREFLIGHT_MARK} then" in check
     assert "kong.response.exit(503" in check
     for plugin in plugins.values():
         assert not {"service", "route", "consumer"} & set(plugin)
@@ -188,7 +199,7 @@ def test_the_plugin_role_can_only_read_the_customer_table(deployed_database):
     try:
         with conn.cursor() as cursor:
             cursor.execute("SELECT count(*) FROM customer")
-            assert cursor.fetchone() == (1,)
+            assert cursor.fetchone() == (2,)  # the two demo customers
             with pytest.raises(psycopg2.errors.InsufficientPrivilege):
                 cursor.execute("UPDATE customer SET certificate = certificate")
     finally:
@@ -200,8 +211,10 @@ def test_the_demo_customer_verifies_through_the_kong_standin(deployed_database):
                             env={"DATABASE_URL": deployed_database},
                             config=declarative()["services"][0]["plugins"][0]["config"])
     try:
+        gateway.kong.consumers = declarative()["consumers"]
         outcome = gateway.send(list(signature.signed_headers("demo-certificate", "demo-client-key").items()))
         assert outcome.upstream["x-customer-id"] == ["6f1d8d2e-3b1a-4c52-9a57-0d7e2f6b9c41"]
+        assert outcome.upstream["x-consumer-username"] == ["demo-certificate"]
     finally:
         gateway.cleanup()
 

@@ -34,7 +34,7 @@ def test_round_trips_are_counted_as_rpc_calls(tiny):
     tiny.send([])  # starts the instance
     before = tiny.kong.calls
     outcome = tiny.send([])
-    assert outcome.round_trips == tiny.kong.calls - before == 4  # HandleEvent, get_headers, 2 set_header
+    assert outcome.round_trips == tiny.kong.calls - before == 5  # HandleEvent, get_headers, authenticate, 2 set_header
 
 
 def test_exit_and_error_end_the_request_without_an_answer(tiny):

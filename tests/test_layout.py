@@ -19,6 +19,7 @@ LAYERS = {
     "customer_auth.metrics": 0,
     "customer_auth.operator_log": 0,
     "customer_auth.replication": 0,
+    "customer_auth.consumers": 0,
     "customer_auth.message_signatures": 1,
     "customer_auth.client": 1,
     "customer_auth.connection": 1,

@@ -99,7 +99,8 @@ def test_verified_requests_cost_no_extra_round_trip_when_nothing_is_wrong(creden
     customers.add("cert-1", "key-1")
     request = Request(signed("cert-1", "key-1"))
     Plugin(dict(DEFAULTS), credentials).access(in_process_kong(request, lua_style=False))
-    assert request.pdk_calls == ["kong.request.get_headers", "kong.service.request.set_headers"]
+    assert request.pdk_calls == ["kong.request.get_headers", "kong.service.request.set_headers",
+                                 "kong.client.authenticate"]
 
 
 def test_an_unreachable_store_is_in_kongs_log_at_the_default_level_without_secrets():
@@ -191,7 +192,8 @@ def test_metrics_count_every_answer_the_cache_and_the_store(database_url, custom
         samples = scrape(port)
         requests = {labels[0][1]: value for (name, labels), value in samples.items()
                     if name == "customer_verification_requests_total"}
-        assert requests == {"verified": 5, "malformed": 1, "unverified": 2, "too_large": 0, "unavailable": 0, "error": 0}
+        assert requests == {"verified": 5, "malformed": 1, "unverified": 2, "too_large": 0, "unavailable": 0, "error": 0,
+                            "anonymous": 0, "skipped": 0}
         cache = {labels[0][1]: value for (name, labels), value in samples.items()
                  if name == "customer_verification_cache_lookups_total"}
         assert cache["miss"] == 2 and cache["hit"] >= 4 and cache["stale"] == 0  # cert-1 and nobody

@@ -58,8 +58,9 @@ def test_verified_request_reaches_upstream_with_customer_id_in_three_round_trips
     request = run(plugin, signed(), lua_style)
     assert request.response is None
     assert request.upstream["x-customer-id"] == [customer_id]
-    assert request.pdk_calls == ["kong.request.get_headers", "kong.service.request.set_headers"]
-    assert round_trips(request) == 3
+    assert request.pdk_calls == ["kong.request.get_headers", "kong.service.request.set_headers",
+                                 "kong.client.authenticate"]
+    assert round_trips(request) == 4
 
 
 def test_signature_hex_is_case_insensitive(plugin, customer_id):
@@ -79,7 +80,7 @@ def test_credentials_forwarded_by_default_and_hidden_on_request(credentials, cus
     assert not {signature.CERTIFICATE_ID_HEADER, signature.REQUEST_TIME_HEADER,
                 signature.SIGNATURE_HEADER} & set(hidden.upstream)
     assert hidden.upstream["x-customer-id"] == [customer_id]
-    assert round_trips(hidden) == 3
+    assert round_trips(hidden) == 4
 
 
 def test_configured_header_names(credentials, customer_id):

@@ -29,6 +29,7 @@ class Plugin:
             except Exception as error:  # --no-lua-style: a StepError arrives as PDKException
                 kong.service.request.set_header("x-step-error", str(error))
             return
+        kong.client.authenticate(None, {"id": "tiny"})  # as an auth plugin: the fail-closed rule's test
         kong.service.request.set_header("x-config", json.dumps(self.config, sort_keys=True))
         kong.service.request.set_header("x-multi-count", str(len(headers.get("x-multi", []))))
 

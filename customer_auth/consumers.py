@@ -1,0 +1,50 @@
+"""Kong consumers of verified customers, remembered like credentials.
+
+Kong finds a consumer with ``kong.client.load_consumer`` (one round trip). A customer maps to
+one by ``consumer_by``, in order: ``id`` (the customer's uuid is the consumer's id) or
+``username`` (the certificate id is the consumer's username); the answer, a consumer or none,
+is kept for the credential cache's TTL, within its bound, so a cached customer costs no lookup.
+"""
+import collections
+import threading
+import time
+
+BY_ID, BY_USERNAME = "id", "username"
+
+
+class ConsumerMap:
+    def __init__(self, consumer_by, ttl, max_entries, clock=time.monotonic):
+        self.consumer_by = tuple(consumer_by)
+        self._ttl = ttl
+        self._max_entries = max_entries
+        self._clock = clock
+        self._entries = collections.OrderedDict()  # key -> (consumer or None, fresh until)
+        self._lock = threading.Lock()
+
+    def for_customer(self, customer, load):
+        """The customer's consumer, or None; ``load(key, by_username)`` asks Kong."""
+        return self._remembered(("customer", customer.customer_id, customer.certificate_id),
+                                lambda: self._find(customer, load))
+
+    def by_name(self, id_or_username, load):
+        """A consumer named by its id or username (the ``anonymous`` setting), or None."""
+        return self._remembered(("name", id_or_username), lambda: load(id_or_username, True))
+
+    def _find(self, customer, load):
+        for way in self.consumer_by:
+            consumer = load(customer.customer_id, False) if way == BY_ID else load(customer.certificate_id, True)
+            if consumer:
+                return consumer
+        return None
+
+    def _remembered(self, key, find):
+        entry = self._entries.get(key)
+        if entry is not None and self._clock() < entry[1]:
+            return entry[0]
+        consumer = find()
+        with self._lock:
+            self._entries[key] = (consumer, self._clock() + self._ttl)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+        return consumer
