@@ -25,11 +25,10 @@ import uuid
 
 import gevent
 
-from customer_auth import signature
-from customer_auth import metrics, operator_log
-from customer_auth.consumers import BY_ID, BY_USERNAME, ConsumerMap
+from customer_auth import metrics, operator_log, schema
+from customer_auth.consumers import ConsumerMap
 from customer_auth.credentials import Credentials
-from customer_auth.verification import RFC9421, V1, BodyTooLarge, Rejection, Verifier, internal_error
+from customer_auth.verification import BodyTooLarge, Rejection, Verifier, internal_error
 
 log = logging.getLogger(operator_log.LOGGER_NAME)
 OPERATOR_LOG = operator_log.install()
@@ -40,33 +39,8 @@ version = "1.0.0"
 # rate-limiting (910) and request-transformer (801), so none of them sees an unverified caller.
 priority = 1200
 
-_HEADER_NAME = {"type": "string", "required": True, "match": "^[%w%-]+$"}
-
-Schema = (
-    {"signature_schemes": {"type": "array", "required": True, "default": [V1, RFC9421], "len_min": 1,
-                           "elements": {"type": "string", "one_of": [V1, RFC9421]}}},
-    {"required_components": {"type": "array", "required": True,
-                             "default": ["@method", "@path", "@query", "content-digest"],
-                             "elements": {"type": "string", "match": "^[@%w%-]+$"}}},
-    {"max_body_size": {"type": "integer", "required": True, "default": 1048576, "between": [0, 1073741824]}},
-    {"certificate_id_header": {**_HEADER_NAME, "default": signature.CERTIFICATE_ID_HEADER}},
-    {"request_time_header": {**_HEADER_NAME, "default": signature.REQUEST_TIME_HEADER}},
-    {"signature_header": {**_HEADER_NAME, "default": signature.SIGNATURE_HEADER}},
-    {"customer_id_header": {**_HEADER_NAME, "default": "X-Customer-Id"}},
-    {"clock_skew": {"type": "integer", "required": True, "default": 300, "between": [1, 86400]}},
-    {"cache_ttl": {"type": "number", "required": True, "default": 60, "between": [0, 86400]}},
-    {"negative_cache_ttl": {"type": "number", "required": True, "default": 5, "between": [0, 86400]}},
-    {"stale_ttl": {"type": "number", "required": True, "default": 300, "between": [0, 604800]}},
-    {"cache_size": {"type": "integer", "required": True, "default": 10000, "between": [1, 10000000]}},
-    {"hide_credentials": {"type": "boolean", "required": True, "default": False}},
-    {"consumer_by": {"type": "array", "required": True, "default": [],
-                     "elements": {"type": "string", "one_of": [BY_USERNAME, BY_ID]}}},
-    {"consumer_optional": {"type": "boolean", "required": True, "default": False}},
-    {"anonymous": {"type": "string", "required": False, "default": None}},
-    {"run_on_preflight": {"type": "boolean", "required": True, "default": True}},
-)
-
-DEFAULTS = {name: spec["default"] for field in Schema for name, spec in field.items()}
+Schema = schema.Schema  # the options, their defaults and validation: customer_auth/schema.py
+DEFAULTS = schema.DEFAULTS
 
 # Left in kong.ctx.shared for a preflight let through unauthenticated (run_on_preflight off), so
 # the shipped fail-closed rule lets it pass too.
@@ -127,8 +101,7 @@ class KongRequest:
 
 class Plugin:
     def __init__(self, config, credentials=None):
-        self.config = {name: default if config.get(name) is None else config[name]
-                       for name, default in DEFAULTS.items()}
+        self.config = schema.with_defaults(config)
         credentials = credentials or Credentials.shared()
         self.credentials = credentials.cache(
             ttl=self.config["cache_ttl"],
@@ -226,10 +199,7 @@ class Plugin:
 
     @staticmethod
     def reject(kong, rejection):
-        if rejection.outcome == "unavailable":  # the store failed: the operator's problem
-            log.warning("cannot verify requests, answering %d: %s", rejection.status, rejection)
-        else:  # a client's mistake, or an error already logged where it happened
-            log.info("rejected with %d: %s", rejection.status, rejection)
+        rejection.log()
         tell_operator(kong)
         kong.response.exit(rejection.status, {"message": rejection.message}, rejection.headers or None)
         end_event()

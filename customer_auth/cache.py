@@ -126,6 +126,12 @@ class CredentialCache:
             return entry.credential
         raise flight.error
 
+    def cached(self, certificate_id):
+        """``(True, credential or None)`` when a fresh entry answers without the store, else
+        ``(False, None)``: a caller that must not block can tell a miss from an unknown."""
+        entry = self._fresh_entry(certificate_id)
+        return (False, None) if entry is None else (True, entry.credential)
+
     def fresh(self, certificate_id):
         """The cached credential while it is fresh, else None; never asks the store."""
         entry = self._fresh_entry(certificate_id)

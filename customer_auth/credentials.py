@@ -1,4 +1,5 @@
 """The process's credential store: one pool, one listener, and the caches of its plugin instances."""
+import os
 import threading
 import weakref
 
@@ -16,6 +17,7 @@ class Credentials:
     _shared_lock = threading.Lock()
 
     def __init__(self, settings):
+        self.pid = os.getpid()
         self.store = CustomerStore(settings)
         self._caches = weakref.WeakValueDictionary()  # settings -> CredentialCache
         self._caches_lock = threading.Lock()
@@ -23,8 +25,10 @@ class Credentials:
 
     @classmethod
     def shared(cls):
+        """The process's store. A process forked from one that had it (a pre-forking server such
+        as gunicorn) gets its own: a connection or a listener thread does not survive a fork."""
         with cls._shared_lock:
-            if cls._shared is None:
+            if cls._shared is None or cls._shared.pid != os.getpid():
                 cls._shared = cls(Settings.from_environment())
                 cls._shared.listener.start()
                 # Lookups made before LISTEN are cleared once it takes effect; waiting for it

@@ -103,57 +103,64 @@ def _parse_dictionary(text):
     return parsed
 
 
-def parse_signature_input(values):
-    """``{label: (covered_components, params, signature_params_text)}`` from the field's lines."""
+def _parse_members(values, member, from_match, from_parsed):
+    """A dictionary field: the common form by ``member`` and ``from_match(label, match)``, any
+    other through the full parser and ``from_parsed(label, value, params)``."""
     text = _field(values)
-    fast = _fast_members(text, _INPUT_MEMBER)
+    fast = _fast_members(text, member)
     if fast is not None:
         _no_duplicates([label for label, _ in fast])
-        result = {}
-        for label, match in fast:
-            serialized = match.group(2)
-            inner, _, params_text = serialized.partition(")")
-            covered = tuple(item[1:-1] for item in inner[1:].split(" ")) if inner != "(" else ()
-            params = {}
-            for param in params_text.split(";")[1:]:  # strings hold no ';' here: the regex saw to it
-                name, _, raw = param.partition("=")
-                params[name] = raw[1:-1] if raw.startswith('"') else int(raw)
-            result[label] = (covered, params, serialized)
-        return result
+        return {label: from_match(label, match) for label, match in fast}
+    return {label: from_parsed(label, value, params) for label, (value, params) in _parse_dictionary(text).items()}
+
+
+def parse_signature_input(values):
+    """``{label: (covered_components, params, signature_params_text)}`` from the field's lines."""
+    return _parse_members(values, _INPUT_MEMBER, _input_from_match, _input_from_parsed)
+
+
+def _input_from_match(label, match):
+    serialized = match.group(2)
+    inner, _, params_text = serialized.partition(")")
+    covered = tuple(item[1:-1] for item in inner[1:].split(" ")) if inner != "(" else ()
+    params = {}
+    for param in params_text.split(";")[1:]:  # strings hold no ';' here: the regex saw to it
+        name, _, raw = param.partition("=")
+        params[name] = raw[1:-1] if raw.startswith('"') else int(raw)
+    return covered, params, serialized
+
+
+def _input_from_parsed(label, value, params):
     import http_sf
 
-    result = {}
-    for label, (value, params) in _parse_dictionary(text).items():
-        if not isinstance(value, list):
-            raise MalformedSignature(f"{label} is not a list of components")
-        covered = []
-        for name, component_params in value:
-            if not isinstance(name, str):
-                raise MalformedSignature(f"{label}: a component is not a string")
-            if component_params:
-                raise MalformedSignature(f"{label}: component parameters are not supported")
-            covered.append(name)
-        serialized = http_sf.ser({label: (value, params)}).split("=", 1)[1]
-        result[label] = (tuple(covered), dict(params), serialized)
-    return result
+    if not isinstance(value, list):
+        raise MalformedSignature(f"{label} is not a list of components")
+    covered = []
+    for name, component_params in value:
+        if not isinstance(name, str):
+            raise MalformedSignature(f"{label}: a component is not a string")
+        if component_params:
+            raise MalformedSignature(f"{label}: component parameters are not supported")
+        covered.append(name)
+    return tuple(covered), dict(params), http_sf.ser({label: (value, params)}).split("=", 1)[1]
 
 
 def parse_signature(values):
     """``{label: signature bytes}`` from the field's lines."""
-    text = _field(values)
-    fast = _fast_members(text, _SIGNATURE_MEMBER)
-    if fast is not None:
-        _no_duplicates([label for label, _ in fast])
-        try:
-            return {label: base64.b64decode(match.group(2), validate=True) for label, match in fast}
-        except binascii.Error:
-            raise MalformedSignature("a signature is not base64") from None
-    result = {}
-    for label, (value, _params) in _parse_dictionary(text).items():
-        if not isinstance(value, bytes):
-            raise MalformedSignature(f"{label} is not a byte sequence")
-        result[label] = value
-    return result
+    return _parse_members(values, _SIGNATURE_MEMBER, _signature_from_match, _signature_from_parsed)
+
+
+def _signature_from_match(label, match):
+    try:
+        return base64.b64decode(match.group(2), validate=True)
+    except binascii.Error:
+        raise MalformedSignature(f"{label} is not base64") from None
+
+
+def _signature_from_parsed(label, value, params):
+    if not isinstance(value, bytes):
+        raise MalformedSignature(f"{label} is not a byte sequence")
+    return value
 
 
 def choose(inputs, signatures, required_components):

@@ -7,10 +7,13 @@ only when a signature needs them, ``method()``, ``target()`` (the raw path and q
 ``scheme()`` and ``body(limit)`` (the raw body, BodyTooLarge beyond ``limit`` bytes).
 """
 import collections
+import logging
 import time
 
 from customer_auth import message_signatures, signature
 from customer_auth.connection import StoreUnavailable
+
+log = logging.getLogger("customer_verification")
 
 V1, RFC9421 = "v1", "rfc9421"
 V1_HEADERS = ("certificate_id_header", "request_time_header", "signature_header")  # config fields
@@ -21,6 +24,10 @@ Customer = collections.namedtuple("Customer", "customer_id certificate_id")  # a
 
 class BodyTooLarge(Exception):
     """The request body is larger than the verification may read."""
+
+
+class BodyIncomplete(Exception):
+    """The client stopped sending before its body was complete."""
 
 
 class Rejection(Exception):
@@ -34,6 +41,14 @@ class Rejection(Exception):
         self.message = message
         self.outcome = outcome or self.OUTCOMES[status]  # the requests_total label
         self.headers = headers or {}  # response headers, e.g. Accept-Signature
+
+    def log(self):
+        """A failing store is the operator's problem (a warning, which reaches Kong's error log);
+        a client's mistake, or an error already logged where it happened, stays at INFO."""
+        if self.outcome == "unavailable":
+            log.warning("cannot verify requests, answering %d: %s", self.status, self)
+        else:
+            log.info("rejected with %d: %s", self.status, self)
 
 
 def missing(header, headers=None):
@@ -192,6 +207,8 @@ class Verifier:
             body = request.body(limit)
         except BodyTooLarge:
             raise too_large(limit) from None
+        except BodyIncomplete:
+            raise Rejection(400, "Request body is incomplete", "the client stopped sending its body") from None
         try:
             message_signatures.check_content_digest(headers.get("content-digest"), body)
         except signature.BadSignature as error:

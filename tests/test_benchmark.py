@@ -34,3 +34,11 @@ def test_benchmark_measures_every_scenario_and_tells_their_lookups_apart(tmp_pat
     assert rows["rfc9421 hmac"]["round_trips"] == rows["rfc9421 ed25519"]["round_trips"] == 6
     assert any(line.startswith("warm cache / limit") for line in results["targets"])
     assert (tmp_path / "results.png").stat().st_size > 0
+
+
+def test_middleware_benchmark_measures_bare_and_wrapped_apps(database_url):
+    result = subprocess.run([sys.executable, "-m", "devtools.middleware_benchmark", "--requests", "50"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120, check=True,
+                            env={**__import__("os").environ, "DATABASE_URL": database_url})
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| v1") or line.startswith("| rfc9421")]
+    assert len(rows) == 4 and all(float(row.split("|")[-2]) > 0 for row in rows)

@@ -29,6 +29,8 @@ LAYERS = {
     "customer_auth.credentials": 4,
     "customer_auth.verification": 4,
     "customer_auth.admin": 5,
+    "customer_auth.schema": 5,
+    "customer_auth.middleware": 6,
     "customer_verification": 6,
 }
 
