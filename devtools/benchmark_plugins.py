@@ -22,13 +22,18 @@ from customer_auth import signature
 from customer_verification import Schema, pdk_value, priority, version
 
 
+# The identity headers a verified request sets or clears (customer_verification.Plugin.upstream_headers).
+LIMIT_HEADERS = {"X-Customer-Id": "limit", "X-Credential-Identifier": "limit", "X-Consumer-ID": [],
+                 "X-Consumer-Username": [], "X-Consumer-Custom-ID": [], "X-Anonymous-Consumer": []}
+
+
 class Limit:
     def __init__(self, config):
         self.config = config
 
     def access(self, kong):
         pdk_value(kong.request.get_headers())
-        pdk_value(kong.service.request.set_headers({"X-Customer-Id": "limit"}))
+        pdk_value(kong.service.request.set_headers(LIMIT_HEADERS))
         pdk_value(kong.client.authenticate(None, {"id": "limit"}))
 
 
