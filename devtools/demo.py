@@ -1,8 +1,9 @@
 """Try it without Docker: the whole job on this machine, with nothing installed by hand.
 
 Starts a Postgres (a throwaway one unless DATABASE_URL is set), loads the schema, adds a demo
-customer, starts the real plugin server as Kong would, and sends three requests through the Kong
-stand-in: correctly signed, wrongly signed, unsigned. Each also carries a forged X-Customer-Id.
+customer, starts the real plugin server as Kong would, and sends five requests through the Kong
+stand-in: signed with HTTP Message Signatures (RFC 9421), that signature replayed on another
+query, v1 correctly and wrongly signed, unsigned. Each also carries a forged X-Customer-Id.
 """
 import contextlib
 import os
@@ -29,6 +30,20 @@ def database():
 
     with ThrowawayPostgres() as server:
         yield server.dsn
+
+
+def rfc9421(certificate_id, client_key, body):
+    """A request signed as an RFC 9421 client library signs it, as the stand-in's Request."""
+    import types
+
+    from http_message_signatures.structures import CaseInsensitiveDict
+
+    from customer_auth.client import sign_message
+
+    message = types.SimpleNamespace(method="POST", url="http://gateway.demo/orders?id=7", headers=CaseInsensitiveDict(
+        {"Host": "gateway.demo", "Content-Type": "application/json", "Content-Length": str(len(body))}))
+    sign_message(message, certificate_id, client_key=client_key, body=body)
+    return {"header_lines": list(message.headers.items()), "method": "POST", "target": "/orders?id=7", "body": body}
 
 
 def show(label, sent, outcome):
@@ -60,13 +75,20 @@ def main():
         kong.configure("demo")
         try:
             forged = [("X-Customer-Id", "forged-by-client")]
+            body = b'{"qty": 1}'
             requests = {
-                "correctly signed request": list(signature.signed_headers(certificate_id, client_key).items()),
-                "wrongly signed request": list(signature.signed_headers(certificate_id, "not-the-key").items()),
-                "unsigned request": [],
+                "RFC 9421 signed POST /orders?id=7 with a body": rfc9421(certificate_id, client_key, body),
+                "the same signature replayed on /orders?id=8": dict(rfc9421(certificate_id, client_key, body),
+                                                                    target="/orders?id=8"),
+                "correctly signed request (v1 headers)": {
+                    "header_lines": list(signature.signed_headers(certificate_id, client_key).items())},
+                "wrongly signed request (v1 headers)": {
+                    "header_lines": list(signature.signed_headers(certificate_id, "not-the-key").items())},
+                "unsigned request": {"header_lines": []},
             }
-            for label, headers in requests.items():
-                show(label, headers + forged, kong.handle(Request(headers + forged), "demo"))
+            for label, request in requests.items():
+                lines = request["header_lines"] + forged
+                show(label, lines, kong.handle(Request(**dict(request, header_lines=lines)), "demo"))
         finally:
             kong.close()
             server.stop()
