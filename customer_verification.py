@@ -111,6 +111,14 @@ class Plugin:
         )
         self.verifier = Verifier(self.config, self.credentials)
         self.consumers = ConsumerMap(self.config["consumer_by"], self.config["cache_ttl"], self.config["cache_size"])
+        self.anonymous = self.config["anonymous"]
+        self.checks_preflight = not self.config["run_on_preflight"]
+        # The identity headers of a verified customer without a consumer (the common case), to
+        # copy and fill in: cleared ones are an empty list, as nginx takes it.
+        self.cleared = {name: [] for name in ("X-Consumer-ID", "X-Consumer-Username", "X-Consumer-Custom-ID",
+                                                "X-Anonymous-Consumer")}
+        if self.config["hide_credentials"]:
+            self.cleared.update((name, []) for name in self.verifier.v1_headers + ("signature-input", "signature"))
 
     def access(self, kong):
         outcome = "verified"
@@ -123,7 +131,7 @@ class Plugin:
             try:
                 customer = self.verifier.authenticate(request)
             except Rejection as rejection:
-                if self.config["anonymous"] is None or rejection.status not in (400, 403):
+                if self.anonymous is None or rejection.status not in (400, 403):
                     raise  # a store that fails (503) never lets anyone in as anonymous
                 log.info("anonymous after %d: %s", rejection.status, rejection)
                 outcome = "anonymous"
@@ -144,11 +152,10 @@ class Plugin:
     def skip(self, kong, request):
         """A CORS preflight when run_on_preflight is off, or (with ``anonymous`` set) a request
         another auth plugin has authenticated: Kong's logical OR. Costs other requests nothing."""
-        if (not self.config["run_on_preflight"] and "access-control-request-method" in request.headers
-                and request.method() == "OPTIONS"):
+        if self.checks_preflight and "access-control-request-method" in request.headers and request.method() == "OPTIONS":
             pdk_value(kong.ctx.shared.set(PREFLIGHT_MARK, True))  # for the fail-closed rule (kong.yml)
             return True
-        return self.config["anonymous"] is not None and pdk_value(kong.client.get_credential()) is not None
+        return self.anonymous is not None and pdk_value(kong.client.get_credential()) is not None
 
     def consumer_of(self, kong, customer):
         if not self.consumers.consumer_by:
@@ -162,7 +169,7 @@ class Plugin:
         return consumer
 
     def anonymous_consumer(self, kong):
-        anonymous = self.config["anonymous"]
+        anonymous = self.anonymous
         consumer = self.consumers.by_name(anonymous, lambda key, by_username: load_consumer(kong, key, by_username))
         if consumer is None:
             log.error("the anonymous consumer %r does not exist; answering 500 (fix the plugin's anonymous setting)",
@@ -183,18 +190,15 @@ class Plugin:
     def upstream_headers(self, consumer, customer):
         """Sets (never adds) or clears (an empty list, as in nginx) each identity header; with
         hide_credentials also removes the signature headers."""
-        consumer = consumer or {}
-        headers = {
-            self.config["customer_id_header"]: customer.customer_id if customer else [],
-            "X-Credential-Identifier": customer.customer_id if customer else [],
-            "X-Consumer-ID": consumer.get("id") or [],
-            "X-Consumer-Username": consumer.get("username") or [],
-            "X-Consumer-Custom-ID": consumer.get("custom_id") or [],
-            "X-Anonymous-Consumer": [] if customer else "true",
-        }
-        if self.config["hide_credentials"]:
-            for name in self.verifier.v1_headers + ("signature-input", "signature"):
-                headers[name] = []
+        headers = dict(self.cleared)
+        customer_id = customer.customer_id if customer else []
+        headers[self.config["customer_id_header"]] = headers["X-Credential-Identifier"] = customer_id
+        if consumer:
+            headers["X-Consumer-ID"] = consumer.get("id") or []
+            headers["X-Consumer-Username"] = consumer.get("username") or []
+            headers["X-Consumer-Custom-ID"] = consumer.get("custom_id") or []
+        if not customer:
+            headers["X-Anonymous-Consumer"] = "true"
         return headers
 
     @staticmethod

@@ -112,7 +112,9 @@ class Verifier:
     # -- v1: the three client-* headers -----------------------------------------------------
 
     def _v1(self, headers):
-        signed = tuple(self._one_value(headers, name) for name in self.v1_headers)
+        certificate_id_header, request_time_header, signature_header = self.v1_headers
+        signed = (self._one_value(headers, certificate_id_header), self._one_value(headers, request_time_header),
+                  self._one_value(headers, signature_header))
         now = time.time()
         customer_id = self.credentials.verified.recall(signed, now, self.config["clock_skew"])
         return self._verify_v1(signed, now) if customer_id is None else Customer(customer_id, signed[0])
