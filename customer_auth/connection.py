@@ -101,6 +101,8 @@ def check_dsn(dsn):
                               "a '/' or ':' in the password must be written %2F or %3A)")
 
 
+NETWORK_GRACE = 0.5  # seconds past the database timeout before silence counts as a dead network
+
 # Where a connection goes among the hosts of a multi-host URL (libpq picks, in this order of wish):
 LOOKUPS = "lookups"  # a standby when one answers, spread over them; else the primary
 PRIMARY = "primary"  # the primary: writes, and reads that must not lag
@@ -121,7 +123,9 @@ def connect(settings, role=LOOKUPS, application_name="customer_verification"):
     dsn = (settings.listener_dsn or settings.dsn) if role == LISTENER else settings.dsn
     check_dsn(dsn)
     session_attributes = _session_attributes(dsn, role)
-    psycopg2.extensions.set_wait_callback(_wait_with_deadline(settings.timeout))
+    # The server's own timeouts come first when it is alive (their errors say what happened);
+    # the client's deadline, a little later, is for a network that stopped answering.
+    psycopg2.extensions.set_wait_callback(_wait_with_deadline(settings.timeout + NETWORK_GRACE))
     timeout_ms = int(settings.timeout * 1000)
     return psycopg2.connect(
         dsn,

@@ -21,7 +21,7 @@ class Credentials:
         self.store = CustomerStore(settings)
         self._caches = weakref.WeakValueDictionary()  # settings -> CredentialCache
         self._caches_lock = threading.Lock()
-        self.listener = ChangeListener(settings, self._changed)
+        self.listener = ChangeListener(settings, self._changed, on_lost=self.store.close)
 
     @classmethod
     def shared(cls):
