@@ -53,8 +53,17 @@ def service(request, database_url):
 
 
 @pytest.fixture
-def customer(customers):
-    return customers.add("svc-cert", "svc-key")
+def customer(customers, service):
+    """The service's customer, added anew for each test: every worker has heard of the change (the
+    listener evicts what an earlier test cached) before the test begins."""
+    customer_id = customers.add("svc-cert", "svc-key")
+    deadline = time.monotonic() + 3
+    auth = SignedRequestAuth("svc-cert", "svc-key", scheme="v1")
+    while {requests.get(service + "/whoami", auth=auth, timeout=10).json().get("customer_id")
+           for _ in range(4)} != {customer_id}:
+        assert time.monotonic() < deadline, "the service did not hear of the new customer"
+        time.sleep(0.05)
+    return customer_id
 
 
 def test_v1_and_rfc9421_clients_reach_the_app_with_their_customer_id(service, customer):
