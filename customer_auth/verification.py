@@ -107,7 +107,7 @@ class Verifier:
             return self._v1(headers)
         if any(name in headers for name in self.v1_headers):
             raise scheme_required(self.schemes)
-        raise missing("Signature-Input", self._accept_signature(request))
+        raise missing("Signature-Input", _accept_signature(self._required_components(request.headers)))
 
     # -- v1: the three client-* headers -----------------------------------------------------
 
@@ -154,31 +154,32 @@ class Verifier:
 
     def _rfc9421(self, request):
         headers = request.headers
-        accept = self._accept_signature(request)
+        required = self._required_components(headers)
         for name in ("signature-input", "signature"):
             if not headers.get(name):
-                raise missing(name.title(), accept)
+                raise missing(name.title(), _accept_signature(required))
         limit = self.config["max_body_size"]
         if _content_length(headers) > limit:
             raise too_large(limit)
         try:
             inputs = message_signatures.parse_signature_input(headers["signature-input"])
         except signature.MalformedSignature as error:
-            raise malformed("Signature-Input", error, accept) from None
+            raise malformed("Signature-Input", error, _accept_signature(required)) from None
         try:
             signatures = message_signatures.parse_signature(headers["signature"])
         except signature.MalformedSignature as error:
-            raise malformed("Signature", error, accept) from None
+            raise malformed("Signature", error, _accept_signature(required)) from None
         try:
-            chosen = message_signatures.choose(inputs, signatures, self._required_components(headers))
+            chosen = message_signatures.choose(inputs, signatures, required)
         except signature.MalformedSignature as error:
             raise Rejection(400, f"Signature does not meet this route's policy: {error}",
-                            f"policy: {error}", headers=accept) from None
+                            f"policy: {error}", headers=_accept_signature(required)) from None
         message = message_signatures.Message(request.method, request.target, request.scheme, headers)
         try:
             base = message_signatures.signature_base(message, chosen)
         except signature.MalformedSignature as error:
-            raise Rejection(400, f"Signature cannot be checked: {error}", f"base: {error}", headers=accept) from None
+            raise Rejection(400, f"Signature cannot be checked: {error}", f"base: {error}",
+                            headers=_accept_signature(required)) from None
         now = time.time()
         reference = f"certificate {chosen.keyid!r}"
         try:
@@ -199,9 +200,6 @@ class Verifier:
         if not _has_body(headers):  # a digest of nothing proves nothing
             required = [name for name in required if name != "content-digest"]
         return required
-
-    def _accept_signature(self, request):
-        return {"Accept-Signature": message_signatures.accept_signature(self._required_components(request.headers))}
 
     @staticmethod
     def _check_body(request, headers, reference, limit):
@@ -228,6 +226,11 @@ class Verifier:
         if credential is None:
             raise unverified(f"certificate {certificate_id!r} is unknown or revoked")
         return credential
+
+
+def _accept_signature(required_components):
+    """The response header saying what to sign (built only for an answer that carries it)."""
+    return {"Accept-Signature": message_signatures.accept_signature(required_components)}
 
 
 def _parse(value, name, parse):
