@@ -1,5 +1,6 @@
 """What an operator sees: problems in Kong's error log at its default level (notice), rate-limited
 and without secrets; Prometheus metrics and /health served by the plugin server."""
+import contextlib
 import json
 import logging
 import socket
@@ -7,7 +8,6 @@ import time
 import urllib.error
 import urllib.request
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ROOT, start_gateway
@@ -30,9 +30,15 @@ def free_port():
         return probe.getsockname()[1]
 
 
+@contextlib.contextmanager
 def gateway_on(url, **env):
-    return start_gateway(ROOT / "customer_verification.py", "customer_verification", GEVENT,
-                         env={"DATABASE_URL": url, "CUSTOMER_VERIFICATION_DB_TIMEOUT": "1", **env})
+    """The real plugin server behind the stand-in, on ``url``, for the ``with`` block."""
+    gateway = start_gateway(ROOT / "customer_verification.py", "customer_verification", GEVENT,
+                            env={"DATABASE_URL": url, "CUSTOMER_VERIFICATION_DB_TIMEOUT": "1", **env})
+    try:
+        yield gateway
+    finally:
+        gateway.cleanup()
 
 
 def operator_lines(gateway):
@@ -104,8 +110,7 @@ def test_verified_requests_cost_no_extra_round_trip_when_nothing_is_wrong(creden
 
 
 def test_an_unreachable_store_is_in_kongs_log_at_the_default_level_without_secrets():
-    gateway = gateway_on(UNREACHABLE)
-    try:
+    with gateway_on(UNREACHABLE) as gateway:
         statuses = {gateway.send(signed(f"cert-{i}", "key")).status for i in range(300)}
         assert statuses == {503}
         lines = operator_lines(gateway)
@@ -114,28 +119,22 @@ def test_an_unreachable_store_is_in_kongs_log_at_the_default_level_without_secre
         assert "credential store failed" in store_lines[0][1] and "Connection refused" in store_lines[0][1]
         assert len(lines) <= 6, lines  # rate-limited: 300 failing requests, a handful of lines
         assert "Hunter7Tail9x" not in gateway.kong.error_log.text() + gateway.server.log()
-    finally:
-        gateway.cleanup()
 
 
 def test_client_mistakes_add_no_lines_at_the_default_level(database_url, customers):
     customers.add("cert-1", "key-1")
-    gateway = gateway_on(database_url)
-    try:
+    with gateway_on(database_url) as gateway:
         for i in range(100):
             assert gateway.send(signed("cert-1", "wrong")).status == 403
             assert gateway.send(signed(f"nobody-{i}", "key")).status == 403
             assert gateway.send([("client-certificate-id", "cert-1")]).status == 400
         assert operator_lines(gateway) == []
         assert "rejected with 403" in gateway.server.log()  # at INFO, for whoever raises the level
-    finally:
-        gateway.cleanup()
 
 
 def test_the_listener_losing_and_regaining_its_connection_is_in_kongs_log(database_url, customers):
     customers.add("cert-1", "key-1")
-    gateway = gateway_on(database_url)
-    try:
+    with gateway_on(database_url) as gateway:
         assert gateway.send(signed("cert-1", "key-1")).status == 200
         customers.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                           "WHERE application_name = 'customer_verification listener'")
@@ -147,19 +146,14 @@ def test_the_listener_losing_and_regaining_its_connection_is_in_kongs_log(databa
             texts = " ".join(text for _, text in operator_lines(gateway))
             time.sleep(0.1)
         assert "change listener lost its database connection" in texts
-    finally:
-        gateway.cleanup()
 
 
 def test_a_missing_database_url_is_in_kongs_log():
     """(Malformed URLs: tests/test_hardening.py, each shape.)"""
-    gateway = gateway_on("")
-    try:
+    with gateway_on("") as gateway:
         assert gateway.send(signed("cert-1", "key")).status == 503
         texts = [text for level, text in operator_lines(gateway) if level == "warn"]
         assert any("DATABASE_URL is not set" in text for text in texts), texts
-    finally:
-        gateway.cleanup()
 
 
 # -- metrics and health ---------------------------------------------------------------------
@@ -182,8 +176,7 @@ def health(port):
 def test_metrics_count_every_answer_the_cache_and_the_store(database_url, customers):
     customers.add("cert-1", "key-1")
     port = free_port()
-    gateway = gateway_on(database_url, CUSTOMER_VERIFICATION_METRICS_PORT=str(port))
-    try:
+    with gateway_on(database_url, CUSTOMER_VERIFICATION_METRICS_PORT=str(port)) as gateway:
         for _ in range(5):
             assert gateway.send(signed("cert-1", "key-1")).status == 200
         assert gateway.send(signed("cert-1", "wrong")).status == 403
@@ -205,47 +198,33 @@ def test_metrics_count_every_answer_the_cache_and_the_store(database_url, custom
         for i in range(50):
             gateway.send(signed(f"random-{i}", "key"))
         assert set(scrape(port)) == set(samples)
-    finally:
-        gateway.cleanup()
 
 
 def test_health_is_ok_with_the_store_and_503_without_store_or_cache(database_url):
     port = free_port()
-    gateway = gateway_on(database_url, CUSTOMER_VERIFICATION_METRICS_PORT=str(port))
-    try:
+    with gateway_on(database_url, CUSTOMER_VERIFICATION_METRICS_PORT=str(port)):
         status, body = health(port)
         assert status == 200 and body["status"] == "ok" and body["store"] == "reachable"
-    finally:
-        gateway.cleanup()
-    down = gateway_on(UNREACHABLE, CUSTOMER_VERIFICATION_METRICS_PORT=str(port))
-    try:
+    with gateway_on(UNREACHABLE, CUSTOMER_VERIFICATION_METRICS_PORT=str(port)):
         status, body = health(port)
         assert status == 503 and body["status"] == "unavailable"
         assert "Hunter7Tail9x" not in json.dumps(body)
         assert urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).status == 200
-    finally:
-        down.cleanup()
 
 
 def test_health_stays_ok_while_cached_customers_can_be_served(database_url, customers, table_gone):
     customers.add("cert-1", "key-1")
     port = free_port()
-    gateway = gateway_on(database_url, CUSTOMER_VERIFICATION_METRICS_PORT=str(port))
-    gateway.kong.configure("plugin", {"cache_ttl": 0, "stale_ttl": 300})
-    try:
+    with gateway_on(database_url, CUSTOMER_VERIFICATION_METRICS_PORT=str(port)) as gateway:
+        gateway.kong.configure("plugin", {"cache_ttl": 0, "stale_ttl": 300})
         assert gateway.send(signed("cert-1", "key-1")).status == 200
         with table_gone:
             assert gateway.send(signed("cert-1", "key-1")).status == 200  # from the stale window
             status, body = health(port)
             assert status == 200 and body["status"] == "degraded" and body["customers_served_from_cache"] == 1
         assert scrape(port)[("customer_verification_cache_lookups_total", (("result", "stale"),))] == 1
-    finally:
-        gateway.cleanup()
 
 
 def test_without_a_port_nothing_listens(database_url):
-    gateway = gateway_on(database_url)
-    try:
+    with gateway_on(database_url) as gateway:
         assert "serving /metrics" not in gateway.server.log()
-    finally:
-        gateway.cleanup()
