@@ -13,7 +13,7 @@ import yaml
 
 from customer_auth import signature
 import customer_verification
-from conftest import ROOT, SERVER_MODES, dsn_for_database, execute, start_gateway
+from conftest import ROOT, SERVER_MODES, execute, start_gateway
 
 BIN = os.path.dirname(sys.executable)
 

@@ -12,7 +12,6 @@ import pytest
 import requests
 
 from conftest import ROOT
-from customer_auth import signature
 from customer_auth.client import SignedRequestAuth
 
 BIN = os.path.dirname(sys.executable)

@@ -18,7 +18,7 @@ from conftest import ROOT, start_gateway
 from customer_auth import message_signatures, signature
 from customer_auth.signature import MalformedSignature
 from customer_verification import DEFAULTS, Plugin
-from devtools.kong_standin import Request, in_process_kong, round_trips
+from devtools.kong_standin import Request, in_process_kong
 
 # RFC 9421 Appendix B.1.4 and B.2.6: the test key and a request signed with it.
 RFC_PUBLIC_KEY = "MCowBQYDK2VwAyEAJrQLj5P/89iXES9+vFgrIy29clF9CC/oPPsw3c5D0bs="
