@@ -28,7 +28,7 @@ import gevent
 from customer_auth import metrics, operator_log, schema
 from customer_auth.consumers import ConsumerMap
 from customer_auth.credentials import Credentials
-from customer_auth.verification import BodyTooLarge, Rejection, Verifier, internal_error
+from customer_auth.verification import BodyTooLarge, Rejection, Verifier, internal_error, too_many_headers
 
 log = logging.getLogger(operator_log.LOGGER_NAME)
 OPERATOR_LOG = operator_log.install()
@@ -41,6 +41,12 @@ priority = 1200
 
 Schema = schema.Schema  # the options, their defaults and validation: customer_auth/schema.py
 DEFAULTS = schema.DEFAULTS
+
+# The most header lines kong.request.get_headers may return (Kong's own bound; its default is 100,
+# and lines past the bound are dropped silently). A request with this many may have had more.
+MAX_HEADER_LINES = 1000
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")  # CUSTOMER_VERIFICATION_LOG_LEVEL
 
 # Left in kong.ctx.shared for a preflight let through unauthenticated (run_on_preflight off), so
 # the shipped fail-closed rule lets it pass too.
@@ -65,9 +71,11 @@ class KongRequest:
     """The request as verification sees it: the headers, read already, and the rest asked of
     Kong (one round trip each) only when a signature covers it."""
 
-    def __init__(self, kong, headers):
+    def __init__(self, kong):
         self._kong = kong
-        self.headers = headers
+        self.headers = pdk_value(kong.request.get_headers(MAX_HEADER_LINES))
+        if sum(len(values) for values in self.headers.values()) >= MAX_HEADER_LINES:
+            raise too_many_headers(MAX_HEADER_LINES - 1)
         self._asked = {}
 
     def _ask(self, function):
@@ -84,7 +92,22 @@ class KongRequest:
     def scheme(self):
         return self._ask("get_scheme")
 
+    def has_body(self):
+        """nginx's view: what it reads, whatever the framing (Content-Length with leading zeros,
+        one past the lines the plugin sees, HTTP/2 DATA frames without either header). Asking for
+        one byte of a body Kong buffered to a file costs no read of it."""
+        try:
+            return bool(self._raw_body(1))
+        except BodyTooLarge:
+            return True
+
     def body(self, limit):
+        body = self._raw_body(limit)
+        if len(body) > limit:
+            raise BodyTooLarge()
+        return body
+
+    def _raw_body(self, limit):
         try:
             body = pdk_value(self._kong.request.get_raw_body(limit))  # also a body Kong put in a file
         except Exception as error:  # PDKError, or kong-pdk's PDKException: "request body file too big"
@@ -93,10 +116,7 @@ class KongRequest:
             raise
         # Bytes that are not UTF-8 arrive as surrogates (see accept_raw_bytes): these are the
         # bytes the client sent.
-        body = body.encode("utf-8", "surrogateescape") if isinstance(body, str) else bytes(body or b"")
-        if len(body) > limit:
-            raise BodyTooLarge()
-        return body
+        return body.encode("utf-8", "surrogateescape") if isinstance(body, str) else bytes(body or b"")
 
 
 class Plugin:
@@ -123,8 +143,7 @@ class Plugin:
     def access(self, kong):
         outcome = "verified"
         try:
-            headers = pdk_value(kong.request.get_headers())
-            request = KongRequest(kong, headers)
+            request = KongRequest(kong)
             if self.skip(kong, request):
                 outcome = "skipped"
                 return
@@ -153,6 +172,8 @@ class Plugin:
         """A CORS preflight when run_on_preflight is off, or (with ``anonymous`` set) a request
         another auth plugin has authenticated: Kong's logical OR. Costs other requests nothing."""
         if self.checks_preflight and "access-control-request-method" in request.headers and request.method() == "OPTIONS":
+            # Unauthenticated, so no identity header the client sent may pass on.
+            pdk_value(kong.service.request.set_headers(self.upstream_headers(None, None)))
             pdk_value(kong.ctx.shared.set(PREFLIGHT_MARK, True))  # for the fail-closed rule (kong.yml)
             return True
         return self.anonymous is not None and pdk_value(kong.client.get_credential()) is not None
@@ -197,7 +218,7 @@ class Plugin:
             headers["X-Consumer-ID"] = consumer.get("id") or []
             headers["X-Consumer-Username"] = consumer.get("username") or []
             headers["X-Consumer-Custom-ID"] = consumer.get("custom_id") or []
-        if not customer:
+        if consumer and not customer:
             headers["X-Anonymous-Consumer"] = "true"
         return headers
 
@@ -269,11 +290,14 @@ def accept_raw_bytes():
 if __name__ == "__main__":
     from kong_pdk.cli import start_dedicated_server
 
+    level = os.environ.get("CUSTOMER_VERIFICATION_LOG_LEVEL", "").strip().upper() or "INFO"
     logging.basicConfig(
         stream=sys.stderr,  # Kong copies it into its error log; stdout belongs to --dump
-        level=os.environ.get("CUSTOMER_VERIFICATION_LOG_LEVEL", "INFO").upper(),
+        level=level if level in LOG_LEVELS else "INFO",
         format="%(asctime)s %(levelname)s customer_verification: %(message)s",
     )
+    if level not in LOG_LEVELS:
+        log.error("CUSTOMER_VERIFICATION_LOG_LEVEL must be one of %s; logging at INFO", ", ".join(LOG_LEVELS))
     if "--dump" not in sys.argv:  # Kong's query_cmd: only the JSON, and no port taken
         metrics.serve_from_environment(lambda: Credentials.shared().health())
         accept_raw_bytes()

@@ -2,8 +2,8 @@
 
 The database comes from the environment as for the plugin (``DATABASE_URL`` or ``PG*``), with a
 role that may write the customer table. Keys are printed once, by ``add`` and ``rotate``.
-Exit codes: 0 done, 2 bad usage, 3 certificate already exists, 4 no such certificate,
-5 database unreachable or failing.
+Exit codes: 0 done, 2 bad usage or settings, 3 certificate already exists, 4 no such certificate,
+5 database unreachable, refusing or failing.
 """
 import argparse
 import base64
@@ -19,12 +19,21 @@ import psycopg2
 import psycopg2.errors
 
 from customer_auth import client, signature
-from customer_auth.connection import PRIMARY, Settings, connect, describe
+from customer_auth.connection import PRIMARY, InvalidSettings, Settings, connect, describe
 
 DEFAULT_GRACE = 24 * 3600
 MAX_GRACE = 30 * 24 * 3600  # a rotation is meant to end: longer would keep an old key alive for good
 
-EXIT_EXISTS, EXIT_UNKNOWN, EXIT_DATABASE = 3, 4, 5
+EXIT_USAGE, EXIT_EXISTS, EXIT_UNKNOWN, EXIT_DATABASE = 2, 3, 4, 5
+
+DATABASE_HELP = """\
+database: DATABASE_URL (postgresql://user:password@host:port/database), or libpq's PGHOST,
+  PGUSER, PGPASSWORD, ... (and CUSTOMER_VERIFICATION_ENV_FILE, a dotenv file setting them).
+  add, rotate, revoke and list need the admin role that owns the customer table (the plugin's
+  read-only role may only read it); sign needs no database.
+
+exit codes: 0 done, 2 bad usage or settings, 3 certificate already exists,
+  4 no such certificate, 5 database unreachable, refusing or failing."""
 
 
 class Failure(Exception):
@@ -147,34 +156,56 @@ def curl_command(headers, method, url, body_file=None):
     return " ".join(shlex.quote(part) for part in parts)
 
 
+def client_key_text(text):
+    """An argparse type: a client key is never empty."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+CERTIFICATE_HELP = "the customer's certificate id (what its requests name as keyid or client-certificate-id)"
+
+
 def _parser():
-    parser = argparse.ArgumentParser(prog="customer-verification", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    common = {"epilog": DATABASE_HELP, "formatter_class": argparse.RawDescriptionHelpFormatter}
+    parser = argparse.ArgumentParser(prog="customer-verification", description=__doc__.split("\n\n")[0], **common)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_subparser(common))
     public_key_help = "an ed25519 public key file (PEM, or base64 of the raw key) instead of a shared secret"
     add = commands.add_parser("add", help="create a customer with a new random key, or a public key")
-    add.add_argument("certificate_id", type=certificate_id)
+    add.add_argument("certificate_id", type=certificate_id, help=CERTIFICATE_HELP)
     add.add_argument("--public-key", metavar="FILE", type=public_key_file, help=public_key_help)
     rotate = commands.add_parser("rotate", help="give a customer a new key (of the kind it has)")
-    rotate.add_argument("certificate_id", type=certificate_id)
+    rotate.add_argument("certificate_id", type=certificate_id, help=CERTIFICATE_HELP)
     rotate.add_argument("--grace", type=grace_seconds, default=DEFAULT_GRACE,
                         help="seconds the previous key keeps working (default: %(default)s)")
     rotate.add_argument("--public-key", metavar="FILE", type=public_key_file, help="the new " + public_key_help)
     commands.add_parser("revoke", help="stop accepting a customer's requests").add_argument(
-        "certificate_id", type=certificate_id)
+        "certificate_id", type=certificate_id, help=CERTIFICATE_HELP)
     commands.add_parser("list", help="list customers (never their keys)")
     sign = commands.add_parser("sign", help="print the signature headers (RFC 9421), or a curl command, for a request")
-    sign.add_argument("certificate_id", type=certificate_id)
+    sign.add_argument("certificate_id", type=certificate_id, help=CERTIFICATE_HELP)
     key = sign.add_mutually_exclusive_group(required=True)
-    key.add_argument("--key", help="the client key ('-' reads it from standard input)")
+    key.add_argument("--key", type=client_key_text, help="the client key ('-' reads it from standard input)")
     key.add_argument("--private-key", metavar="FILE", type=private_key_file, help="an ed25519 private key (PEM)")
-    sign.add_argument("--url", default="http://localhost:8000/echo",
-                      help="without --curl, the request's URL: its path and query are signed (default: %(default)s)")
+    target = sign.add_mutually_exclusive_group()
+    target.add_argument("--url", default="http://localhost:8000/echo",
+                        help="the request's URL: its path and query are signed (default: %(default)s)")
     sign.add_argument("--method", default="GET", help="the request's method (default: %(default)s)")
     sign.add_argument("--body", metavar="FILE", type=argparse.FileType("rb"), help="the request's body")
-    sign.add_argument("--curl", metavar="URL", help="print a ready curl command for URL (its path and query are "
-                      "signed) instead of headers")
+    target.add_argument("--curl", metavar="URL", help="print a ready curl command for URL (its path and query "
+                        "are signed) instead of headers; instead of --url")
     sign.add_argument("--v1", action="store_true", help="the three client-* headers (no method, path or body)")
     return parser
+
+
+def _subparser(common):
+    """Every command's parser with the same epilog (the database and exit codes)."""
+
+    class Parser(argparse.ArgumentParser):
+        def __init__(self, **options):
+            super().__init__(**{**common, **options})
+
+    return Parser
 
 
 def public_key_file(path):
@@ -210,6 +241,14 @@ def main(argv=None, out=sys.stdout):
     except Failure as failure:
         print(f"customer-verification: {failure}", file=sys.stderr)
         return failure.exit_code
+    except psycopg2.errors.InsufficientPrivilege:
+        print("customer-verification: the database refused: permission denied (this role may not write the "
+              "customer table; use the admin role's DATABASE_URL, not the plugin's read-only one)", file=sys.stderr)
+        return EXIT_DATABASE
+    except psycopg2.errors.UndefinedTable:
+        print("customer-verification: the database has no customer table (load customer_schema.sql into it "
+              "first: psql \"$DATABASE_URL\" -f customer_schema.sql)", file=sys.stderr)
+        return EXIT_DATABASE
     except psycopg2.Error as error:
         print(f"customer-verification: database error: {describe(error)}", file=sys.stderr)
         return EXIT_DATABASE
@@ -219,6 +258,8 @@ def main(argv=None, out=sys.stdout):
 def _connect():
     try:
         conn = connect(Settings.from_environment(), PRIMARY)  # writes: never a standby
+    except InvalidSettings as error:
+        raise Failure(EXIT_USAGE, str(error)) from None
     except psycopg2.Error as error:
         raise Failure(EXIT_DATABASE, f"cannot reach the database: {describe(error)}") from None
     conn.autocommit = True
@@ -248,6 +289,8 @@ def _sign(args, out):
     from http_message_signatures.structures import CaseInsensitiveDict
 
     client_key = sys.stdin.readline().strip() if args.key == "-" else args.key
+    if args.key == "-" and not client_key:
+        raise Failure(EXIT_USAGE, "--key -: standard input gave an empty key")
     body = args.body.read() if args.body else None
     method, url = args.method.upper(), args.curl or args.url
     if args.v1:

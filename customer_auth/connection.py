@@ -20,26 +20,54 @@ class StoreUnavailable(Exception):
     """The credential store could not answer in time."""
 
 
+ENV_FILE = "CUSTOMER_VERIFICATION_ENV_FILE"
+POOL_SIZE = "CUSTOMER_VERIFICATION_POOL_SIZE"
+DB_TIMEOUT = "CUSTOMER_VERIFICATION_DB_TIMEOUT"
+LISTENER_URL = "CUSTOMER_VERIFICATION_LISTENER_URL"
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     dsn: str  # one URL for the whole cluster: libpq's multi-host syntax lists primary and standbys
     pool_size: int
     timeout: float
     listener_dsn: str = ""  # the change listener's, when it must bypass a transaction-mode pool
+    problem: str = ""  # why these settings cannot work: every connection refuses with it
 
     @classmethod
     def from_environment(cls):
-        env_file = os.environ.get("CUSTOMER_VERIFICATION_ENV_FILE")
+        """The settings, each checked: a bad one never raises here (the plugin must still
+        answer, closed), it becomes ``problem``, which names the variable and never its value."""
+        problems = []
+        env_file = os.environ.get(ENV_FILE)
         if env_file:
-            import dotenv
+            if os.path.isfile(env_file) and os.access(env_file, os.R_OK):
+                import dotenv
 
-            dotenv.load_dotenv(env_file, override=False)
+                dotenv.load_dotenv(env_file, override=False)
+            else:
+                problems.append(f"{ENV_FILE} names no readable file")
+        pool_size = _number(POOL_SIZE, "4", int, 1, 1000, "a whole number of connections", problems)
+        timeout = _number(DB_TIMEOUT, "2", float, 0.1, 300, "a number of seconds", problems)
         return cls(
             dsn=os.environ.get("DATABASE_URL", ""),  # empty: libpq reads PGHOST, PGUSER, ...
-            pool_size=int(os.environ.get("CUSTOMER_VERIFICATION_POOL_SIZE", "4")),
-            timeout=float(os.environ.get("CUSTOMER_VERIFICATION_DB_TIMEOUT", "2")),
-            listener_dsn=os.environ.get("CUSTOMER_VERIFICATION_LISTENER_URL", ""),
+            pool_size=pool_size,
+            timeout=timeout,
+            listener_dsn=os.environ.get(LISTENER_URL, ""),
+            problem="; ".join(problems),
         )
+
+
+def _number(name, default, kind, low, high, what, problems):
+    """The variable's value as ``kind`` within [low, high]; the default, and a problem, if not."""
+    try:
+        value = kind(os.environ.get(name, "").strip() or default)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:  # also refuses nan
+        problems.append(f"{name} must be {what} from {low:g} to {high:g}")
+        return kind(default)
+    return value
 
 
 def _wait_with_deadline(timeout):
@@ -120,6 +148,8 @@ def _session_attributes(dsn, role):
 
 def connect(settings, role=LOOKUPS, application_name="customer_verification"):
     """One connection for ``role`` with every wait bounded by ``settings.timeout``."""
+    if settings.problem:
+        raise InvalidSettings(settings.problem)
     dsn = (settings.listener_dsn or settings.dsn) if role == LISTENER else settings.dsn
     check_dsn(dsn)
     session_attributes = _session_attributes(dsn, role)

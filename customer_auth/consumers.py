@@ -32,7 +32,14 @@ class ConsumerMap:
 
     def _find(self, customer, load):
         for way in self.consumer_by:
-            consumer = load(customer.customer_id, False) if way == BY_ID else load(customer.certificate_id, True)
+            if way == BY_ID:
+                consumer = load(customer.customer_id, False)
+            else:
+                consumer = load(customer.certificate_id, True)
+                # Kong tries a uuid key as an id first: a certificate id that is another
+                # consumer's id must not land on that consumer.
+                if consumer and consumer.get("username") != customer.certificate_id:
+                    consumer = None
             if consumer:
                 return consumer
         return None

@@ -25,7 +25,15 @@ ED25519 = "ed25519"
 ALGORITHMS = (HMAC_SHA256, ED25519)
 DERIVED_COMPONENTS = ("@method", "@target-uri", "@authority", "@scheme", "@request-target", "@path", "@query")
 DIGEST_ALGORITHMS = {"sha-256": hashlib.sha256, "sha-512": hashlib.sha512}
+# Bounds on a field, checked by counting characters before any parsing, so that a hostile field
+# costs about what an ordinary malformed one does. An honest client sends one or two signatures.
 MAX_FIELD_LENGTH = 8192  # a Signature-Input or Signature longer than any honest one
+MAX_EQUALS = 48  # '=': a label, its parameters (at most 8 for each of 4 labels), base64 padding
+MAX_QUOTES = 160  # '"': the covered components and string parameters of all labels
+MAX_SIGNATURES = 4  # labels a route looks at: the first ones, in order
+# The full parser costs ~50 times the common form's per character: only short fields take it.
+MAX_UNCOMMON_LENGTH = 1024
+MAX_UNCOMMON_ITEMS = 100  # its spaces and ';' (items and parameters)
 DEFAULT_PORTS = {"http": "80", "https": "443"}
 
 
@@ -63,6 +71,8 @@ def _field(values):
         raise MalformedSignature(f"longer than {MAX_FIELD_LENGTH} characters")
     if not text.isascii():
         raise MalformedSignature("not ASCII")
+    if text.count("=") > MAX_EQUALS or text.count('"') > MAX_QUOTES:
+        raise MalformedSignature("too many labels, parameters or components")
     return text
 
 
@@ -88,9 +98,16 @@ def _no_duplicates(labels):
         raise MalformedSignature("a label appears twice")
 
 
+_LABEL = re.compile(r'[a-z*][a-z0-9_.*-]{0,63}')
+
+
 def _parse_dictionary(text):
     """The full RFC 8941 parser: ``{label: (value, params)}``; duplicate labels are refused."""
     import http_sf
+
+    if len(text) > MAX_UNCOMMON_LENGTH or text.count(" ") + text.count(";") > MAX_UNCOMMON_ITEMS:
+        raise MalformedSignature(f"not in the common form, and longer than the {MAX_UNCOMMON_LENGTH} characters "
+                                 "or 100 items the full parser is given")
 
     labels = []
     try:
@@ -100,6 +117,8 @@ def _parse_dictionary(text):
         raise MalformedSignature("not a structured field dictionary (RFC 8941)") from None
     if labels:
         raise MalformedSignature("a label appears twice")
+    if not all(_LABEL.fullmatch(label) for label in parsed):
+        raise MalformedSignature("a label is longer than 64 characters")  # RFC 8941 keys allow no other form
     return parsed
 
 
@@ -170,7 +189,7 @@ def choose(inputs, signatures, required_components):
     certificate id) are required; ``alg``, when present, must be one this plugin knows.
     """
     reasons = []
-    for label, (covered, params, serialized) in inputs.items():
+    for label, (covered, params, serialized) in list(inputs.items())[:MAX_SIGNATURES]:
         missing = [name for name in required_components if name not in covered]
         if missing:
             reasons.append(f"{label} does not cover {', '.join(missing)}")
@@ -192,13 +211,14 @@ def choose(inputs, signatures, required_components):
         else:
             parse_certificate_id(keyid)
             return MessageSignature(label, covered, created, keyid, alg, expires, signatures[label], serialized)
-    raise PolicyViolation("; ".join(reasons) or "no signature")
+    raise PolicyViolation("; ".join(reasons[:2]) + (f" (and {len(reasons) - 2} more)" if len(reasons) > 2 else "")
+                          if reasons else "no signature")
 
 
 def check_fresh(signature, clock_skew, now):
     offset = now - signature.created
     if abs(offset) > clock_skew:
-        raise SignatureExpired(f"created is {int(offset)} s {'behind' if offset > 0 else 'ahead of'} the gateway clock")
+        raise SignatureExpired(f"created is {abs(int(offset))} s {'behind' if offset > 0 else 'ahead of'} the gateway clock")
     if signature.expires is not None and now > signature.expires:
         raise SignatureExpired(f"expired {int(now - signature.expires)} s ago")
 

@@ -43,17 +43,56 @@ REQUESTS_BY_OUTCOME = {outcome: REQUESTS.labels(outcome) for outcome in OUTCOMES
 CACHE_HIT, CACHE_MISS, CACHE_STALE = CACHE.labels("hit"), CACHE.labels("miss"), CACHE.labels("stale")
 
 
+# The listener shares the plugin server's process and its file descriptors: it may never hold many.
+MAX_CONNECTIONS = 16  # at once; more are closed at accept
+CONNECTION_TIMEOUT = 5.0  # seconds a connection may stay silent (idle or slow clients)
+DEFAULT_ADDRESS = "127.0.0.1"  # as Kong's status_listen: set 0.0.0.0 where a scraper is elsewhere
+
+
 class _QuietHandler(wsgiref.simple_server.WSGIRequestHandler):
+    timeout = CONNECTION_TIMEOUT  # applied to the connection before it is read
+
     def log_message(self, format, *args):  # a scrape every few seconds is not news
         pass
 
 
 class _Server(socketserver.ThreadingMixIn, wsgiref.simple_server.WSGIServer):
+    """wsgiref's server with at most MAX_CONNECTIONS connections, each timed out when silent."""
+
     daemon_threads = True
+    block_on_close = False
+
+    def server_bind(self):
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().server_bind()
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address):
+        pass  # a client that timed out or went away: not worth a traceback in Kong's log
+
+
+HEALTH_STATUS = {"up": "200 OK", "degraded": "200 OK", "down": "503 Service Unavailable"}
 
 
 def application(health):
-    """The WSGI app: ``/metrics`` for Prometheus, ``/health`` from ``health()`` -> (ok, details)."""
+    """The WSGI app: ``/metrics`` for Prometheus, ``/health`` from ``health()``: "up", "degraded"
+    (the store fails, cached customers are still served) or "down". Nothing more: whoever reaches
+    the port learns nothing about the database."""
     metrics = prometheus_client.make_wsgi_app()
 
     def app(environ, start_response):
@@ -61,9 +100,9 @@ def application(health):
         if path == "/metrics":
             return metrics(environ, start_response)
         if path == "/health":
-            ok, details = health()
-            start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "application/json")])
-            return [json.dumps(details).encode()]
+            status = health()
+            start_response(HEALTH_STATUS[status], [("Content-Type", "application/json")])
+            return [json.dumps({"status": status}).encode()]
         start_response("404 Not Found", [("Content-Type", "application/json")])
         return [b'{"message": "not found: try /metrics or /health"}']
 
@@ -72,11 +111,11 @@ def application(health):
 
 def serve_from_environment(health):
     """Serves /metrics and /health when ``CUSTOMER_VERIFICATION_METRICS_PORT`` is set (on
-    ``CUSTOMER_VERIFICATION_METRICS_ADDRESS``, default all interfaces); else nothing listens."""
+    ``CUSTOMER_VERIFICATION_METRICS_ADDRESS``, by default loopback only); else nothing listens."""
     port = os.environ.get("CUSTOMER_VERIFICATION_METRICS_PORT", "").strip()
     if not port:
         return None
-    address = os.environ.get("CUSTOMER_VERIFICATION_METRICS_ADDRESS", "0.0.0.0")
+    address = os.environ.get("CUSTOMER_VERIFICATION_METRICS_ADDRESS", "").strip() or DEFAULT_ADDRESS
     try:
         return serve(int(port), health, address)
     except (ValueError, OSError) as error:  # the plugin still verifies: only its metrics are missing
@@ -84,7 +123,7 @@ def serve_from_environment(health):
         return None
 
 
-def serve(port, health, address="0.0.0.0"):
+def serve(port, health, address=DEFAULT_ADDRESS):
     """Serves /metrics and /health on ``address:port`` from a daemon thread; returns the server."""
     server = wsgiref.simple_server.make_server(address, port, application(health), _Server, _QuietHandler)
     threading.Thread(target=server.serve_forever, name="customer-verification-metrics", daemon=True).start()

@@ -5,15 +5,17 @@
     app.add_middleware(ASGIMiddleware, exempt=["/docs"])                    # FastAPI, Starlette
 
 Options are the plugin's config fields (customer_auth/schema.py, same defaults) plus ``exempt``:
-path prefixes, and/or callables taking the path, for routes that stay open. The database comes
-from the environment as for the plugin (``DATABASE_URL``...). Each verifies v1 and RFC 9421
-signatures with the plugin's rules, statuses and JSON messages; on success the app finds the
-customer's id in ``environ["customer_verification.customer_id"]`` (WSGI) or
-``scope["state"]["customer_id"]`` (ASGI: ``request.state.customer_id``). A client-sent
-``X-Customer-Id`` (the ``customer_id_header``) is removed before the app runs, verified or not.
+path prefixes (each covers itself and what lies under it: ``/health`` covers ``/health`` and
+``/health/live``, never ``/healthcare``), and/or callables taking the path, for routes that stay
+open. The database comes from the environment as for the plugin (``DATABASE_URL``...). Each
+hands the core the request as its server passes it on (every header line, the body it reads):
+a request gets the plugin's answer. The app finds the customer's id in
+``environ["customer_verification.customer_id"]`` (WSGI) or ``scope["state"]["customer_id"]``
+(ASGI); a client-sent ``X-Customer-Id`` (``customer_id_header``) is removed, verified or not. An
+ASGI websocket handshake is verified as the GET it is, and refused before it is accepted.
 
-No framework is needed: these are plain WSGI and ASGI callables. One credential store, cache and
-change listener serve every thread of a process; a process forked from another builds its own.
+Plain WSGI and ASGI callables: one credential store, cache and change listener serve every
+thread of a process; a process forked from another builds its own.
 """
 import asyncio
 import http
@@ -48,12 +50,11 @@ class _Verification:
         self._pid = None
 
     def exempt(self, path):
-        return path.startswith(self._prefixes) or any(predicate(path) for predicate in self._predicates)
+        return any(_under(path, rule) for rule in self._prefixes) or any(rule(path) for rule in self._predicates)
 
     def verifiers(self):
-        """``(verifier, memory_verifier)`` for this process, built in the process that serves,
-        never inherited; the second has the same rules but answers only from the cache (a miss
-        raises StoreNeeded)."""
+        """``(verifier, memory_verifier)`` of this process (never inherited); the second answers
+        only from the cache (a miss raises StoreNeeded)."""
         if self._pid != os.getpid():
             config = self.config
             cache = Credentials.shared().cache(config["cache_ttl"], config["negative_cache_ttl"],
@@ -72,12 +73,27 @@ class _Verification:
         return f"{rejection.status} {http.HTTPStatus(rejection.status).phrase}", headers, body
 
 
+def _under(path, prefix):
+    """Whether ``prefix`` covers ``path``: the prefix itself or a path below it, segment-wise."""
+    if "/./" in path + "/" or "/../" in path + "/":
+        return False  # a dot segment may lead the app's router out from under the prefix
+    prefix = prefix.rstrip("/")
+    return path == prefix or path.startswith(prefix + "/")
+
+
 class StoreNeeded(Exception):
     """The credential is not in memory: asking the store would block."""
 
 
+class BodyNeeded(Exception):
+    """The verifier asked about a body not yet received (ASGI: receiving is awaited)."""
+
+    def __init__(self, whole):
+        self.whole = whole  # all of it, or only enough to tell whether there is one
+
+
 class _MemoryOnly:
-    def __init__(self, cache):
+    def __init__(self, cache):  # the cache's interface, answered from memory only
         self._cache = cache
         self.verified = cache.verified
 
@@ -94,7 +110,7 @@ def _decide(verifier, request):
         customer = verifier.authenticate(request)
     except Rejection as rejection:
         return None, _Verification.rejected(rejection)
-    except StoreNeeded:
+    except (StoreNeeded, BodyNeeded):
         raise
     except Exception as error:
         log.exception("unexpected %s while verifying a request", type(error).__name__)
@@ -106,6 +122,8 @@ def _decide(verifier, request):
 # -- WSGI --------------------------------------------------------------------------------------
 
 class _WSGIRequest:
+    """A header sent twice arrives joined with a comma (gunicorn, wsgiref): RFC 9110's join."""
+
     def __init__(self, environ):
         self.environ = environ
         self.headers = {key[5:].replace("_", "-").lower(): [value] for key, value in environ.items()
@@ -131,34 +149,62 @@ class _WSGIRequest:
     def scheme(self):
         return self.environ["wsgi.url_scheme"]
 
+    def has_body(self):
+        """What the app would read: a server that frames the input (``wsgi.input_terminated``:
+        gunicorn, werkzeug) is asked for a byte, kept for the app; else CONTENT_LENGTH's number."""
+        if self.environ.get("wsgi.input_terminated"):
+            stream = self.environ["wsgi.input"]
+            try:
+                first = stream.read(1)
+            except Exception:  # the server's own error for a connection that ended
+                return True
+            if first:
+                self.environ["wsgi.input"] = io.BufferedReader(_Prepended(first, stream))
+            return bool(first)
+        length = self.environ.get("CONTENT_LENGTH", "").strip()
+        return (length.isdigit() and int(length) > 0) or "HTTP_TRANSFER_ENCODING" in self.environ
+
     def body(self, limit):
-        """Reads the body (declared or chunked) up to ``limit``, and hands the app a fresh input."""
-        length = self.environ.get("CONTENT_LENGTH", "")
-        stream = self.environ["wsgi.input"]
+        """Reads the body as the server frames it, up to ``limit``; the app gets a fresh input."""
+        length = self.environ.get("CONTENT_LENGTH", "").strip()
+        declared = int(length) if length.isdigit() else None
+        if declared is not None and declared > limit:
+            raise BodyTooLarge()
+        framed = declared is None or self.environ.get("wsgi.input_terminated")
+        wanted, chunks, size = limit + 1 if framed else declared, [], 0
         try:
-            if length.isdigit():
-                if int(length) > limit:
-                    raise BodyTooLarge()
-                chunks, missing = [], int(length)
-                while missing:
-                    chunk = stream.read(missing)
-                    if not chunk:
-                        raise BodyIncomplete()
-                    chunks.append(chunk)
-                    missing -= len(chunk)
-                body = b"".join(chunks)
-            else:
-                body = stream.read(limit + 1)
-                if len(body) > limit:
-                    raise BodyTooLarge()
-        except (BodyTooLarge, BodyIncomplete):
-            raise
+            while size < wanted:
+                chunk = self.environ["wsgi.input"].read(wanted - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
         except Exception:  # the server's own error for a connection that ended mid-body
             raise BodyIncomplete() from None
+        if size > limit:
+            raise BodyTooLarge()
+        if declared is not None and size < declared:
+            raise BodyIncomplete()
+        body = b"".join(chunks)
         self.environ["wsgi.input"] = io.BytesIO(body)
         self.environ["CONTENT_LENGTH"] = str(len(body))
         self.environ.pop("HTTP_TRANSFER_ENCODING", None)
         return body
+
+
+class _Prepended(io.RawIOBase):
+    """A WSGI input with the byte already read put back in front (wrapped in a BufferedReader)."""
+
+    def __init__(self, head, stream):
+        self._head, self._stream = head, stream
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        data, self._head = self._head or self._stream.read(len(buffer)), b""
+        buffer[:len(data)] = data
+        return len(data)
 
 
 class WSGIMiddleware:
@@ -185,15 +231,21 @@ class WSGIMiddleware:
 # -- ASGI --------------------------------------------------------------------------------------
 
 class _ASGIRequest:
-    def __init__(self, scope, body):
+    """An HTTP request or websocket handshake (a GET, no body), every header line kept; the body
+    is received only when the verifier asks about it (BodyNeeded, then ``receive``)."""
+
+    def __init__(self, scope):
         self.scope = scope
         self.headers = {}
         for name, value in scope["headers"]:
             self.headers.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
-        self._body = body
+        self.messages = []  # what was received, to replay to the app
+        self._size = 0
+        self._ended = scope["type"] == "websocket"  # a handshake has no body
+        self._problem = None  # BodyTooLarge or BodyIncomplete, once found
 
     def method(self):
-        return self.scope["method"]
+        return self.scope.get("method", "GET")
 
     def target(self):
         raw = self.scope.get("raw_path")
@@ -204,69 +256,89 @@ class _ASGIRequest:
     def scheme(self):
         return self.scope.get("scheme", "http")
 
+    def has_body(self):
+        if self._size or self._problem:
+            return True
+        if not self._ended:
+            raise BodyNeeded(whole=False)
+        return False
+
     def body(self, limit):
-        if isinstance(self._body, Exception):
-            raise self._body
-        return self._body
+        if not self._ended and not self._problem:
+            raise BodyNeeded(whole=True)
+        if self._problem:
+            raise self._problem
+        return b"".join(message.get("body", b"") for message in self.messages)
+
+    async def receive(self, receive, whole, limit):
+        """Receives the body (``whole``) or its first message, never more than ``limit`` bytes."""
+        while not self._ended and not self._problem:
+            message = await receive()
+            self.messages.append(message)
+            if message["type"] == "http.disconnect":
+                self._problem = BodyIncomplete()
+                break
+            self._size += len(message.get("body", b""))
+            if self._size > limit:
+                self._problem = BodyTooLarge()
+            self._ended = not message.get("more_body")
+            if not whole:
+                break
 
 
 class ASGIMiddleware:
-    """Verifies every HTTP request before ``app`` (an ASGI 3 application) runs; websocket and
-    lifespan scopes pass through untouched. A cache hit is answered on the event loop; a lookup
-    in the store runs off it. See the module."""
+    """Verifies every HTTP request and websocket handshake before ``app`` (an ASGI 3 application)
+    runs; lifespan scopes pass through. A cache hit is answered on the event loop; a lookup in the
+    store runs off it. See the module."""
 
     def __init__(self, app, **options):
         self.app = app
         self._verification = _Verification(options)
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         verification = self._verification
         forged = verification.customer_id_header.encode("latin-1")
         scope = dict(scope, headers=[(name, value) for name, value in scope["headers"] if name.lower() != forged])
         if verification.exempt(scope["path"]):
             return await self.app(scope, receive, send)
-        body, messages = None, []
-        if _covers_a_body_digest(scope):
-            body, messages = await _read_body(receive, verification.config["max_body_size"])
-        request = _ASGIRequest(scope, body)
-        verifier, memory_verifier = verification.verifiers()
-        try:
-            customer, answer = _decide(memory_verifier, request)
-        except StoreNeeded:
-            customer, answer = await asyncio.get_running_loop().run_in_executor(None, _decide, verifier, request)
+        request = _ASGIRequest(scope)
+        customer, answer = await self._decide(request, receive)
         if answer is not None:
-            status, headers, payload = answer
-            await send({"type": "http.response.start", "status": int(status.split()[0]),
-                        "headers": [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]})
-            await send({"type": "http.response.body", "body": payload})
-            return
+            return await _refuse(scope, send, *answer)
         scope.setdefault("state", {})["customer_id"] = customer.customer_id
-        await self.app(scope, _replay(messages, receive) if messages else receive, send)
+        await self.app(scope, _replay(request.messages, receive) if request.messages else receive, send)
+
+    async def _decide(self, request, receive):
+        """The core's decision, asked again when it needs what is not here yet: the body (received
+        on the loop) or a credential not in memory (looked up off the loop)."""
+        verifier, memory_verifier = self._verification.verifiers()
+        limit = self._verification.config["max_body_size"]
+        while True:
+            try:
+                try:
+                    return _decide(memory_verifier, request)
+                except StoreNeeded:
+                    return await asyncio.get_running_loop().run_in_executor(None, _decide, verifier, request)
+            except BodyNeeded as needed:
+                await request.receive(receive, needed.whole, limit)
 
 
-def _covers_a_body_digest(scope):
-    """Whether verification will need the body: a body, and a Signature-Input naming the digest
-    (a component name is a plain string there, so the name appears as written)."""
-    headers = dict(scope["headers"])
-    has_body = headers.get(b"content-length", b"0") not in (b"", b"0") or b"transfer-encoding" in headers
-    return has_body and b"content-digest" in headers.get(b"signature-input", b"")
-
-
-async def _read_body(receive, limit):
-    """``(body or the exception the verifier raises for it, messages to replay to the app)``."""
-    messages, size = [], 0
-    while True:
-        message = await receive()
-        messages.append(message)
-        if message["type"] == "http.disconnect":
-            return BodyIncomplete(), messages
-        size += len(message.get("body", b""))
-        if size > limit:
-            return BodyTooLarge(), messages
-        if not message.get("more_body"):
-            return b"".join(m.get("body", b"") for m in messages), messages
+async def _refuse(scope, send, status, headers, payload):
+    """The rejection as an HTTP answer; a websocket handshake is refused before it is accepted,
+    with the answer itself where the server offers ``websocket.http.response``, else a close
+    (which the server turns into a 403)."""
+    code = int(status.split()[0])
+    encoded = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": code, "headers": encoded})
+        await send({"type": "http.response.body", "body": payload})
+    elif "websocket.http.response" in scope.get("extensions", {}):
+        await send({"type": "websocket.http.response.start", "status": code, "headers": encoded})
+        await send({"type": "websocket.http.response.body", "body": payload})
+    else:
+        await send({"type": "websocket.close", "code": 1008})
 
 
 def _replay(messages, receive):

@@ -52,9 +52,12 @@ def signed_headers(certificate_id, client_key, now=None):
 
 def parse_certificate_id(text):
     # Visible ASCII only (printable ASCII is 0x20-0x7e, then no space): header values are Latin-1
-    # on the wire, and a bound keeps hostile input away from the database and the logs.
-    if not (0 < len(text) <= MAX_CERTIFICATE_ID and text.isascii() and text.isprintable() and " " not in text):
-        raise MalformedSignature(f"certificate id must be 1 to {MAX_CERTIFICATE_ID} visible ASCII characters")
+    # on the wire, and a bound keeps hostile input away from the database and the logs. No comma:
+    # a server may join two lines of a header with one (RFC 9110), and two ids must not pass as one.
+    if not (0 < len(text) <= MAX_CERTIFICATE_ID and text.isascii() and text.isprintable()
+            and " " not in text and "," not in text):
+        raise MalformedSignature(f"certificate id must be 1 to {MAX_CERTIFICATE_ID} visible ASCII characters, "
+                                 "no comma")
     return text
 
 
@@ -80,7 +83,7 @@ def check_fresh(request_time, clock_skew, now=None):
     now = time.time() if now is None else now
     offset = now - int(request_time)
     if abs(offset) > clock_skew:
-        raise SignatureExpired(f"request time is {int(offset)} s {'behind' if offset > 0 else 'ahead of'} the gateway clock")
+        raise SignatureExpired(f"request time is {abs(int(offset))} s {'behind' if offset > 0 else 'ahead of'} the gateway clock")
 
 
 def verify(signature, certificate_id, request_time, client_keys):

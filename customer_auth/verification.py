@@ -2,9 +2,11 @@
 or a Rejection with its status and message. No rule of verification lives in a face (the Kong
 plugin); each hands over a request view and maps the decision back to its world.
 
-A request view has ``headers`` (lower-case name -> list of values as received) and, asked for
-only when a signature needs them, ``method()``, ``target()`` (the raw path and query),
-``scheme()`` and ``body(limit)`` (the raw body, BodyTooLarge beyond ``limit`` bytes).
+A request view has ``headers`` (lower-case name -> list of values as received, every line) and,
+asked for only when a signature needs them, ``method()``, ``target()`` (the raw path and query),
+``scheme()``, ``has_body()`` (whether the server will forward body bytes: its own view of the
+framing, never a re-reading of the headers) and ``body(limit)`` (the raw body, BodyTooLarge
+beyond ``limit`` bytes).
 """
 import collections
 import logging
@@ -16,6 +18,7 @@ from customer_auth.connection import StoreUnavailable
 log = logging.getLogger("customer_verification")
 
 V1, RFC9421 = "v1", "rfc9421"
+DIGEST = "content-digest"  # the component that binds the body
 V1_HEADERS = ("certificate_id_header", "request_time_header", "signature_header")  # config fields
 
 
@@ -57,6 +60,16 @@ def missing(header, headers=None):
 
 def repeated(header):
     return Rejection(400, f"Header {header} must be sent once", f"{header} sent more than once")
+
+
+def too_many_headers(limit):
+    # Verifying on a partial view could miss a second copy of a signed header, or the framing.
+    return Rejection(400, f"Request has more than {limit} header lines", f"more than {limit} header lines")
+
+
+def policy_violation(error, headers):
+    return Rejection(400, f"Signature does not meet this route's policy: {error}", f"policy: {error}",
+                     headers=headers)
 
 
 def malformed(header, error, headers=None):
@@ -107,7 +120,7 @@ class Verifier:
             return self._v1(headers)
         if any(name in headers for name in self.v1_headers):
             raise scheme_required(self.schemes)
-        raise missing("Signature-Input", _accept_signature(self._required_components(request.headers)))
+        raise missing("Signature-Input", _accept_signature(self.config["required_components"]))
 
     # -- v1: the three client-* headers -----------------------------------------------------
 
@@ -142,25 +155,25 @@ class Verifier:
         values = headers.get(name)
         if not values:
             raise missing(name)
-        if not isinstance(values, list):
+        if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
             raise malformed(name, "unexpected value")
-        if len(values) > 1:
+        if len(values) > 1 or "," in values[0]:  # a comma: lines joined (RFC 9110), as WSGI servers do
             raise repeated(name)
-        if not isinstance(values[0], str) or not values[0]:
+        if not values[0]:
             raise missing(name)
         return values[0]
 
     # -- RFC 9421 ---------------------------------------------------------------------------
 
     def _rfc9421(self, request):
+        """Parse, choose by policy, rebuild the base, check the clock, the credential and the
+        signature; only a signature that verified gets its body read and digested (a forged one
+        costs the server no body), and only such a signature learns anything about the body."""
         headers = request.headers
-        required = self._required_components(headers)
+        required = self.config["required_components"]
         for name in ("signature-input", "signature"):
             if not headers.get(name):
                 raise missing(name.title(), _accept_signature(required))
-        limit = self.config["max_body_size"]
-        if _content_length(headers) > limit:
-            raise too_large(limit)
         try:
             inputs = message_signatures.parse_signature_input(headers["signature-input"])
         except signature.MalformedSignature as error:
@@ -169,11 +182,7 @@ class Verifier:
             signatures = message_signatures.parse_signature(headers["signature"])
         except signature.MalformedSignature as error:
             raise malformed("Signature", error, _accept_signature(required)) from None
-        try:
-            chosen = message_signatures.choose(inputs, signatures, required)
-        except signature.MalformedSignature as error:
-            raise Rejection(400, f"Signature does not meet this route's policy: {error}",
-                            f"policy: {error}", headers=_accept_signature(required)) from None
+        chosen = self._choose(request, inputs, signatures, required)
         message = message_signatures.Message(request.method, request.target, request.scheme, headers)
         try:
             base = message_signatures.signature_base(message, chosen)
@@ -187,22 +196,31 @@ class Verifier:
         except signature.SignatureExpired as error:
             raise unverified(f"{reference}: {error}") from None
         credential = self._credential(chosen.keyid)
-        if "content-digest" in chosen.covered_components:
-            self._check_body(request, headers, reference, limit)
         try:
             message_signatures.verify(chosen, base, credential.keys_valid_at(now), credential.public_keys_valid_at(now))
         except signature.BadSignature:
             raise unverified(f"{reference}: signature does not match") from None
+        if DIGEST in chosen.covered_components:
+            self._check_body(request, headers, reference)
         return Customer(credential.customer_id, chosen.keyid)
 
-    def _required_components(self, headers):
-        required = self.config["required_components"]
-        if not _has_body(headers):  # a digest of nothing proves nothing
-            required = [name for name in required if name != "content-digest"]
-        return required
+    def _choose(self, request, inputs, signatures, required):
+        """The signature that meets the route's policy. A signature without the body's digest
+        meets it only when the server will forward no body (asked of the server, whatever the
+        headers say: a digest of nothing proves nothing, and a body it does not bind is forged)."""
+        try:
+            return message_signatures.choose(inputs, signatures, required)
+        except signature.MalformedSignature as error:
+            violation = error
+        if DIGEST in required and not request.has_body():
+            try:
+                return message_signatures.choose(inputs, signatures, [name for name in required if name != DIGEST])
+            except signature.MalformedSignature as error:
+                violation = error
+        raise policy_violation(violation, _accept_signature(required))
 
-    @staticmethod
-    def _check_body(request, headers, reference, limit):
+    def _check_body(self, request, headers, reference):
+        limit = self.config["max_body_size"]
         try:
             body = request.body(limit)
         except BodyTooLarge:
@@ -210,7 +228,7 @@ class Verifier:
         except BodyIncomplete:
             raise Rejection(400, "Request body is incomplete", "the client stopped sending its body") from None
         try:
-            message_signatures.check_content_digest(headers.get("content-digest"), body)
+            message_signatures.check_content_digest(headers.get(DIGEST), body)
         except signature.BadSignature as error:
             raise unverified(f"{reference}: {error}") from None
         except signature.MalformedSignature as error:
@@ -238,13 +256,3 @@ def _parse(value, name, parse):
         return parse(value)
     except signature.MalformedSignature as error:
         raise malformed(name, error) from None
-
-
-def _content_length(headers):
-    values = headers.get("content-length") or ["0"]
-    text = values[0].strip()
-    return int(text) if text.isdigit() and len(text) < 20 else 0
-
-
-def _has_body(headers):
-    return _content_length(headers) > 0 or bool(headers.get("transfer-encoding"))

@@ -58,7 +58,9 @@ def variables_the_runtime_reads():
 
     names = set(LIBPQ_VARIABLES)
     for path in [ROOT / "customer_verification.py", *(ROOT / "customer_auth").glob("*.py")]:
-        names |= set(re.findall(r"""os\.environ(?:\.get\(|\[)\s*["']([A-Z0-9_]+)["']""", path.read_text()))
+        text = path.read_text()
+        names |= set(re.findall(r"""os\.environ(?:\.get\(|\[)\s*["']([A-Z0-9_]+)["']""", text))
+        names |= set(re.findall(r"""["'](CUSTOMER_VERIFICATION_[A-Z0-9_]+)["']""", text))  # named by a constant
     return names
 
 

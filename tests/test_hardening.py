@@ -64,9 +64,9 @@ def test_a_malformed_url_is_named_without_any_of_its_secrets_by_the_plugin_serve
 @pytest.mark.parametrize("shape", list(MALFORMED_URLS))
 def test_a_malformed_url_is_named_without_any_of_its_secrets_by_the_cli(shape, monkeypatch, capsys):
     monkeypatch.setenv("DATABASE_URL", MALFORMED_URLS[shape])
-    assert admin.main(["list"]) == admin.EXIT_DATABASE
+    assert admin.main(["list"]) == admin.EXIT_USAGE  # a setting to fix, not a database to wait for
     err = capsys.readouterr().err
-    assert "DATABASE_URL is not a valid connection URL" in err
+    assert "DATABASE_URL is not a valid connection URL" in err and "Traceback" not in err
     assert_no_secret(err)
 
 

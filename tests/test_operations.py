@@ -204,11 +204,10 @@ def test_health_is_ok_with_the_store_and_503_without_store_or_cache(database_url
     port = free_port()
     with gateway_on(database_url, CUSTOMER_VERIFICATION_METRICS_PORT=str(port)):
         status, body = health(port)
-        assert status == 200 and body["status"] == "ok" and body["store"] == "reachable"
+        assert (status, body) == (200, {"status": "up"})
     with gateway_on(UNREACHABLE, CUSTOMER_VERIFICATION_METRICS_PORT=str(port)):
         status, body = health(port)
-        assert status == 503 and body["status"] == "unavailable"
-        assert "Hunter7Tail9x" not in json.dumps(body)
+        assert (status, body) == (503, {"status": "down"})  # nothing about the database: not its host nor role
         assert urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).status == 200
 
 
@@ -221,7 +220,7 @@ def test_health_stays_ok_while_cached_customers_can_be_served(database_url, cust
         with table_gone:
             assert gateway.send(signed("cert-1", "key-1")).status == 200  # from the stale window
             status, body = health(port)
-            assert status == 200 and body["status"] == "degraded" and body["customers_served_from_cache"] == 1
+            assert (status, body) == (200, {"status": "degraded"})
         assert scrape(port)[("customer_verification_cache_lookups_total", (("result", "stale"),))] == 1
 
 
