@@ -61,6 +61,7 @@ class _Server(socketserver.ThreadingMixIn, wsgiref.simple_server.WSGIServer):
 
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 64  # the connections over the bound are accepted, and closed, quickly
 
     def server_bind(self):
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)

@@ -195,3 +195,53 @@ def test_sign_with_a_private_key_and_a_ready_curl_command(cli, tmp_path):
     words = shlex.split(output)
     assert code == 0 and words[:4] == ["curl", "-sS", "-X", "GET"] and words[-1] == "http://localhost:8000/echo?a=1"
     assert any(word.startswith("Signature-Input: sig1=") and 'alg="ed25519"' in word for word in words)
+
+
+# -- the CLI says what to do (#25) ---------------------------------------------------------------
+
+def test_the_plugins_read_only_role_is_told_to_use_the_admin_role(database_url, customers, monkeypatch, capsys):
+    import psycopg2.extensions
+
+    from conftest import execute
+
+    execute(database_url, "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'cv_cli_reader') THEN "
+                          "CREATE ROLE cv_cli_reader LOGIN PASSWORD 'reader-pw' IN ROLE customer_reader; END IF; END $$")
+    monkeypatch.setenv("DATABASE_URL", psycopg2.extensions.make_dsn(database_url, user="cv_cli_reader",
+                                                                    password="reader-pw"))
+    assert customer_admin.main(["add", "cert-z"]) == customer_admin.EXIT_DATABASE
+    err = capsys.readouterr().err
+    assert "permission denied" in err and "admin role" in err and "reader-pw" not in err
+
+
+def test_a_database_without_the_table_is_told_to_load_the_schema(postgres, monkeypatch, capsys):
+    import uuid
+
+    from conftest import dsn_for_database, execute
+
+    dsn, _server = postgres
+    name = f"cv_empty_{uuid.uuid4().hex[:8]}"
+    execute(dsn, f"CREATE DATABASE {name}")
+    try:
+        monkeypatch.setenv("DATABASE_URL", dsn_for_database(dsn, name))
+        assert customer_admin.main(["list"]) == customer_admin.EXIT_DATABASE
+        assert "customer_schema.sql" in capsys.readouterr().err
+    finally:
+        execute(dsn, f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.mark.parametrize("argv", [
+    ["sign", "cert-a", "--key", "k", "--url", "http://a/", "--curl", "http://b/"],  # which one is signed?
+    ["sign", "cert-a", "--key", ""],
+    ["sign", "cert-a", "--key", "  "],
+])
+def test_sign_refuses_ambiguous_or_empty_input(cli, argv, capsys):
+    assert cli(*argv)[0] == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["add", "rotate", "revoke", "list", "sign"])
+def test_every_commands_help_names_the_database_the_roles_and_the_exit_codes(command, capsys):
+    assert customer_admin.main([command, "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "DATABASE_URL" in text and "PGHOST" in text and "admin role" in text and "read-only role" in text
+    assert "exit codes" in text and "5 database" in text

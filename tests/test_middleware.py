@@ -2,6 +2,7 @@
 pre-forked workers), Django under gunicorn, FastAPI under uvicorn, against the real Postgres,
 driven over HTTP by the package's own SignedRequestAuth and by hostile requests."""
 import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -152,3 +153,106 @@ def test_each_serving_process_has_its_own_listener(service, customer, customers)
     pids = {requests.get(service + "/whoami", auth=SignedRequestAuth("svc-cert", "svc-key"), timeout=10).json()["pid"]
             for _ in range(20)}
     assert listeners >= len(pids) >= 1
+
+
+# -- the second adversarial review (#25): the same answers as the plugin --------------------------
+
+FORGED_BODY = b'{"to": "attacker", "amount": 1000000}'
+
+
+def raw_request(service, request_line, header_lines, body=b""):
+    """Sends bytes exactly as given (no client library fixes the framing); returns the status and body."""
+    host, port = service.removeprefix("http://").split(":")
+    head = "".join(f"{name}: {value}\r\n" for name, value in header_lines)
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(f"{request_line}\r\nHost: {host}\r\nConnection: close\r\n{head}\r\n".encode() + body)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    status = int(answer.split(b" ", 2)[1])
+    return status, answer.partition(b"\r\n\r\n")[2]
+
+
+def captured_get(service, path="/whoami?x=1"):
+    signed = requests.Request("GET", service + path, auth=SignedRequestAuth("svc-cert", "svc-key")).prepare()
+    return [(name, value) for name, value in signed.headers.items() if name.lower() != "content-length"]
+
+
+@pytest.mark.parametrize("framing", [
+    [("Content-Length", str(len(FORGED_BODY)).zfill(20))],  # gunicorn and h11 read the number
+    [("Transfer-Encoding", "chunked")],
+])
+def test_a_forged_body_under_a_bodiless_signature_never_reaches_the_app(service, customer, framing):
+    body = FORGED_BODY if framing[0][0] == "Content-Length" else b"%x\r\n%s\r\n0\r\n\r\n" % (len(FORGED_BODY),
+                                                                                             FORGED_BODY)
+    assert raw_request(service, "GET /whoami?x=1 HTTP/1.1", captured_get(service))[0] == 200
+    status, answer = raw_request(service, "GET /whoami?x=1 HTTP/1.1", captured_get(service) + framing, body)
+    assert status == 400 and b"does not cover content-digest" in answer
+
+
+def test_a_bodiless_get_that_covers_the_digest_of_nothing_is_verified(service, customer):
+    import types
+
+    from http_message_signatures import HTTPMessageSigner, HTTPSignatureKeyResolver, algorithms
+    from http_message_signatures.structures import CaseInsensitiveDict
+
+    class Key(HTTPSignatureKeyResolver):
+        def resolve_private_key(self, key_id):
+            return b"svc-key"
+
+    message = types.SimpleNamespace(method="GET", url=service + "/whoami", headers=CaseInsensitiveDict())
+    HTTPMessageSigner(signature_algorithm=algorithms.HMAC_SHA256, key_resolver=Key()).sign(
+        message, key_id="svc-cert", label="sig1", body=b"",
+        covered_component_ids=("@method", "@path", "@query", "content-digest"))
+    assert "Content-Digest" in message.headers
+    answer = requests.get(service + "/whoami", headers=dict(message.headers.items()), timeout=10)
+    assert answer.status_code == 200 and answer.json()["customer_id"] == customer
+
+
+def test_a_garbage_signature_for_a_known_certificate_is_403(service, customer):
+    headers = {"Signature-Input": 'sig1=("@method" "@path" "@query");created=%d;keyid="svc-cert"' % time.time(),
+               "Signature": "sig1=:" + "A" * 86 + "==:"}
+    answer = requests.get(service + "/whoami", headers=headers, timeout=10)
+    assert (answer.status_code, answer.json()) == (403, {"message": "Request signature could not be verified"})
+
+
+def test_a_signature_header_sent_twice_is_read_as_both_lines(service, customer):
+    lines = captured_get(service)
+    signature_input = next(value for name, value in lines if name.lower() == "signature-input")
+    status, answer = raw_request(service, "GET /whoami?x=1 HTTP/1.1", lines + [("Signature-Input", signature_input)])
+    assert (status, json.loads(answer)) == (400, {"message": "Malformed Signature-Input header: a label appears twice"})
+    status, answer = raw_request(service, "GET /whoami HTTP/1.1", [
+        *SignedRequestAuth("svc-cert", "svc-key", scheme="v1")(requests.Request("GET", service).prepare())
+        .headers.items(), ("client-certificate-id", "other-cert")])
+    assert status == 400 and json.loads(answer) == {"message": "Header client-certificate-id must be sent once"}
+
+
+def test_an_exempt_prefix_covers_whole_path_segments_only(service, customer):
+    assert requests.get(service + "/health", timeout=10).status_code == 200
+    for path in ("/healthcare/records", "/health-x", "/health/../whoami"):
+        assert requests.get(service + path, timeout=10).status_code == 400, path  # verified: unsigned
+
+
+def test_exempt_prefixes_match_segments():
+    from customer_auth.middleware import _under
+
+    assert _under("/health", "/health") and _under("/health/live", "/health") and _under("/health/", "/health/")
+    assert not _under("/healthcare", "/health") and not _under("/health-x", "/health")
+    assert _under("/anything", "/") and not _under("/health/../admin", "/health")
+
+
+def test_a_websocket_handshake_is_verified_as_the_get_it_is(service, customer, request):
+    if "uvicorn" not in request.node.callspec.params["service"]:
+        pytest.skip("websockets are an ASGI matter")
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    url = service.replace("http://", "ws://") + "/ws"
+    with pytest.raises(InvalidStatus) as refused:
+        connect(url, additional_headers={"X-Customer-Id": "forged"}, open_timeout=10)
+    assert refused.value.response.status_code in (400, 403)
+    signed = requests.Request("GET", service + "/ws", auth=SignedRequestAuth("svc-cert", "svc-key")).prepare()
+    headers = {name: value for name, value in signed.headers.items() if name.lower() != "content-length"}
+    with connect(url, additional_headers={**headers, "X-Customer-Id": "forged"}, open_timeout=10) as websocket:
+        assert json.loads(websocket.recv(timeout=10)) == {"customer_id": customer, "header": None}
+

@@ -3,6 +3,7 @@ and without secrets; Prometheus metrics and /health served by the plugin server.
 import contextlib
 import json
 import logging
+import os
 import socket
 import time
 import urllib.error
@@ -227,3 +228,38 @@ def test_health_stays_ok_while_cached_customers_can_be_served(database_url, cust
 def test_without_a_port_nothing_listens(database_url):
     with gateway_on(database_url) as gateway:
         assert "serving /metrics" not in gateway.server.log()
+
+
+def test_the_metrics_listener_binds_loopback_unless_told_otherwise(monkeypatch):
+    from customer_auth import metrics
+
+    monkeypatch.setenv("CUSTOMER_VERIFICATION_METRICS_PORT", "0")
+    monkeypatch.delenv("CUSTOMER_VERIFICATION_METRICS_ADDRESS", raising=False)
+    server = metrics.serve_from_environment(lambda: "up")
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_idle_connections_to_the_metrics_port_cannot_starve_the_plugin(database_url, customers):
+    from customer_auth import metrics
+
+    customers.add("cert-1", "key-1")
+    port = free_port()
+    with gateway_on(database_url, CUSTOMER_VERIFICATION_METRICS_PORT=str(port)) as gateway:
+        assert health(port) == (200, {"status": "up"})
+        descriptors = len(os.listdir(f"/proc/{gateway.server.process.pid}/fd"))
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(100)]
+        try:
+            time.sleep(0.5)
+            held = len(os.listdir(f"/proc/{gateway.server.process.pid}/fd"))
+            assert held <= descriptors + metrics.MAX_CONNECTIONS + 2, (descriptors, held)
+            assert gateway.send(signed("cert-1", "key-1")).status == 200
+            time.sleep(metrics.CONNECTION_TIMEOUT + 1)  # the silent ones are dropped
+            assert health(port) == (200, {"status": "up"})
+        finally:
+            for connection in idle:
+                connection.close()
+        assert "Traceback" not in gateway.server.log()

@@ -2,7 +2,7 @@
 import hashlib
 import os
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 
 from customer_auth.middleware import ASGIMiddleware
 
@@ -25,6 +25,14 @@ async def echo(request: Request):
 @app.get("/health")
 async def health(request: Request):
     return {"customer_id": getattr(request.state, "customer_id", None), "header": request.headers.get("x-customer-id")}
+
+
+@app.websocket("/ws")
+async def whoami_over_websocket(websocket: WebSocket):
+    await websocket.accept()
+    await websocket.send_json({"customer_id": websocket.scope.get("state", {}).get("customer_id"),
+                               "header": websocket.headers.get("x-customer-id")})
+    await websocket.close()
 
 
 app.add_middleware(ASGIMiddleware, exempt=["/health"], max_body_size=4096, cache_ttl=3600)
