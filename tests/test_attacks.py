@@ -11,17 +11,9 @@ from conftest import ROOT, start_gateway
 from customer_auth import message_signatures, signature
 from customer_verification import DEFAULTS, Plugin
 from devtools.kong_standin import FailClosedRule, Request, in_process_kong
-from test_rfc9421 import SECRET, keyed, library_signed  # noqa: F401 (keyed is a fixture)
+from test_rfc9421 import SECRET, gateway, keyed, library_signed  # noqa: F401 (gateway and keyed are fixtures)
 
 FORGED_BODY = b'{"to": "attacker", "amount": 1000000}'
-
-
-@pytest.fixture(scope="module")
-def gateway(database_url):
-    gateway = start_gateway(ROOT / "customer_verification.py", "customer_verification", ["-g", "--no-lua-style"],
-                            env={"DATABASE_URL": database_url})
-    yield gateway
-    gateway.cleanup()
 
 
 def send(gateway, request, plugin_id="plugin"):

@@ -256,3 +256,34 @@ def test_a_websocket_handshake_is_verified_as_the_get_it_is(service, customer, r
     with connect(url, additional_headers={**headers, "X-Customer-Id": "forged"}, open_timeout=10) as websocket:
         assert json.loads(websocket.recv(timeout=10)) == {"customer_id": customer, "header": None}
 
+
+
+@pytest.mark.parametrize("extensions, expected", [
+    ({}, [{"type": "websocket.close", "code": 1008}]),  # closed before accept: the server answers 403
+    ({"websocket.http.response": {}}, ["websocket.http.response.start", "websocket.http.response.body"]),
+])
+def test_an_unsigned_websocket_handshake_is_refused_before_it_is_accepted(database_url, monkeypatch, extensions,
+                                                                          expected):
+    import asyncio
+
+    from customer_auth.middleware import ASGIMiddleware
+
+    monkeypatch.setenv("DATABASE_URL", database_url)
+
+    async def app(scope, receive, send):
+        raise AssertionError("the app ran")
+
+    async def receive():
+        return {"type": "websocket.connect"}
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "websocket", "path": "/ws", "raw_path": b"/ws", "query_string": b"", "scheme": "ws",
+             "headers": [(b"host", b"svc"), (b"x-customer-id", b"forged")], "extensions": extensions}
+    asyncio.run(ASGIMiddleware(app)(scope, receive, send))
+    assert [message if not extensions else message["type"] for message in sent] == expected
+    if extensions:
+        assert sent[0]["status"] == 400 and json.loads(sent[1]["body"])["message"].startswith("Missing")
