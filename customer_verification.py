@@ -68,8 +68,8 @@ def pdk_value(result):
 
 
 class KongRequest:
-    """The request as verification sees it: the headers, read already, and the rest asked of
-    Kong (one round trip each) only when a signature covers it."""
+    """The request as verification sees it: every header line, read at once, and the rest asked
+    of Kong (one round trip each) only when a signature needs it."""
 
     def __init__(self, kong):
         self._kong = kong

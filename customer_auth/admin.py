@@ -7,6 +7,7 @@ Exit codes: 0 done, 2 bad usage or settings, 3 certificate already exists, 4 no 
 """
 import argparse
 import base64
+import functools
 import json
 import math
 import secrets
@@ -169,7 +170,8 @@ CERTIFICATE_HELP = "the customer's certificate id (what its requests name as key
 def _parser():
     common = {"epilog": DATABASE_HELP, "formatter_class": argparse.RawDescriptionHelpFormatter}
     parser = argparse.ArgumentParser(prog="customer-verification", description=__doc__.split("\n\n")[0], **common)
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_subparser(common))
+    commands = parser.add_subparsers(dest="command", required=True,
+                                     parser_class=functools.partial(argparse.ArgumentParser, **common))
     public_key_help = "an ed25519 public key file (PEM, or base64 of the raw key) instead of a shared secret"
     add = commands.add_parser("add", help="create a customer with a new random key, or a public key")
     add.add_argument("certificate_id", type=certificate_id, help=CERTIFICATE_HELP)
@@ -196,16 +198,6 @@ def _parser():
                         "are signed) instead of headers; instead of --url")
     sign.add_argument("--v1", action="store_true", help="the three client-* headers (no method, path or body)")
     return parser
-
-
-def _subparser(common):
-    """Every command's parser with the same epilog (the database and exit codes)."""
-
-    class Parser(argparse.ArgumentParser):
-        def __init__(self, **options):
-            super().__init__(**{**common, **options})
-
-    return Parser
 
 
 def public_key_file(path):

@@ -107,7 +107,7 @@ def _parse_dictionary(text):
 
     if len(text) > MAX_UNCOMMON_LENGTH or text.count(" ") + text.count(";") > MAX_UNCOMMON_ITEMS:
         raise MalformedSignature(f"not in the common form, and longer than the {MAX_UNCOMMON_LENGTH} characters "
-                                 "or 100 items the full parser is given")
+                                 f"or {MAX_UNCOMMON_ITEMS} items the full parser is given")
 
     labels = []
     try:
