@@ -288,7 +288,7 @@ def accept_raw_bytes():
 
 
 if __name__ == "__main__":
-    from kong_pdk.cli import start_dedicated_server
+    from customer_auth.plugin_server import start_dedicated_server  # kong-pdk's, on the lean transport
 
     level = os.environ.get("CUSTOMER_VERIFICATION_LOG_LEVEL", "").strip().upper() or "INFO"
     logging.basicConfig(

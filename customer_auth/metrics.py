@@ -34,11 +34,24 @@ LISTENER_CONNECTED = prometheus_client.Gauge(
 POOL_IN_USE = prometheus_client.Gauge(
     "customer_verification_pool_connections_in_use", "Database connections of the lookup pool in use")
 
+# The lean transport's own (customer_auth/plugin_server.py): both gauges are read at scrape time.
+KONG_CONNECTIONS = prometheus_client.Gauge(
+    "customer_verification_kong_connections", "Connections Kong holds open to the plugin server (lean transport)")
+EVENTS_OPEN = prometheus_client.Gauge(
+    "customer_verification_plugin_events_open", "Plugin events in progress: a handler running, or waiting for "
+    "Kong's next step (lean transport); a level that only grows means handlers that never end")
+EVENTS_ENDED = prometheus_client.Counter(
+    "customer_verification_plugin_events_ended", "Events the lean transport ended itself: handler_raised (Kong "
+    "answered with the error at once), handler_timeout (no answer for Kong in 60 s) and never_finished (Kong sent "
+    "no next step in 600 s)", ["reason"])
+EVENT_END_REASONS = ("handler_raised", "handler_timeout", "never_finished")
+
 for _outcome in OUTCOMES:
     REQUESTS.labels(_outcome)  # every series exists from the start, at 0, so rate() sees the first one
 for _result in ("hit", "miss", "stale"):
     CACHE.labels(_result)
 
+EVENTS_ENDED_BY_REASON = {reason: EVENTS_ENDED.labels(reason) for reason in EVENT_END_REASONS}
 REQUESTS_BY_OUTCOME = {outcome: REQUESTS.labels(outcome) for outcome in OUTCOMES}
 CACHE_HIT, CACHE_MISS, CACHE_STALE = CACHE.labels("hit"), CACHE.labels("miss"), CACHE.labels("stale")
 

@@ -2,14 +2,15 @@
 
     python -m devtools.benchmark [--rounds 7] [--duration 3] [--window 0.1] [--ramp 0.1] [--concurrency 8] [--out benchmark-results]
 
-For each server mode (kong-pdk threads, gevent) it measures: (a) the limit, a no-op plugin making
-the same PDK calls; (b) this plugin with a warm cache; (c) a cold cache, every request a new
-certificate; (d) rejections (wrong signatures); (e) the connect-per-request reference. It prints a
-table (req/s, p50/p99 latency, round trips per request, database queries per 1,000 requests,
-plugin server CPU per request), and writes results.json and results.png to --out.
+For each server mode (--modes: the lean transport, stock kong-pdk in gevent mode, kong-pdk's
+threads) it measures: (a) the limit, a no-op plugin making the same PDK calls; (b) this plugin
+with a warm cache; (c) a cold cache, every request a new certificate; (d) rejections (wrong
+signatures); (e) RFC 9421 signatures; (f) the connect-per-request reference. It prints a table
+(req/s, p50/p99 latency, round trips per request, database queries per 1,000 requests, plugin
+server CPU per request), and writes results.json and results.png to --out.
 
-In a round, every scenario's plugin server runs at once and --concurrency client processes
-(Kong's stand-in) take turns on them in a random order, --duration seconds per scenario in all:
+In a round, every scenario's plugin server runs at once, in every mode, and --concurrency client
+processes (Kong's stand-in) take turns on them in a random order, --duration seconds each in all:
 on a shared machine, a slow moment then costs every scenario alike instead of one. A turn records
 --window seconds after an unrecorded --ramp, in which the previous scenario's last requests finish
 and the woken server settles. Figures are medians over --rounds rounds. The clients compete with
@@ -36,7 +37,12 @@ from customer_auth import signature
 from devtools.kong_standin import KongStandIn, PluginServer, Request
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent  # the repository
-MODES = {"threading": ["--no-lua-style"], "gevent": ["-g", "--no-lua-style"]}
+MODES = {  # name: (start flags, environment)
+    "lean": (["-g", "--no-lua-style"], {"CUSTOMER_VERIFICATION_TRANSPORT": "lean"}),  # the shipped configuration
+    "kong-pdk": (["-g", "--no-lua-style"], {"CUSTOMER_VERIFICATION_TRANSPORT": "kong-pdk"}),
+    "threading": (["--no-lua-style"], {}),  # kong-pdk's default mode
+}
+DEFAULT_MODES = ("lean", "kong-pdk")
 WARM_CUSTOMERS = 200
 COLD_CUSTOMERS = 200_000
 SCENARIOS = {  # name: (plugin script, BENCHMARK_PLUGIN, requests, plugin config)
@@ -139,26 +145,28 @@ class _Start:
         self._event.set()
 
 
-def run_round(dsns, scenarios, mode, duration, window, ramp, concurrency, root, seed):
-    """Every scenario's server up at once, the clients taking turns in short windows, so a slow
-    moment of a shared machine falls on every scenario alike."""
+def run_round(dsns, cases, duration, window, ramp, concurrency, root, seed):
+    """Every case's server (a scenario in a mode) up at once, the clients taking turns in short
+    windows, so a slow moment of a shared machine falls on every case alike."""
     turns = max(1, round(duration / window))
-    # Each cycle in a new random order, so no scenario always follows the same one (the database
+    # Each cycle in a new random order, so no case always follows the same one (the database
     # work of a cold cache or a connect per request would otherwise weigh on its successor).
     rng = random.Random(seed)
-    schedule = [turn for _ in range(turns) for turn in rng.sample(range(len(scenarios)), len(scenarios))]
+    schedule = [turn for _ in range(turns) for turn in rng.sample(range(len(cases)), len(cases))]
     servers, targets = {}, []
     try:
-        for scenario in scenarios:
+        for case in cases:
+            scenario, mode = case
             script, benchmark_plugin, kind, config = SCENARIOS[scenario]
-            env = {"DATABASE_URL": dsns[scenario], "CUSTOMER_VERIFICATION_LOG_LEVEL": "WARNING",
-                   "CUSTOMER_VERIFICATION_POOL_SIZE": "8"}
+            flags, mode_env = MODES[mode]
+            env = {"DATABASE_URL": dsns[case], "CUSTOMER_VERIFICATION_LOG_LEVEL": "WARNING",
+                   "CUSTOMER_VERIFICATION_POOL_SIZE": "8", **mode_env}
             if benchmark_plugin:
                 env["BENCHMARK_PLUGIN"] = benchmark_plugin
-            prefix = pathlib.Path(root) / scenario.replace(" ", "-")
+            prefix = pathlib.Path(root) / f"{scenario}-{mode}".replace(" ", "-")
             prefix.mkdir()
-            server = servers[scenario] = PluginServer(ROOT / script, prefix, "customer_verification", MODES[mode],
-                                                      env=env).start()
+            server = servers[case] = PluginServer(ROOT / script, prefix, "customer_verification", flags,
+                                                  env=env).start()
             info = KongStandIn.query(server.query_command, server.socket_path, env=server.env).info
             warm_up = WARM_CUSTOMERS if kind != "cold" and not benchmark_plugin else 1
             targets.append((server.socket_path, info, kind, warm_up, config))
@@ -170,21 +178,20 @@ def run_round(dsns, scenarios, mode, duration, window, ramp, concurrency, root, 
             worker.start()
         for _ in workers:
             ready.get(timeout=300)
-        queries_before = {scenario: lookups(dsns, scenario) for scenario in scenarios}
-        cpu_before = {scenario: server.cpu_seconds() for scenario, server in servers.items()}
+        queries_before = {case: lookups(dsns, case) for case in cases}
+        cpu_before = {case: server.cpu_seconds() for case, server in servers.items()}
         start.set(time.time() + 0.2)
         collected = [results.get(timeout=len(schedule) * (ramp + window) + 120) for _ in workers]
         for worker in workers:
             worker.join()
         rows = []
-        for turn, scenario in enumerate(scenarios):
-            server = servers[scenario]
+        for turn, case in enumerate(cases):
+            server = servers[case]
             parts = [measured[turn] for measured in collected]
             if not any(part["latencies"] for part in parts):
-                raise RuntimeError(f"{scenario} / {mode}: no request finished; plugin server log:\n{server.log()}")
-            rows.append(_row(scenario, mode, parts, turns * window,
-                             lookups(dsns, scenario) - queries_before[scenario],
-                             server.cpu_seconds() - cpu_before[scenario], server.threads()))
+                raise RuntimeError(f"{case}: no request finished; plugin server log:\n{server.log()}")
+            rows.append(_row(*case, parts, turns * window, lookups(dsns, case) - queries_before[case],
+                             server.cpu_seconds() - cpu_before[case], server.threads()))
         return rows
     finally:
         for server in servers.values():
@@ -211,11 +218,11 @@ def _row(scenario, mode, parts, seconds, queries, cpu_seconds, threads):
     }
 
 
-def lookups(dsns, scenario):
+def lookups(dsns, case):
     """Credential lookups so far, on the primary and the standby, by the database role of
-    ``scenario``: each scenario has its own, so its queries are told apart from the others'
-    running in the same round."""
-    role = psycopg2.extensions.parse_dsn(dsns[scenario])["user"]
+    ``case``: each has its own, so its queries are told apart from the others' running in the
+    same round."""
+    role = psycopg2.extensions.parse_dsn(dsns[case])["user"]
     return sum(query(dsns[server], """SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s
                                         JOIN pg_roles r ON r.oid = s.userid
                                        WHERE r.rolname = %s AND s.query LIKE '%%FROM customer%%WHERE certificate%%'""",
@@ -235,8 +242,9 @@ def query(dsn, sql, parameters=()):
 @contextlib.contextmanager
 def database():
     """A throwaway Postgres with the benchmark's customers, and a hot standby of it; yields DSNs:
-    "admin" and "standby admin", and one per scenario for a read-only login role of its own, as
-    the deployment's plugin role ("cold cache on standby" names both hosts, the standby first)."""
+    "admin" and "standby admin", and one per (scenario, mode) for a read-only login role of its
+    own, as the deployment's plugin role ("cold cache on standby" names both hosts, the standby
+    first)."""
     import base64
 
     from cryptography.hazmat.primitives import serialization
@@ -256,10 +264,10 @@ def database():
         with conn.cursor() as cursor:
             cursor.execute("CREATE EXTENSION pg_stat_statements")
             cursor.execute((ROOT / "customer_schema.sql").read_text())
-            for number, scenario in enumerate(SCENARIOS):
+            for number, case in enumerate((scenario, mode) for scenario in SCENARIOS for mode in MODES):
                 role = f"benchmark_{number}"
                 cursor.execute(f"CREATE ROLE {role} LOGIN PASSWORD %s IN ROLE customer_reader", (server.password,))
-                dsns[scenario] = psycopg2.extensions.make_dsn(server.dsn, user=role)
+                dsns[case] = psycopg2.extensions.make_dsn(server.dsn, user=role)
             cursor.execute("""INSERT INTO customer (certificate, authentication)
                               SELECT 'warm-' || n, jsonb_build_object('client_key', 'key-warm-' || n)
                                 FROM generate_series(0, %s - 1) n""", (WARM_CUSTOMERS,))
@@ -274,9 +282,10 @@ def database():
         standby = server.standby()
         try:
             dsns["standby admin"] = standby.dsn
-            role = psycopg2.extensions.parse_dsn(dsns["cold cache on standby"])["user"]
-            dsns["cold cache on standby"] = (f"postgresql://{role}:{server.password}@127.0.0.1:{standby.port},"
-                                           f"127.0.0.1:{server.port}/postgres")
+            for mode in MODES:
+                role = psycopg2.extensions.parse_dsn(dsns["cold cache on standby", mode])["user"]
+                dsns["cold cache on standby", mode] = (f"postgresql://{role}:{server.password}@127.0.0.1:"
+                                                       f"{standby.port},127.0.0.1:{server.port}/postgres")
             yield dsns
         finally:
             standby.destroy()
@@ -294,35 +303,48 @@ def table(rows):
 
 
 def targets(rows, measured):
-    """The issue's targets; ratios are medians of the ratios within each round, where the two
-    scenarios were measured in alternating windows of the same seconds."""
+    """The issues' targets; ratios are medians of the ratios within each round, where the cases
+    were measured in alternating windows of the same seconds."""
     by = {(r["scenario"], r["mode"]): r for r in rows}
-    modes = sorted({r["mode"] for r in rows})
-    fastest = max(modes, key=lambda mode: by[("warm cache", mode)]["req_per_s"])
+    modes = [mode for mode in MODES if any(r["mode"] == mode for r in rows)]
+    shipped = modes[0]  # the lean transport when measured
 
     def ratio(a, b, key="req_per_s"):
-        pairs = zip(measured[a], measured[b])
-        return statistics.median(x[key] / y[key] for x, y in pairs)
+        return statistics.median(x[key] / y[key] for x, y in zip(measured[a], measured[b]))
 
-    warm, limit = ("warm cache", fastest), ("limit", fastest)
-    reference = max(modes, key=lambda mode: by[("connect per request", mode)]["req_per_s"])
-    return [
-        f"fastest mode for verified requests: {fastest}",
-        f"warm cache / limit ({fastest}): {ratio(warm, limit):.2f} (target >= 0.9; per round: "
+    warm, limit = ("warm cache", shipped), ("limit", shipped)
+    lines = [
+        f"warm cache / limit ({shipped}): {ratio(warm, limit):.2f} (target >= 0.9; per round: "
         + ", ".join(f"{x['req_per_s'] / y['req_per_s']:.2f}" for x, y in zip(measured[warm], measured[limit])) + ")",
-        f"warm cache / connect per request: {by[warm]['req_per_s'] / by[('connect per request', reference)]['req_per_s']:.1f}"
+        f"warm cache / connect per request ({shipped}): {ratio(warm, ('connect per request', shipped)):.1f}"
         " (target >= 25)",
-        f"p99 warm cache / p99 limit ({fastest}): {ratio(warm, limit, 'p99_ms'):.2f} (target <= 1.5)",
+        f"p99 warm cache / p99 limit ({shipped}): {ratio(warm, limit, 'p99_ms'):.2f} (target <= 1.5)",
         f"round trips: success {by[warm]['round_trips']:.2f} (<= 4: Kong is told the customer), rejection "
-        f"{by[('rejections', fastest)]['round_trips']:.2f} (<= 2)",
+        f"{by[('rejections', shipped)]['round_trips']:.2f} (<= 2)",
         f"DB queries per 1000 requests: warm {by[warm]['queries_per_1000']:.1f}, cold "
-        f"{by[('cold cache', fastest)]['queries_per_1000']:.1f} (every cold request is a new certificate)",
-        f"warm cache with consumers / warm cache ({fastest}): {ratio(('warm cache with consumers', fastest), warm):.2f}",
-        f"cold cache on standby / cold cache ({fastest}): {ratio(('cold cache on standby', fastest), ('cold cache', fastest)):.2f}",
-        f"rfc9421 hmac / warm cache (v1) ({fastest}): {ratio(('rfc9421 hmac', fastest), warm):.2f}, "
-        f"rfc9421 ed25519 / warm cache: {ratio(('rfc9421 ed25519', fastest), warm):.2f}; round trips "
-        f"{by[('rfc9421 hmac', fastest)]['round_trips']:.2f} (<= 7: the body, or whether there is one, is asked of Kong)",
+        f"{by[('cold cache', shipped)]['queries_per_1000']:.1f} (every cold request is a new certificate)",
+        f"warm cache with consumers / warm cache ({shipped}): {ratio(('warm cache with consumers', shipped), warm):.2f}",
+        f"cold cache on standby / cold cache ({shipped}): "
+        f"{ratio(('cold cache on standby', shipped), ('cold cache', shipped)):.2f}",
+        f"rfc9421 hmac / warm cache (v1) ({shipped}): {ratio(('rfc9421 hmac', shipped), warm):.2f}, "
+        f"rfc9421 ed25519 / warm cache: {ratio(('rfc9421 ed25519', shipped), warm):.2f}; round trips "
+        f"{by[('rfc9421 hmac', shipped)]['round_trips']:.2f} (<= 7: the body, or whether there is one, is asked of Kong)",
     ]
+    if "lean" in modes and "kong-pdk" in modes:
+        stock = ("limit", "kong-pdk")  # the no-op plugin on stock kong-pdk: the ceiling #26 lifts
+        lines += [
+            "against the no-op limit on stock kong-pdk (server CPU per request, req/s, p99):",
+            f"  lean limit: CPU {ratio(('limit', 'lean'), stock, 'server_cpu_us'):.2f}, "
+            f"req/s {ratio(('limit', 'lean'), stock):.2f}, p99 {ratio(('limit', 'lean'), stock, 'p99_ms'):.2f}",
+            f"  lean warm cache: CPU {ratio(('warm cache', 'lean'), stock, 'server_cpu_us'):.2f} (target <= 0.5, aim 0.4), "
+            f"req/s {ratio(('warm cache', 'lean'), stock):.2f} (target >= 1.5, aim 2), "
+            f"p99 {ratio(('warm cache', 'lean'), stock, 'p99_ms'):.2f} (target <= 1)",
+            f"  lean rfc9421 hmac: CPU {ratio(('rfc9421 hmac', 'lean'), stock, 'server_cpu_us'):.2f} (target <= 0.6)",
+            "  lean / kong-pdk, same scenario, server CPU: " + ", ".join(
+                f"{scenario} {ratio((scenario, 'lean'), (scenario, 'kong-pdk'), 'server_cpu_us'):.2f}"
+                for scenario in SCENARIOS if (scenario, "lean") in measured and (scenario, "kong-pdk") in measured),
+        ]
+    return lines
 
 
 def chart(rows, path):
@@ -332,13 +354,14 @@ def chart(rows, path):
     import matplotlib.pyplot as plt
 
     scenarios = list(SCENARIOS)
-    figure, axis = plt.subplots(figsize=(9, 4.5))
-    width = 0.38
-    modes = sorted({r["mode"] for r in rows})
+    figure, axis = plt.subplots(figsize=(10, 4.5))
+    modes = [mode for mode in MODES if any(r["mode"] == mode for r in rows)]
+    width = 0.8 / len(modes)
     for offset, mode in enumerate(modes):
         values = [next(r["req_per_s"] for r in rows if r["scenario"] == s and r["mode"] == mode) for s in scenarios]
-        axis.bar([i + (offset - 0.5) * width for i in range(len(scenarios))], values, width, label=mode)
-    axis.set_xticks(range(len(scenarios)), scenarios)
+        axis.bar([i + (offset - (len(modes) - 1) / 2) * width for i in range(len(scenarios))], values, width,
+                 label=mode)
+    axis.set_xticks(range(len(scenarios)), scenarios, rotation=20, ha="right", fontsize=8)
     axis.set_ylabel("requests per second")
     axis.set_title("customer_verification through the Kong stand-in")
     axis.legend()
@@ -356,7 +379,8 @@ def main():
                         help="unrecorded seconds at the start of each turn (default: %(default)s)")
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent requests (default: %(default)s)")
     parser.add_argument("--out", default="benchmark-results", help="directory for results.json and results.png")
-    parser.add_argument("--modes", default=",".join(MODES), help="server modes to measure (default: %(default)s)")
+    parser.add_argument("--modes", default=",".join(DEFAULT_MODES),
+                        help="server modes to measure, of " + ", ".join(MODES) + " (default: %(default)s)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="scenarios to measure (default: all)")
     parser.add_argument("--rounds", type=int, default=7,
                         help="rounds, each with fresh servers; figures are medians over them (default: %(default)s)")
@@ -365,16 +389,16 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     measured = {}
     with database() as dsns:
+        cases = [(scenario, mode) for mode in args.modes.split(",") for scenario in args.scenarios.split(",")]
         for round_number in range(1, args.rounds + 1):
-            for mode in args.modes.split(","):
-                with tempfile.TemporaryDirectory(prefix="cv-bench-") as root:
-                    rows = run_round(dsns, args.scenarios.split(","), mode, args.duration, args.window, args.ramp,
-                                     args.concurrency, root, seed=round_number)
-                for row in rows:
-                    row["round"] = round_number
-                    measured.setdefault((row["scenario"], mode), []).append(row)
-                print(f"round {round_number} / {mode}: "
-                      + ", ".join(f"{row['scenario']} {row['req_per_s']:.0f} req/s" for row in rows), flush=True)
+            with tempfile.TemporaryDirectory(prefix="cv-bench-") as root:
+                rows = run_round(dsns, cases, args.duration, args.window, args.ramp, args.concurrency, root,
+                                 seed=round_number)
+            for row in rows:
+                row["round"] = round_number
+                measured.setdefault((row["scenario"], row["mode"]), []).append(row)
+            print(f"round {round_number}: " + ", ".join(f"{row['scenario']} ({row['mode']}) {row['req_per_s']:.0f} req/s"
+                                                       for row in rows), flush=True)
     rows = [sorted(runs, key=lambda row: row["req_per_s"])[len(runs) // 2] for runs in measured.values()]
     complete = {r["scenario"] for r in rows} == set(SCENARIOS)
     summary = targets(rows, measured) if complete else ["(targets need every scenario)"]

@@ -60,7 +60,7 @@ class ConnectPerRequest:
 PLUGINS = {"limit": Limit, "connect-per-request": ConnectPerRequest}
 
 if __name__ == "__main__":
-    from kong_pdk.cli import start_dedicated_server
+    from customer_auth.plugin_server import start_dedicated_server  # as customer_verification: either transport
 
     if "-g" in sys.argv or "--gevent" in sys.argv:
         psycopg2.extensions.set_wait_callback(psycopg2.extras.wait_select)  # cooperative, for fairness

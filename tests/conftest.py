@@ -125,9 +125,25 @@ def short_directory():
     return tempfile.mkdtemp(prefix="cv-")
 
 
-# The modes the plugin server is tested in: the shipped one (gevent, Python-style PDK returns)
-# and kong-pdk's defaults (threads, Lua-style returns).
-SERVER_MODES = {"gevent": ["-g", "--no-lua-style"], "threading": []}
+class ServerMode:
+    """How the plugin server is started: its flags and the environment that picks its transport."""
+
+    def __init__(self, flags, env=None):
+        self.flags, self.env = list(flags), dict(env or {})
+
+
+SHIPPED_FLAGS = ["-g", "--no-lua-style"]  # kong.conf's start_cmd
+TRANSPORT = "CUSTOMER_VERIFICATION_TRANSPORT"
+# The ways the plugin server is tested: the shipped one (the lean transport, gevent, Python-style
+# PDK returns), stock kong-pdk in that same mode, and kong-pdk's defaults (threads, Lua-style).
+SERVER_MODES = {
+    "lean": ServerMode(SHIPPED_FLAGS, {TRANSPORT: "lean"}),
+    "kong-pdk": ServerMode(SHIPPED_FLAGS, {TRANSPORT: "kong-pdk"}),
+    "threading": ServerMode([]),
+}
+# Tests that name no mode: the shipped flags on the transport the environment names, so that
+# ``CUSTOMER_VERIFICATION_TRANSPORT=kong-pdk pytest`` runs them all on stock kong-pdk.
+SHIPPED = ServerMode(SHIPPED_FLAGS)
 
 
 class Gateway:
@@ -148,13 +164,15 @@ class Gateway:
         self.server.stop()
 
 
-def start_gateway(script, name, flags=(), env=None, config=None, kong_timeout=10.0, fail_closed=None):
+def start_gateway(script, name, mode=SHIPPED, env=None, config=None, kong_timeout=10.0, fail_closed=None):
+    """``mode``: a name in SERVER_MODES, or a ServerMode."""
     import shutil
 
     from devtools.kong_standin import KongStandIn, PluginServer
 
+    mode = SERVER_MODES.get(mode) if isinstance(mode, str) else mode
     directory = short_directory()
-    server = PluginServer(script, directory, name, flags, env=env).start()
+    server = PluginServer(script, directory, name, mode.flags, env={**mode.env, **(env or {})}).start()
     kong = KongStandIn.query(server.query_command, server.socket_path, timeout=kong_timeout, fail_closed=fail_closed)
     kong.configure("plugin", config)
     kong.error_log.follow(server.log_path)  # Kong copies the server's output into its log, at INFO
@@ -171,8 +189,8 @@ def server_mode(request):
 
 @pytest.fixture
 def gateway(database_url, server_mode):
-    gateway = start_gateway(ROOT / "customer_verification.py", "customer_verification",
-                            SERVER_MODES[server_mode], env={"DATABASE_URL": database_url})
+    gateway = start_gateway(ROOT / "customer_verification.py", "customer_verification", server_mode,
+                            env={"DATABASE_URL": database_url})
     yield gateway
     gateway.cleanup()
 

@@ -173,7 +173,7 @@ def test_a_certificate_id_that_is_another_consumers_id_does_not_land_on_that_con
 # -- 8. identity headers are cleared on a preflight let through ---------------------------------
 
 def test_a_preflight_let_through_unauthenticated_carries_no_forged_identity(database_url):
-    gateway = start_gateway(ROOT / "customer_verification.py", "customer_verification", ["-g", "--no-lua-style"],
+    gateway = start_gateway(ROOT / "customer_verification.py", "customer_verification",
                             env={"DATABASE_URL": database_url}, fail_closed=FailClosedRule(),
                             config={"run_on_preflight": False})
     try:
@@ -204,7 +204,7 @@ BAD_SETTINGS = {
 def test_a_bad_setting_answers_503_and_says_so_in_kongs_log_at_its_default_level(database_url, customers, setting):
     env, name = BAD_SETTINGS[setting]
     customers.add("cert-1", "key-1")
-    gateway = start_gateway(ROOT / "customer_verification.py", "customer_verification", ["-g", "--no-lua-style"],
+    gateway = start_gateway(ROOT / "customer_verification.py", "customer_verification",
                             env={"DATABASE_URL": database_url, **env})
     try:
         outcomes = [gateway.send(list(signature.signed_headers("cert-1", "key-1").items())) for _ in range(3)]

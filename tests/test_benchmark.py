@@ -12,11 +12,12 @@ from devtools import benchmark
 
 def test_benchmark_measures_every_scenario_and_tells_their_lookups_apart(tmp_path):
     subprocess.run([sys.executable, "-m", "devtools.benchmark", "--rounds", "1", "--duration", "0.6", "--window", "0.2",
-                    "--ramp", "0.05", "--concurrency", "2", "--modes", "gevent", "--out", str(tmp_path)],
+                    "--ramp", "0.05", "--concurrency", "2", "--modes", "lean,kong-pdk", "--out", str(tmp_path)],
                    cwd=ROOT, check=True, capture_output=True, timeout=280)
     results = json.loads((tmp_path / "results.json").read_text())
-    rows = {row["scenario"]: row for row in results["rows"]}
-    assert set(rows) == set(benchmark.SCENARIOS)
+    both = {(row["scenario"], row["mode"]): row for row in results["rows"]}
+    assert set(both) == {(scenario, mode) for scenario in benchmark.SCENARIOS for mode in ("lean", "kong-pdk")}
+    rows = {scenario: row for (scenario, mode), row in both.items() if mode == "lean"}
     for scenario, status in [("limit", "200"), ("warm cache", "200"), ("warm cache with consumers", "200"), ("cold cache", "200"),
                              ("cold cache on standby", "200"), ("rejections", "403"), ("rfc9421 hmac", "200"),
                              ("rfc9421 ed25519", "200"), ("connect per request", "200")]:
@@ -33,6 +34,10 @@ def test_benchmark_measures_every_scenario_and_tells_their_lookups_apart(tmp_pat
     assert rows["cold cache on standby"]["queries_per_1000"] > 900  # counted on the standby too
     assert rows["rfc9421 hmac"]["round_trips"] == rows["rfc9421 ed25519"]["round_trips"] == 7
     assert any(line.startswith("warm cache / limit") for line in results["targets"])
+    assert any(line.startswith("  lean warm cache: CPU") for line in results["targets"])
+    for scenario, row in rows.items():  # the same answers and round trips on stock kong-pdk
+        stock = both[scenario, "kong-pdk"]
+        assert set(stock["statuses"]) == set(row["statuses"]) and stock["round_trips"] == row["round_trips"], scenario
     assert (tmp_path / "results.png").stat().st_size > 0
 
 

@@ -17,7 +17,7 @@ ANONYMOUS = {"id": str(uuid.uuid4()), "username": "anonymous-users"}
 
 @pytest.fixture(scope="module")
 def gateway(database_url):
-    gateway = start_gateway(ROOT / "customer_verification.py", "customer_verification", ["-g", "--no-lua-style"],
+    gateway = start_gateway(ROOT / "customer_verification.py", "customer_verification",
                             env={"DATABASE_URL": database_url}, fail_closed=FailClosedRule())
     yield gateway
     gateway.cleanup()
@@ -110,7 +110,7 @@ def test_a_request_another_auth_plugin_authenticated_is_left_alone(gateway, kong
 
 
 def test_a_failing_store_is_never_turned_into_anonymous_access(database_url, kong_consumers):
-    broken = start_gateway(ROOT / "customer_verification.py", "customer_verification", ["-g", "--no-lua-style"],
+    broken = start_gateway(ROOT / "customer_verification.py", "customer_verification",
                            env={"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
                                 "CUSTOMER_VERIFICATION_DB_TIMEOUT": "1"},
                            config={"anonymous": ANONYMOUS["username"]}, fail_closed=FailClosedRule())
@@ -131,7 +131,7 @@ def test_an_anonymous_that_names_no_consumer_is_kongs_500_and_a_log_line(gateway
 
 
 def test_the_fail_closed_rule_still_answers_503_with_the_plugin_server_down(database_url, kong_consumers):
-    down = start_gateway(ROOT / "customer_verification.py", "customer_verification", ["-g", "--no-lua-style"],
+    down = start_gateway(ROOT / "customer_verification.py", "customer_verification",
                          env={"DATABASE_URL": database_url}, config={"anonymous": ANONYMOUS["username"]},
                          fail_closed=FailClosedRule())
     try:

@@ -103,7 +103,7 @@ def test_plugin_name_socket_and_commands_agree_everywhere():
     assert conf[f"pluginserver_{name}_socket"] == os.path.join(prefix, f"{name}.sock")
     assert prefix == conf["prefix"]
     assert start[1:3] == ["-m", name] and query[1:] == ["-m", name, "--dump"]
-    assert start[3:] == ["-p", prefix, *SERVER_MODES["gevent"]]  # the mode the tests run
+    assert start[3:] == ["-p", prefix, *SERVER_MODES["lean"].flags]  # the mode the tests run
     venv_python = start[0]
     assert query[0] == venv_python and venv_python.startswith("/opt/customer-verification/venv/")
     assert "python3 -m venv /opt/customer-verification/venv" in dockerfile()
@@ -209,7 +209,7 @@ def test_the_plugin_role_can_only_read_the_customer_table(deployed_database):
 
 
 def test_the_demo_customer_verifies_through_the_kong_standin(deployed_database):
-    gateway = start_gateway(ROOT / "customer_verification.py", "customer_verification", SERVER_MODES["gevent"],
+    gateway = start_gateway(ROOT / "customer_verification.py", "customer_verification",
                             env={"DATABASE_URL": deployed_database},
                             config=declarative()["services"][0]["plugins"][0]["config"])
     try:

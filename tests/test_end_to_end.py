@@ -46,8 +46,7 @@ def test_rejections_are_answered_by_the_plugin_in_two_round_trips(gateway, custo
 
 
 def test_store_unreachable_is_503(server_mode, customer_id):
-    gateway = start_gateway(ROOT / "customer_verification.py", "customer_verification",
-                            ["-g", "--no-lua-style"] if server_mode == "gevent" else [],
+    gateway = start_gateway(ROOT / "customer_verification.py", "customer_verification", server_mode,
                             env={"DATABASE_URL": "postgresql://plugin:hunter2@127.0.0.1:1/none",
                                  "CUSTOMER_VERIFICATION_DB_TIMEOUT": "1"})
     try:

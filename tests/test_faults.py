@@ -8,7 +8,7 @@ import psycopg2
 import pytest
 
 from customer_auth import signature
-from conftest import ROOT, SCHEMA, SERVER_MODES, Customers, execute, start_gateway
+from conftest import ROOT, SCHEMA, SERVER_MODES, SHIPPED, Customers, execute, start_gateway
 from devtools.kong_standin import FailClosedRule, KongStandIn
 from devtools.throwaway_postgres import ThrowawayPostgres
 
@@ -33,8 +33,8 @@ def signed(certificate_id, client_key=None):
     return list(signature.signed_headers(certificate_id, client_key or f"key-{certificate_id}").items())
 
 
-def gateway_for(own_postgres, mode="gevent", config=None, timeout="2", fail_closed=False):
-    return start_gateway(ROOT / "customer_verification.py", "customer_verification", SERVER_MODES[mode],
+def gateway_for(own_postgres, mode=SHIPPED, config=None, timeout="2", fail_closed=False):
+    return start_gateway(ROOT / "customer_verification.py", "customer_verification", mode,
                          env={"DATABASE_URL": own_postgres.dsn, "CUSTOMER_VERIFICATION_DB_TIMEOUT": timeout},
                          config=config, fail_closed=FailClosedRule() if fail_closed else None)
 

@@ -45,7 +45,7 @@ def test_a_malformed_url_is_named_without_any_of_its_secrets_by_the_store(shape)
 
 @pytest.mark.parametrize("shape", list(MALFORMED_URLS))
 def test_a_malformed_url_is_named_without_any_of_its_secrets_by_the_plugin_server(shape):
-    gateway = start_gateway(ROOT / "customer_verification.py", "customer_verification", ["-g", "--no-lua-style"],
+    gateway = start_gateway(ROOT / "customer_verification.py", "customer_verification",
                             env={"DATABASE_URL": MALFORMED_URLS[shape], "CUSTOMER_VERIFICATION_DB_TIMEOUT": "1"})
     try:
         outcome = gateway.send(signed("cert-1", "key"))
@@ -117,7 +117,7 @@ def test_a_silently_dead_listener_connection_is_replaced_and_a_revocation_holds_
     params = psycopg2.extensions.parse_dsn(customers.url)
     proxy = FreezableProxy(params["host"], int(params["port"]))
     url = psycopg2.extensions.make_dsn(customers.url, host="127.0.0.1", port=proxy.port)
-    gateway = start_gateway(ROOT / "customer_verification.py", "customer_verification", ["-g", "--no-lua-style"],
+    gateway = start_gateway(ROOT / "customer_verification.py", "customer_verification",
                             env={"DATABASE_URL": url}, config={"cache_ttl": 3600})
     try:
         customers.add("cert-quiet", "key-1")

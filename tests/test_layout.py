@@ -18,6 +18,8 @@ LAYERS = {
     "customer_auth.signature": 0,
     "customer_auth.metrics": 0,
     "customer_auth.operator_log": 0,
+    "customer_auth.events": 0,
+    "customer_auth.plugin_server": 1,
     "customer_auth.replication": 0,
     "customer_auth.consumers": 0,
     "customer_auth.message_signatures": 1,

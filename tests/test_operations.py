@@ -17,7 +17,6 @@ from customer_auth.operator_log import OperatorLog
 from customer_verification import DEFAULTS, Plugin
 from devtools.kong_standin import Request, in_process_kong
 
-GEVENT = ["-g", "--no-lua-style"]
 UNREACHABLE = "postgresql://cv:Hunter7Tail9x@127.0.0.1:1/customers"
 
 
@@ -34,7 +33,7 @@ def free_port():
 @contextlib.contextmanager
 def gateway_on(url, **env):
     """The real plugin server behind the stand-in, on ``url``, for the ``with`` block."""
-    gateway = start_gateway(ROOT / "customer_verification.py", "customer_verification", GEVENT,
+    gateway = start_gateway(ROOT / "customer_verification.py", "customer_verification",
                             env={"DATABASE_URL": url, "CUSTOMER_VERIFICATION_DB_TIMEOUT": "1", **env})
     try:
         yield gateway

@@ -73,9 +73,9 @@ def keyed(customers):
     return customers
 
 
-@pytest.fixture(scope="module")
-def gateway(database_url):
-    gateway = start_gateway(ROOT / "customer_verification.py", "customer_verification", ["-g", "--no-lua-style"],
+@pytest.fixture(scope="module", params=["lean", "kong-pdk"])
+def gateway(database_url, request):
+    gateway = start_gateway(ROOT / "customer_verification.py", "customer_verification", request.param,
                             env={"DATABASE_URL": database_url})
     yield gateway
     gateway.cleanup()

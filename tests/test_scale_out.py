@@ -68,7 +68,7 @@ def kong_nodes(url, config, **env):
     nodes = []
     try:
         for _ in range(NODES):
-            node = start_gateway(ROOT / "customer_verification.py", "customer_verification", ["-g", "--no-lua-style"],
+            node = start_gateway(ROOT / "customer_verification.py", "customer_verification",
                                  env={"DATABASE_URL": url, "CUSTOMER_VERIFICATION_DB_TIMEOUT": "1", **env},
                                  config=config)
             nodes.append(node)

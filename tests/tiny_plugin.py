@@ -1,11 +1,24 @@
-"""A tiny plugin of the tests' own, to test the Kong stand-in itself (test_kong_standin.py)."""
+"""A tiny plugin of the tests' own, to test the Kong stand-in and the transports themselves
+(test_kong_standin.py, test_plugin_server.py). The action is the request's ``x-action`` header."""
 import json
+import os
+import sys
 
-from kong_pdk.cli import start_dedicated_server
+if "-g" in sys.argv:
+    from gevent import monkey
+
+    monkey.patch_all()
+
+import gevent
+
+from customer_auth import plugin_server
+from customer_auth.plugin_server import start_dedicated_server  # the transport CUSTOMER_VERIFICATION_TRANSPORT names
 
 version = "0.1.0"
 priority = 10
 Schema = ({"greeting": {"type": "string", "default": "hello"}},)
+
+AFTER_EXIT = []  # what PDK calls made after kong.response.exit gave back (the "stats" action shows them)
 
 
 class Plugin:
@@ -29,10 +42,47 @@ class Plugin:
             except Exception as error:  # --no-lua-style: a StepError arrives as PDKException
                 kong.service.request.set_header("x-step-error", str(error))
             return
+        if action == "call-after-exit":
+            kong.response.exit(403, {"message": "no"})
+            try:
+                AFTER_EXIT.append(repr(kong.service.request.set_header("x-late", "1")))
+            except Exception as error:
+                AFTER_EXIT.append(str(error))
+            return
+        if action == "timeout":  # a gevent Timeout fires during each PDK call named, then the handler exits
+            for name in headers["x-calls"][0].split(","):
+                try:
+                    with gevent.Timeout(float(headers["x-seconds"][0])):
+                        getattr(kong.node, name)()
+                except gevent.Timeout:
+                    pass
+            gevent.sleep(float(headers.get("x-after", ["0"])[0]))
+            kong.response.exit(504, {"message": "timed out"})
+            return
+        if action == "hang":
+            gevent.sleep(3600)
+        if action == "stats":
+            kong.response.exit(200, {"message": "stats", **stats()})
+            return
         kong.client.authenticate(None, {"id": "tiny"})  # as an auth plugin: the fail-closed rule's test
         kong.service.request.set_header("x-config", json.dumps(self.config, sort_keys=True))
         kong.service.request.set_header("x-multi-count", str(len(headers.get("x-multi", []))))
 
 
+def stats():
+    """What this process holds: live greenlets, open file descriptors, resident memory."""
+    import gc
+
+    import greenlet
+
+    with open("/proc/self/status") as status:
+        rss = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    return {"greenlets": sum(1 for o in gc.get_objects() if isinstance(o, greenlet.greenlet) and not o.dead),
+            "fds": len(os.listdir("/proc/self/fd")), "rss_kib": rss, "after_exit": AFTER_EXIT[-3:]}
+
+
 if __name__ == "__main__":
+    # Short timeouts, so that the tests see the sweep end what Kong gave up.
+    plugin_server.LeanTransport.handler_timeout = float(os.environ.get("TINY_HANDLER_TIMEOUT", 60))
+    plugin_server.LeanTransport.step_timeout = float(os.environ.get("TINY_STEP_TIMEOUT", 600))
     start_dedicated_server("tiny", Plugin, version, priority, list(Schema))

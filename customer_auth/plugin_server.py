@@ -1,0 +1,317 @@
+"""The plugin server's side of Kong's MessagePack-RPC, written for this protocol (the lean transport).
+
+Kong calls ``plugin.HandleEvent`` for each request, then one ``plugin.Step`` (or ``StepError``,
+``StepMultiMap``, ``StepCredential``, ...) per PDK call the handler makes, each on a connection it
+takes from its keepalive pool: a Step may arrive on another connection than its HandleEvent, so
+an event is found by its id, never by its connection. kong-pdk 0.36 serves this through gevent
+Channels, a greenlet spawned per event, per-message regexes and debug strings, and an object per
+attribute access of ``kong``; here the connection and the handler switch to each other directly,
+and ``kong`` is one shared tree of callables. The plugin code is the same: the same ``Plugin``,
+the same values, ``PDKException`` as with ``--no-lua-style`` (or ``(value, err)`` without it).
+
+Instance bookkeeping (StartInstance, InstanceStatus, CloseInstance, GetStatus) and ``--dump``
+stay kong-pdk's own code, and every message this module does not handle itself, or that is
+malformed, is answered by kong-pdk's methods: the answers are kong-pdk's. Where kong-pdk never
+answers, this answers at once: a handler that raises gets an error answer (kong-pdk leaves Kong
+waiting for its socket timeout), and a PDK call after ``kong.response.exit`` raises at once
+(kong-pdk blocks it for ever). A handler Kong stops waiting for, and an event Kong never finishes,
+are ended by a sweep, so nothing outlives them.
+
+``CUSTOMER_VERIFICATION_TRANSPORT=kong-pdk`` runs stock kong-pdk instead (the reference, and the
+other side of an A/B measurement); so does a server started without ``-g``: this transport is
+gevent's.
+"""
+import logging
+import os
+import re
+import time
+import traceback
+
+import _socket
+import gevent
+import gevent.socket
+import msgpack
+from greenlet import getcurrent
+from kong_pdk import cli as pdk_cli
+from kong_pdk import listener as pdk_listener
+from kong_pdk.exception import PDKException, PluginServerException
+from kong_pdk.logger import Logger
+from kong_pdk.module import Module
+from kong_pdk.server import PluginServer
+
+from . import metrics
+from .events import RET, TERMINAL_METHODS, TIMED_OUT, Event, Namespace
+
+log = logging.getLogger("customer_verification")
+
+TRANSPORT = "CUSTOMER_VERIFICATION_TRANSPORT"
+TRANSPORTS = ("lean", "kong-pdk")
+
+STEP_METHODS = frozenset("plugin." + name for name in (
+    "Step", "StepError", "StepMultiMap", "StepService", "StepConsumer", "StepRoute", "StepPlugin",
+    "StepCredential", "StepMemoryStats"))
+
+# nginx's default lua_socket_read_timeout: how long Kong waits for an answer before it gives up.
+HANDLER_TIMEOUT = 60.0
+# How long an event may wait for Kong's next Step. A PDK call Kong runs may take long (a slow
+# client's body), so this is generous; past it Kong has given the request up.
+STEP_TIMEOUT = 600.0
+SWEEP_INTERVAL = 1.0
+READ_SIZE = 65536
+
+
+class MalformedMessage(Exception):
+    """Not a MessagePack-RPC request Kong would send: the connection ends."""
+
+
+class LeanTransport:
+    """Serves Kong's connections on one unix socket for a kong-pdk ``PluginServer``."""
+
+    handler_timeout = HANDLER_TIMEOUT
+    step_timeout = STEP_TIMEOUT
+
+    def __init__(self, plugin_server):
+        self.server = plugin_server
+        self.lua_style = plugin_server.lua_style
+        self.hub = gevent.get_hub()
+        self.kong = Namespace("kong")
+        self.events = {}
+        self._packer = msgpack.Packer(unicode_errors="surrogateescape")
+        self._names = {}  # kong-pdk's method name -> its PluginServer method, converted once
+        self._sweeper = None
+        self.connections = 0
+        metrics.KONG_CONNECTIONS.set_function(lambda: self.connections)
+        metrics.EVENTS_OPEN.set_function(lambda: len(self.events))
+
+    # -- the socket ---------------------------------------------------------------------------
+    def serve_forever(self, path, backlog=4096):
+        if os.path.exists(path):
+            os.remove(path)
+        listener = gevent.socket.socket(gevent.socket.AF_UNIX, gevent.socket.SOCK_STREAM)
+        listener.bind(path)
+        listener.listen(backlog)
+        self.server.logger.info("server (gevent, lean transport) started at path " + path)
+        gevent.spawn(pdk_listener.watchdog, gevent.sleep, self.server.logger)  # exits when Kong has gone
+        self.start_sweeping()
+        while True:
+            connection, _address = listener.accept()
+            gevent.spawn(self.serve_connection, _socket.socket(fileno=connection.detach()))
+
+    def serve_connection(self, connection):
+        """Reads a connection's messages and answers each, until Kong closes it. Kong sends one
+        call at a time and waits for the answer, so the socket is read only once readable."""
+        connection.setblocking(False)
+        unpacker = msgpack.Unpacker(strict_map_key=False, unicode_errors="surrogateescape")
+        readable = self.hub.loop.io(connection.fileno(), 1)
+        self.connections += 1
+        try:
+            while True:
+                self.hub.wait(readable)
+                try:
+                    data = connection.recv(READ_SIZE)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    return
+                unpacker.feed(data)
+                for _kind, msgid, method, args in unpacker:  # another shape ends the connection, as in kong-pdk
+                    self._send(connection, self.answer(msgid, method, args))
+        except OSError:
+            pass  # Kong went away mid-answer; its events wait for another connection or the sweep
+        except (MalformedMessage, ValueError, TypeError) as error:  # not [0, msgid, method, args]
+            log.warning("ending a connection to the plugin server that sent a malformed message (%s)",
+                        type(error).__name__)
+        finally:
+            self.connections -= 1
+            readable.close()
+            connection.close()
+
+    def _send(self, connection, data):
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[connection.send(view):]
+            except BlockingIOError:
+                pass
+            if view:
+                writable = self.hub.loop.io(connection.fileno(), 2)
+                try:
+                    self.hub.wait(writable)
+                finally:
+                    writable.close()
+
+    # -- one message ----------------------------------------------------------------------------
+    def answer(self, msgid, method, args):
+        if type(method) is not str or method.count(".") != 1:
+            raise MalformedMessage(method)  # kong-pdk's listener ends the connection on it too
+        try:
+            if method == "plugin.HandleEvent":
+                result = self.handle_event(args)
+            elif method in STEP_METHODS:
+                result = self.step(args, method == "plugin.StepError")
+            else:
+                result = self.pdk_method(method, args)
+        except (PluginServerException, PDKException) as error:
+            return self._packer.pack([1, msgid, str(error), None])
+        except Exception as error:
+            log.error("the plugin server's %s failed: %s", method, "".join(
+                traceback.format_exception_only(type(error), error)).strip())
+            return self._packer.pack([1, msgid, str(error), None])
+        return self._packer.pack([1, msgid, None, result])
+
+    def pdk_method(self, method, args):
+        """What kong-pdk's listener does with a message: its PluginServer method of that name
+        (``plugin.StartInstance`` -> ``start_instance``), called with the arguments as they came."""
+        function = self._names.get(method)
+        if function is None:
+            ns, command = method.split(".")
+            if ns != "plugin":
+                raise PluginServerException("RPC for %s is not supported" % ns)
+            function = getattr(self.server, _snake_case(command))  # AttributeError: kong-pdk's answer
+            self._names[method] = function
+        return function(*args)
+
+    def handle_event(self, args):
+        event = args[0] if type(args) is list and len(args) == 1 else None
+        try:
+            instance = self.server.instances[event["InstanceId"]]
+            phase = getattr(instance.cls, event["EventName"])
+        except Exception:
+            return self.server.handle_event(*args)  # kong-pdk's error for it: no instance, no phase, bad shape
+        instance.reset_expire_ts()
+        event_id = self.server.event_id
+        self.server.event_id = event_id + 1
+        event = Event(event_id, phase, self)
+        self.events[event_id] = event
+        return {"Data": self._settle(event, self._wait_for(event, event.switch)), "EventId": event_id}
+
+    def step(self, args, is_error):
+        data = args[0] if type(args) is list and len(args) == 1 else None
+        try:
+            event = self.events[data["EventId"]]
+        except Exception:
+            return self.server.step(*args)  # kong-pdk's error: "event id ... not found", or bad shape
+        if event.waiter is not None:
+            raise PluginServerException("event id %s is already being stepped" % event.id)
+        value = data.get("Data")
+        if event.ready is not None:  # the handler went on after an interruption: its output answers
+            output, event.ready = event.ready, None
+        elif event.parked:  # Kong's result, for the call the handler waits at
+            output = self._wait_for(event, event.switch, (None, value) if is_error else (value, None))
+        elif not event.dead:  # running again, its call interrupted: the result is dropped
+            output = self._wait_for(event, self.hub.switch)
+        else:
+            raise PluginServerException("event id %s has ended" % event.id)
+        return {"Data": self._settle(event, output), "EventId": event.id}
+
+    def _wait_for(self, event, switch, *value):
+        """The handler's next output, this connection waiting as the event's waiter meanwhile."""
+        event.wait_on(getcurrent())
+        try:
+            return switch(*value)
+        finally:
+            event.wait_on(None)
+
+    def _settle(self, event, output):
+        """The answer's Data for a handler's output; the event ends when Kong will send no more."""
+        if type(output) is dict:
+            event.since = time.monotonic()
+            if output["Method"] not in TERMINAL_METHODS:
+                return output
+            self._end(event)
+            self.hub.loop.run_callback(self._go_on_after_exit, event)
+            return output
+        self._end(event)
+        if output is RET:
+            return RET
+        if output is TIMED_OUT:
+            metrics.EVENTS_ENDED_BY_REASON["handler_timeout"].inc()
+            log.warning("a plugin handler gave Kong no answer within %.0f s; it was ended", self.handler_timeout)
+            self.hub.loop.run_callback(self._kill, event)
+            raise PluginServerException("the plugin handler did not answer within %.0f s" % self.handler_timeout)
+        metrics.EVENTS_ENDED_BY_REASON["handler_raised"].inc()
+        error = output.error
+        log.error("a plugin handler raised %s; Kong was answered with the error at once", type(error).__name__,
+                  exc_info=error)
+        raise PluginServerException(str(error) or type(error).__name__)
+
+    def _end(self, event):
+        event.ended = True
+        self.events.pop(event.id, None)
+
+    @staticmethod
+    def _go_on_after_exit(event):
+        """kong.response.exit returns at once: the handler goes on (in the hub's turn, so no
+        connection waits for it) and ends; a PDK call it makes raises at once."""
+        if event.parked and not event.dead:
+            event.switch(None)
+
+    @staticmethod
+    def _kill(event):
+        if not event.dead:
+            event.throw(gevent.GreenletExit)
+
+    # -- the sweep ------------------------------------------------------------------------------
+    def start_sweeping(self, interval=SWEEP_INTERVAL):
+        self._sweeper = self.hub.loop.timer(interval, interval)
+        self._sweeper.start(self.sweep)
+
+    def sweep(self):
+        """Runs in the hub: ends events whose handler Kong has waited for too long (Kong gets an
+        error answer, if it still listens) and events Kong stopped stepping."""
+        now = time.monotonic()
+        for event in list(self.events.values()):
+            waiter = event.waiter
+            if waiter is not None and now - event.since > self.handler_timeout:
+                event.wait_on(None)
+                waiter.switch(TIMED_OUT)
+            elif waiter is None and not event.ready and now - event.since > self.step_timeout:
+                metrics.EVENTS_ENDED_BY_REASON["never_finished"].inc()
+                log.warning("Kong never finished a plugin event in %.0f s; it was ended", self.step_timeout)
+                self._end(event)
+                self._kill(event)
+
+
+_CAMEL = re.compile("([a-z])([A-Z])")
+
+
+def _snake_case(command):
+    """kong-pdk's conversion of an RPC command to its method name: StartInstance -> start_instance."""
+    return command[0].lower() + _CAMEL.sub(lambda m: "%s_%s" % (m.group(1), m.group(2).lower()), command[1:])
+
+
+def chosen_transport():
+    """The transport CUSTOMER_VERIFICATION_TRANSPORT names: lean (the default) or kong-pdk."""
+    name = os.environ.get(TRANSPORT, "").strip().lower() or "lean"
+    if name not in TRANSPORTS:
+        log.error("%s must be one of %s; using lean", TRANSPORT, ", ".join(TRANSPORTS))
+        return "lean"
+    return name
+
+
+def start_dedicated_server(name, plugin, version=None, priority=0, schema=()):
+    """kong-pdk's ``start_dedicated_server``, with its options, on the lean transport.
+
+    ``--dump``, a server without ``-g`` and ``CUSTOMER_VERIFICATION_TRANSPORT=kong-pdk`` are
+    kong-pdk's own, unchanged.
+    """
+    args = pdk_cli.parse(dedicated=True)
+    if args.dump or not args.gevent or chosen_transport() == "kong-pdk":
+        return pdk_cli.start_dedicated_server(name, plugin, version, priority, list(schema))
+    server = PluginServer(loglevel=Logger.WARNING - args.verbose, use_gevent=True,
+                          name="%s version %s" % (name, version or "unknown"), lua_style=not args.no_lua_style)
+
+    class _Module:
+        Plugin = plugin
+        Schema = list(schema)
+
+    _Module.version, _Module.priority = version, priority
+    server.plugins[name] = Module(name, module=_Module)
+    pdk_cli.display_lua_style_notice(not args.no_lua_style, server)
+    socket_name = args.socket_name
+    if socket_name == pdk_listener.DEFAULT_SOCKET_NAME:
+        socket_name = "%s.sock" % name
+    try:
+        LeanTransport(server).serve_forever(os.path.join(args.prefix, socket_name), args.listen_queue_size)
+    except KeyboardInterrupt:
+        server.logger.info("polite exit requested, terminating...")

@@ -1,0 +1,305 @@
+"""The lean transport (customer_auth/plugin_server.py) against stock kong-pdk, message by message,
+and what it does where kong-pdk never answers: raw MessagePack-RPC on the unix socket, as Kong's
+Rpc:call sends it (a connection per call, Steps on other connections, events interleaved)."""
+import itertools
+import json
+import pathlib
+import random
+import socket
+import time
+
+import msgpack
+import pytest
+
+from conftest import SERVER_MODES, ServerMode, short_directory
+from devtools.kong_standin import PluginServer
+
+TINY = pathlib.Path(__file__).with_name("tiny_plugin.py")
+CONFIG = json.dumps({"greeting": "hello", "__seq__": 1, "__plugin_id": "plugin"})
+
+
+class Wire:
+    """Kong's side of the socket, message by message: ``call`` sends one request on the given
+    connection (by number; each is opened on first use) and returns the raw answer, or None when
+    none comes within ``timeout``."""
+
+    def __init__(self, path, timeout=3.0):
+        self.path, self.timeout = path, timeout
+        self.connections = {}
+        self.msgids = itertools.count(1)
+
+    def connection(self, number):
+        if number not in self.connections:
+            connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            connection.settimeout(self.timeout)
+            connection.connect(self.path)
+            self.connections[number] = (connection, msgpack.Unpacker(raw=False, unicode_errors="surrogateescape"))
+        return self.connections[number]
+
+    def call(self, method, arg, on=0):
+        connection, unpacker = self.connection(on)
+        msgid = next(self.msgids)
+        connection.sendall(msgpack.packb([0, msgid, method, [arg]], use_bin_type=False))
+        raw = b""
+        while True:
+            try:
+                data = connection.recv(65536)
+            except socket.timeout:
+                return None
+            if not data:
+                raise ConnectionError("the server closed the connection")
+            raw += data
+            unpacker.feed(data)
+            for message in unpacker:
+                assert message[:2] == [1, msgid], message
+                return raw
+
+    def drop(self, number):
+        self.connections.pop(number)[0].close()
+
+    def close(self):
+        for number in list(self.connections):
+            self.drop(number)
+
+
+def decoded(raw):
+    return msgpack.unpackb(raw, raw=False, unicode_errors="surrogateescape", strict_map_key=False)
+
+
+def masked(value):
+    """An answer with what differs from run to run (times, the process id) masked."""
+    if isinstance(value, float):
+        return "<time>"
+    if isinstance(value, dict):
+        return {key: "<pid>" if key == "Pid" else masked(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [masked(item) for item in value]
+    return value
+
+
+@pytest.fixture
+def served(request):
+    """Starts the tiny plugin's server in a mode (and environment) and yields a Wire to it."""
+    started = []
+
+    def serve(mode, **env):
+        mode = SERVER_MODES[mode] if isinstance(mode, str) else mode
+        server = PluginServer(TINY, short_directory(), "tiny", mode.flags, env={**mode.env, **env}).start()
+        wire = Wire(server.socket_path)
+        started.append((server, wire))
+        return server, wire
+
+    yield serve
+    for server, wire in started:
+        wire.close()
+        server.stop()
+
+
+def headers_of(action, **more):
+    return {"x-action": [action], **{name.replace("_", "-"): [value] for name, value in more.items()}}
+
+
+# Every kind of message Kong sends, and the malformed ones it never sends, in one conversation:
+# (method, argument, connection). Both servers start with no instance and no event, so ids agree.
+CONVERSATION = [
+    ("plugin.StartInstance", {"Name": "tiny", "Config": CONFIG}, 0),
+    ("plugin.StartInstance", {"Name": "other", "Config": CONFIG}, 1),
+    ("plugin.InstanceStatus", 0, 2),
+    ("plugin.InstanceStatus", 7, 0),
+    ("plugin.GetStatus", None, 1),
+    ("plugin.HandleEvent", {"InstanceId": 7, "EventName": "access"}, 0),
+    ("plugin.HandleEvent", {"InstanceId": 0, "EventName": "rewrite"}, 1),  # a phase the plugin lacks (event 0)
+    ("plugin.HandleEvent", {"EventName": "access"}, 1),
+    ("plugin.HandleEvent", "access", 2),
+    # Event 1: a verified request, each call on another connection than the last.
+    ("plugin.HandleEvent", {"InstanceId": 0, "EventName": "access"}, 0),
+    ("plugin.StepMultiMap", {"EventId": 1, "Data": {"x-multi": ["a", "b"]}}, 1),
+    ("plugin.StepCredential", {"EventId": 1, "Data": {"id": "tiny"}}, 2),
+    # Events 2 and 3 interleaved with event 1: a StepError, and one that ends in a PDK error.
+    ("plugin.HandleEvent", {"InstanceId": 0, "EventName": "access"}, 3),
+    ("plugin.HandleEvent", {"InstanceId": 0, "EventName": "access"}, 4),
+    ("plugin.Step", {"EventId": 1}, 0),  # no Data: None
+    ("plugin.StepMultiMap", {"EventId": 3, "Data": headers_of("bad-header")}, 3),
+    ("plugin.StepMultiMap", {"EventId": 2, "Data": headers_of("pass")}, 1),
+    ("plugin.StepError", {"EventId": 3, "Data": "invalid header value for \"x-bad\": got table"}, 4),
+    ("plugin.Step", {"EventId": 1, "Data": None}, 2),
+    ("plugin.Step", {"EventId": 3, "Data": None}, 1),
+    ("plugin.StepCredential", {"EventId": 2, "Data": {"id": "tiny"}}, 0),
+    ("plugin.Step", {"EventId": 3, "Data": None}, 0),  # event 3 has ended
+    # Event 4: kong.response.exit, which Kong never answers.
+    ("plugin.HandleEvent", {"InstanceId": 0, "EventName": "access"}, 2),
+    ("plugin.StepMultiMap", {"EventId": 4, "Data": headers_of("exit")}, 2),
+    # Steps Kong never sends.
+    ("plugin.Step", {"EventId": 99, "Data": None}, 1),
+    ("plugin.StepConsumer", {"EventId": 99}, 1),
+    ("plugin.Step", {"Data": None}, 3),
+    ("plugin.Step", {"EventId": [1], "Data": None}, 3),
+    ("plugin.Step", "nothing", 3),
+    ("plugin.StepMemoryStats", {"EventId": 98}, 4),
+    # Methods kong-pdk does not have, or not in this namespace.
+    ("plugin.SetPluginDir", "/nonexistent", 0),
+    ("plugin.NoSuchThing", {}, 0),
+    ("rpc.Thing", {}, 1),
+    ("plugin.CloseInstance", 0, 1),
+    ("plugin.CloseInstance", 0, 2),
+    ("plugin.HandleEvent", {"InstanceId": 0, "EventName": "access"}, 3),
+]
+
+
+def converse(wire):
+    return [wire.call(method, arg, on) for method, arg, on in CONVERSATION]
+
+
+def test_every_message_is_answered_as_kong_pdk_answers_it(served):
+    _, stock = served("kong-pdk")
+    _, lean = served("lean")
+    expected, answered = converse(stock), converse(lean)
+    for (method, arg, _), want, got in zip(CONVERSATION, expected, answered):
+        assert want is not None, f"kong-pdk gave no answer to {method} {arg!r}"
+        assert masked(decoded(got)) == masked(decoded(want)), f"{method} {arg!r}"
+        if masked(decoded(want)) == decoded(want):  # nothing masked: the very bytes
+            assert got == want, f"{method} {arg!r}"
+    assert decoded(answered[-1])[2] == "no plugin instance #0"  # what makes Kong start an instance again
+
+
+def test_a_malformed_message_ends_the_connection_as_in_kong_pdk(served):
+    _, stock = served("kong-pdk")
+    _, lean = served("lean")
+    for wire in (stock, lean):
+        with pytest.raises(ConnectionError):
+            wire.call("HandleEvent", {}, 0)  # no namespace: kong-pdk's listener ends the connection
+        assert decoded(wire.call("plugin.InstanceStatus", 0, 1))[2] == "no plugin instance #0"
+
+
+def start_event(wire, action, on=0, **more):
+    """HandleEvent for a new request and the step with its headers: the handler's next call."""
+    answer = decoded(wire.call("plugin.HandleEvent", {"InstanceId": 0, "EventName": "access"}, on))[3]
+    assert answer["Data"]["Method"] == "kong.request.get_headers"
+    event_id = answer["EventId"]
+    return event_id, decoded(wire.call("plugin.StepMultiMap", {"EventId": event_id, "Data": headers_of(action, **more)},
+                                       on))
+
+
+def stats(wire, on=0):
+    _, answer = start_event(wire, "stats", on)
+    call = answer[3]["Data"]
+    assert call["Method"] == "kong.response.exit", answer
+    return call["Args"][1]
+
+
+def started(served, **env):
+    """The lean transport with an instance, and ten connections open (each has its greenlet)."""
+    _, wire = served("lean", **env)
+    for number in range(10):
+        wire.call("plugin.StartInstance" if number == 0 else "plugin.InstanceStatus",
+                  {"Name": "tiny", "Config": CONFIG} if number == 0 else 0, number)
+    return wire
+
+
+def test_a_handler_that_raises_is_answered_at_once(served):
+    wire = started(served)
+    began = time.monotonic()
+    _, answer = start_event(wire, "raise")
+    assert answer[2] == "boom" and time.monotonic() - began < 1  # kong-pdk: no answer, ever
+
+
+def test_a_pdk_call_after_exit_raises_at_once(served):
+    wire = started(served)
+    _, answer = start_event(wire, "call-after-exit")
+    assert answer[3]["Data"] == {"Method": "kong.response.exit", "Args": [403, {"message": "no"}]}
+    time.sleep(0.1)
+    assert "the request has already ended" in stats(wire)["after_exit"][0]  # kong-pdk: blocked for ever
+
+
+# (the PDK calls that time out, the handler's pause before its exit, when "Kong" answers the first)
+TIMEOUTS = {
+    "exit ready": ("get_id", "0", 0.4),
+    "handler still running": ("get_id", "0.3", 0.15),
+    "second call never sent": ("get_id,get_hostname", "0.3", 0.3),
+}
+
+
+@pytest.mark.parametrize("case", list(TIMEOUTS))
+def test_a_gevent_timeout_during_a_pdk_call_gets_the_handlers_next_call_answered(served, case):
+    calls, pause, step_after = TIMEOUTS[case]
+    wire = started(served)
+    baseline = stats(wire)["greenlets"]
+    event_id, answer = start_event(wire, "timeout", x_calls=calls, x_seconds="0.1", x_after=pause)
+    assert answer[3]["Data"]["Method"] == "kong.node.get_id"
+    time.sleep(step_after)  # the Timeout fires while "Kong" runs kong.node.get_id
+    late = decoded(wire.call("plugin.Step", {"EventId": event_id, "Data": "node-id"}, 1))
+    assert late[3]["Data"] == {"Method": "kong.response.exit", "Args": [504, {"message": "timed out"}]}
+    assert stats(wire)["greenlets"] == baseline
+
+
+def test_a_handler_that_never_answers_is_ended_and_kong_told(served):
+    wire = started(served, TINY_HANDLER_TIMEOUT="1")
+    baseline = stats(wire)["greenlets"]
+    began = time.monotonic()
+    _, answer = start_event(wire, "hang")
+    assert "did not answer within 1 s" in answer[2] and time.monotonic() - began < 4
+    assert stats(wire, on=1)["greenlets"] == baseline
+
+
+def test_an_event_kong_never_finishes_is_swept(served):
+    wire = started(served, TINY_STEP_TIMEOUT="1")
+    baseline = stats(wire)["greenlets"]
+    abandoned = [start_event(wire, "pass", on=n)[0] for n in range(5)]  # each waits for authenticate's answer
+    for n in range(5):
+        wire.drop(n)  # and Kong drops the connection, as when its worker dies
+    time.sleep(2.5)
+    assert stats(wire, on=9)["greenlets"] == baseline - 5  # and the five connections' own
+    assert decoded(wire.call("plugin.Step", {"EventId": abandoned[0]}, 9))[2] == f"event id {abandoned[0]} not found"
+
+
+def test_an_event_goes_on_on_another_connection_after_kong_drops_one(served):
+    wire = started(served)
+    event_id, answer = start_event(wire, "pass", on=0)
+    wire.drop(0)
+    step = decoded(wire.call("plugin.StepCredential", {"EventId": event_id, "Data": {"id": "tiny"}}, 1))
+    assert step[3]["Data"]["Method"] == "kong.service.request.set_header"
+
+
+def test_ten_thousand_interleaved_events_leave_greenlets_descriptors_and_memory_flat(served):
+    wire = started(served)
+    mix = random.Random(9421)
+
+    def batch(size=100, connections=20):
+        """``size`` events at once, each message on a random connection, in random order."""
+        events = {}
+        for _ in range(size):
+            event_id, answer = start_event(wire, mix.choice(["pass", "exit", "bad-header"]),
+                                           on=mix.randrange(connections))
+            events[event_id] = answer[3]["Data"]
+        while events:
+            event_id = mix.choice(list(events))
+            call = events.pop(event_id)
+            if call == "ret" or call["Method"] == "kong.response.exit":
+                continue
+            method = "plugin.StepError" if call["Method"] == "kong.service.request.set_header" and \
+                isinstance(call["Args"][1], dict) else "plugin.Step"
+            data = "invalid header value" if method == "plugin.StepError" else None
+            events[event_id] = decoded(wire.call(method, {"EventId": event_id, "Data": data},
+                                                 mix.randrange(connections)))[3]["Data"]
+
+    for _ in range(5):
+        batch()  # warm up
+    before = stats(wire)
+    for _ in range(100):
+        batch()
+    after = stats(wire)
+    assert after["greenlets"] == before["greenlets"]
+    assert after["fds"] == before["fds"]
+    assert after["rss_kib"] - before["rss_kib"] < 5 * 1024
+
+
+def test_without_gevent_or_when_asked_the_server_is_stock_kong_pdk(served):
+    for mode in (ServerMode(["--no-lua-style"]), SERVER_MODES["kong-pdk"]):
+        server, wire = served(mode)
+        wire.timeout = 1
+        wire.call("plugin.StartInstance", {"Name": "tiny", "Config": CONFIG})
+        wire.call("plugin.HandleEvent", {"InstanceId": 0, "EventName": "access"})
+        assert wire.call("plugin.StepMultiMap", {"EventId": 0, "Data": headers_of("raise")}) is None  # kong-pdk's
+        assert "lean transport" not in server.log()
+    server, _ = served("lean")
+    assert "lean transport" in server.log()
