@@ -8,7 +8,9 @@ the upstream receives ``X-Customer-Id: <uuid>``, otherwise the client gets a JSO
 Kong contract and the glue: headers in, one decision, headers or a response out.
 
 Run by Kong as ``python customer_verification.py -p <kong prefix> -g --no-lua-style``
-(``--dump`` prints the plugin's description for Kong's ``query_cmd``).
+(``--dump`` prints the plugin's description for Kong's ``query_cmd``): kong-pdk's
+``start_dedicated_server`` and options, served on the lean transport (customer_auth/plugin_server.py)
+unless ``CUSTOMER_VERIFICATION_TRANSPORT=kong-pdk``.
 """
 import sys
 
@@ -258,9 +260,10 @@ def tell_operator(kong):
 def end_event():
     """Ends the handler right after kong.response.exit, which Kong never answers.
 
-    Any PDK call after it would wait forever. In gevent mode kong-pdk also hands the handler's
-    final "ret" to an unbuffered channel that nobody reads after an exit, so returning would
-    leave one blocked greenlet per rejected request; GreenletExit ends it silently.
+    On stock kong-pdk any PDK call after it would wait forever, and in gevent mode kong-pdk hands
+    the handler's final "ret" to an unbuffered channel that nobody reads after an exit: returning
+    would leave one blocked greenlet per rejected request, so GreenletExit ends it silently. On
+    the lean transport the handler is no gevent Greenlet and simply returns.
     """
     if isinstance(gevent.getcurrent(), gevent.Greenlet):
         raise gevent.GreenletExit

@@ -127,18 +127,24 @@ class LeanTransport:
             connection.close()
 
     def _send(self, connection, data):
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[connection.send(view):]
-            except BlockingIOError:
-                pass
-            if view:
-                writable = self.hub.loop.io(connection.fileno(), 2)
+        try:
+            sent = connection.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):  # a large answer, or a Kong worker that reads slowly: the rest as it drains
+            self._send_rest(connection, memoryview(data)[sent:])
+
+    def _send_rest(self, connection, rest):
+        writable = self.hub.loop.io(connection.fileno(), 2)
+        try:
+            while rest:
+                self.hub.wait(writable)
                 try:
-                    self.hub.wait(writable)
-                finally:
-                    writable.close()
+                    rest = rest[connection.send(rest):]
+                except BlockingIOError:
+                    pass
+        finally:
+            writable.close()
 
     # -- one message ----------------------------------------------------------------------------
     def answer(self, msgid, method, args):

@@ -630,11 +630,14 @@ class PluginServer:
     def threads(self):
         return int(self._status("Threads"))
 
-    def cpu_seconds(self):
-        """User and system CPU the server has used so far."""
+    def cpu_times(self):
+        """(user, system) CPU seconds the server has used so far."""
         with open(f"/proc/{self.process.pid}/stat") as stat:
             fields = stat.read().rsplit(")", 1)[1].split()  # the command name may hold spaces
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / os.sysconf("SC_CLK_TCK"), int(fields[12]) / os.sysconf("SC_CLK_TCK")
+
+    def file_descriptors(self):
+        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
 
     def rss_kib(self):
         return int(self._status("VmRSS").split()[0])

@@ -94,15 +94,16 @@ def test_concurrent_requests_on_many_connections(gateway, customers, customer_id
         assert all(pool.map(one, range(600)))
 
 
-def test_ten_thousand_rejections_leave_threads_and_memory_bounded(gateway, customer_id):
+def test_ten_thousand_rejections_leave_threads_descriptors_and_memory_bounded(gateway, customer_id):
     def reject(i):
         return gateway.send(signed(client_key="wrong") if i % 2 else []).status
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         assert set(pool.map(reject, range(500))) == {400, 403}  # warm up
-        threads, rss = gateway.server.threads(), gateway.server.rss_kib()
+        threads, rss, fds = gateway.server.threads(), gateway.server.rss_kib(), gateway.server.file_descriptors()
         assert set(pool.map(reject, range(10_000))) == {400, 403}
     time.sleep(0.5)
     assert gateway.server.threads() <= threads + 4
+    assert gateway.server.file_descriptors() <= fds  # the stand-in's pool keeps at most 16 connections busy
     # Leaking one handler per request costs several KiB each: 10,000 would add tens of MiB.
     assert gateway.server.rss_kib() - rss < 15 * 1024

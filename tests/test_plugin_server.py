@@ -260,6 +260,12 @@ def test_an_event_goes_on_on_another_connection_after_kong_drops_one(served):
     assert step[3]["Data"]["Method"] == "kong.service.request.set_header"
 
 
+def test_an_answer_larger_than_the_socket_buffer_arrives_whole(served):
+    wire = started(served)
+    _, answer = start_event(wire, "big", x_size=str(4 << 20))
+    assert answer[3]["Data"] == {"Method": "kong.service.request.set_header", "Args": ["x-big", "b" * (4 << 20)]}
+
+
 def test_ten_thousand_interleaved_events_leave_greenlets_descriptors_and_memory_flat(served):
     wire = started(served)
     mix = random.Random(9421)

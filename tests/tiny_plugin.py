@@ -61,6 +61,9 @@ class Plugin:
             return
         if action == "hang":
             gevent.sleep(3600)
+        if action == "big":  # an answer larger than the socket's buffer: sent in parts
+            kong.service.request.set_header("x-big", "b" * int(headers["x-size"][0]))
+            return
         if action == "stats":
             kong.response.exit(200, {"message": "stats", **stats()})
             return
