@@ -56,3 +56,50 @@ END
 $$;
 REVOKE ALL ON customer FROM customer_reader;
 GRANT SELECT ON customer TO customer_reader;
+
+-- Replay protection (the route option replay_protection): each RFC 9421 nonce is claimed once
+-- per certificate while its signature may be fresh, whichever node the request reaches.
+-- UNLOGGED: not written to the WAL, so claims cost no replication and no fsync, but the table
+-- is emptied when the primary crashes (and is not on a standby that takes over): nonces claimed
+-- less than one clock window before that may be accepted once more.
+CREATE UNLOGGED TABLE IF NOT EXISTS customer_nonce (
+    certificate text NOT NULL,
+    nonce       text NOT NULL,
+    expires_at  timestamptz NOT NULL,
+    PRIMARY KEY (certificate, nonce)
+);
+CREATE INDEX IF NOT EXISTS customer_nonce_expires_at ON customer_nonce (expires_at);
+
+-- One statement per protected request: true when this is the nonce's first use (or its earlier
+-- use has expired), false for a replay. Each claim also removes two expired rows, skipping any
+-- another claim holds, so the table stays near (claims per second) x (window) without a cron.
+CREATE OR REPLACE FUNCTION customer_nonce_claim(claimed_certificate text, claimed_nonce text,
+                                                claimed_until double precision) RETURNS boolean
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+    WITH expired AS (
+        DELETE FROM customer_nonce
+         WHERE ctid IN (SELECT ctid FROM customer_nonce
+                         WHERE expires_at < now()
+                           AND (certificate, nonce) <> (claimed_certificate, claimed_nonce)
+                         ORDER BY expires_at LIMIT 2 FOR UPDATE SKIP LOCKED)
+    ), claim AS (
+        INSERT INTO customer_nonce AS held VALUES (claimed_certificate, claimed_nonce, to_timestamp(claimed_until))
+        ON CONFLICT (certificate, nonce) DO UPDATE SET expires_at = EXCLUDED.expires_at
+         WHERE held.expires_at < now()
+        RETURNING true
+    )
+    SELECT EXISTS (SELECT FROM claim)
+$$;
+
+-- The plugin may claim nonces and do nothing else with them: no reading, no deleting. Its login
+-- role is made member of this one too (see the deployment's init script).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'customer_nonce_claimer') THEN
+        CREATE ROLE customer_nonce_claimer NOLOGIN;
+    END IF;
+END
+$$;
+REVOKE ALL ON customer_nonce FROM PUBLIC, customer_nonce_claimer, customer_reader;
+REVOKE ALL ON FUNCTION customer_nonce_claim(text, text, double precision) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION customer_nonce_claim(text, text, double precision) TO customer_nonce_claimer;

@@ -131,7 +131,7 @@ class Plugin:
             stale_ttl=self.config["stale_ttl"],
             max_entries=self.config["cache_size"],
         )
-        self.verifier = Verifier(self.config, self.credentials)
+        self.verifier = Verifier(self.config, self.credentials, credentials.nonces)
         self.consumers = ConsumerMap(self.config["consumer_by"], self.config["cache_ttl"], self.config["cache_size"])
         self.anonymous = self.config["anonymous"]
         self.checks_preflight = not self.config["run_on_preflight"]

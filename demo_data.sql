@@ -1,5 +1,5 @@
 -- The deployment's plugin login role and its demo customer (psql: -v plugin_user, plugin_password).
-CREATE ROLE :"plugin_user" LOGIN PASSWORD :'plugin_password' IN ROLE customer_reader;
+CREATE ROLE :"plugin_user" LOGIN PASSWORD :'plugin_password' IN ROLE customer_reader, customer_nonce_claimer;
 
 -- The demo customer's key is public (README): revoke it before any real use with
 --   customer-verification revoke demo-certificate

@@ -197,6 +197,8 @@ def _parser():
     target.add_argument("--curl", metavar="URL", help="print a ready curl command for URL (its path and query "
                         "are signed) instead of headers; instead of --url")
     sign.add_argument("--v1", action="store_true", help="the three client-* headers (no method, path or body)")
+    sign.add_argument("--no-nonce", dest="nonce", action="store_false",
+                      help="no nonce in the signature (by default a random one, as replay_protection requires)")
     return parser
 
 
@@ -293,7 +295,7 @@ def _sign(args, out):
         message = types.SimpleNamespace(method=method, url=url, headers=CaseInsensitiveDict())
         try:
             client.sign_message(message, args.certificate_id, client_key=client_key, private_key=args.private_key,
-                                body=body)
+                                body=body, nonce=args.nonce)
         except Exception as error:  # the library's HTTPMessageSignaturesException: a URL it cannot sign
             raise Failure(2, f"cannot sign that request: {error}") from None
         headers = dict(message.headers.items())

@@ -4,8 +4,12 @@ v1 headers for gateways not yet upgraded. RFC 9421 signing is the reference impl
 
     requests.get(url, auth=SignedRequestAuth("my-certificate", client_key))
     httpx.post(url, content=body, auth=SignedRequestAuth("my-certificate", private_key=ed25519_key))
+
+Every RFC 9421 signature carries a fresh random ``nonce`` unless told not to: a route with
+``replay_protection`` accepts each nonce once, and others ignore it.
 """
 import base64
+import secrets
 
 from customer_auth import signature
 
@@ -18,12 +22,18 @@ class StreamingBody(TypeError):
     """A request whose body is a stream cannot be signed: its digest needs every byte first."""
 
 
+def new_nonce():
+    """128 random bits in base64url without padding (22 characters)."""
+    return secrets.token_urlsafe(16)
+
+
 def sign_message(message, certificate_id, *, client_key=None, private_key=None, body=None, created=None,
-                 covered_components=COVERED_COMPONENTS):
+                 covered_components=COVERED_COMPONENTS, nonce=True):
     """Adds ``Signature-Input`` and ``Signature`` (and ``Content-Digest`` for a body) to
     ``message``: anything with ``method``, an absolute ``url`` and ``headers``, such as a
     ``requests.PreparedRequest`` or an ``httpx.Request``. Exactly one of ``client_key`` (a shared
-    secret: hmac-sha256) and ``private_key`` (an ed25519 private key) signs."""
+    secret: hmac-sha256) and ``private_key`` (an ed25519 private key) signs. ``nonce``: True for
+    a new random one, a string for that one, False for none."""
     from http_message_signatures import HTTPMessageSigner, HTTPSignatureKeyResolver, algorithms
 
     if (client_key is None) == (private_key is None):
@@ -39,6 +49,7 @@ def sign_message(message, certificate_id, *, client_key=None, private_key=None, 
     algorithm = algorithms.ED25519 if private_key is not None else algorithms.HMAC_SHA256
     HTTPMessageSigner(signature_algorithm=algorithm, key_resolver=OneKey()).sign(
         message, key_id=certificate_id, label=LABEL, created=created,
+        nonce=new_nonce() if nonce is True else nonce or None,
         covered_component_ids=covered_components, body=body or None)
 
 
@@ -60,10 +71,11 @@ def _body(request):
 class SignedRequestAuth:
     """Signs each outgoing request; works as ``auth=`` for both requests and httpx.
 
-    ``scheme="v1"`` sends the three client-* headers instead (a shared secret only).
+    ``scheme="v1"`` sends the three client-* headers instead (a shared secret only), which carry
+    no nonce; ``nonce=False`` signs RFC 9421 without one.
     """
 
-    def __init__(self, certificate_id, client_key=None, *, private_key=None, scheme="rfc9421"):
+    def __init__(self, certificate_id, client_key=None, *, private_key=None, scheme="rfc9421", nonce=True):
         if scheme not in ("rfc9421", "v1"):
             raise ValueError("scheme is rfc9421 or v1")
         if scheme == "v1" and client_key is None:
@@ -72,13 +84,14 @@ class SignedRequestAuth:
         self.scheme = scheme
         self._client_key = client_key
         self._private_key = private_key
+        self._nonce = nonce
 
     def __call__(self, request):
         if self.scheme == "v1":
             request.headers.update(signature.signed_headers(self.certificate_id, self._client_key))
         else:
             sign_message(request, self.certificate_id, client_key=self._client_key, private_key=self._private_key,
-                         body=_body(request))
+                         body=_body(request), nonce=self._nonce)
         return request
 
     def __repr__(self):

@@ -11,6 +11,7 @@ import select
 import threading
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 
 from customer_auth import metrics
@@ -208,6 +209,25 @@ class Pool:
         finally:
             metrics.POOL_IN_USE.dec()
             self._slots.release()
+
+    def fetch_all(self, statement, parameters):
+        """The rows of one statement; StoreUnavailable when the database cannot answer.
+
+        A reused connection may have died with a database restart (or its server went down), and
+        then its idle siblings did too: they are dropped and the statement is retried once on a
+        new connection, which libpq may make to another host, so a restart costs no request."""
+        for attempt in (1, 2):
+            reused = False
+            try:
+                with self.connection(fresh=attempt == 2) as (conn, reused), conn.cursor() as cursor:
+                    cursor.execute(statement, parameters)
+                    return cursor.fetchall()
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as error:
+                if attempt == 2 or not reused or isinstance(error, psycopg2.errors.QueryCanceled):
+                    raise StoreUnavailable(describe(error)) from None
+                self.close()
+            except psycopg2.Error as error:
+                raise StoreUnavailable(describe(error)) from None
 
     def close(self):
         """Closes the idle connections; also what to do when one was found dead (a restart)."""

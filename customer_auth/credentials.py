@@ -1,4 +1,5 @@
-"""The process's credential store: one pool, one listener, and the caches of its plugin instances."""
+"""The process's credential store: one pool, one listener, the caches of its plugin instances, and
+the nonce store of replay protection."""
 import os
 import threading
 import weakref
@@ -7,6 +8,7 @@ from customer_auth.cache import CredentialCache
 from customer_auth.changes import ChangeListener
 from customer_auth.connection import Settings, StoreUnavailable
 from customer_auth.lookup import CustomerStore
+from customer_auth.nonces import NonceStore
 
 
 class Credentials:
@@ -19,6 +21,7 @@ class Credentials:
     def __init__(self, settings):
         self.pid = os.getpid()
         self.store = CustomerStore(settings)
+        self.nonces = NonceStore(settings)  # connects to the primary only once a protected route asks
         self._caches = weakref.WeakValueDictionary()  # settings -> CredentialCache
         self._caches_lock = threading.Lock()
         self.listener = ChangeListener(settings, self._changed, on_lost=self.store.close)
@@ -73,3 +76,4 @@ class Credentials:
     def close(self):
         self.listener.stop()
         self.store.close()
+        self.nonces.close()

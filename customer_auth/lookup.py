@@ -6,11 +6,8 @@ import logging
 import math
 import time
 
-import psycopg2
-import psycopg2.errors
-
 from customer_auth import metrics
-from customer_auth.connection import PRIMARY, Pool, StoreUnavailable, describe
+from customer_auth.connection import PRIMARY, Pool, StoreUnavailable
 from customer_auth.replication import ReplayFloors
 
 log = logging.getLogger("customer_verification")
@@ -102,25 +99,10 @@ class CustomerStore:
         self._query(self.pool, "")
 
     def _query(self, pool, certificate_id):
-        """``(replayed, rows)``: the server's replay position (None on a primary), the customers.
-
-        A reused connection may have died with a database restart (or its server went down), and
-        then its idle siblings did too: they are dropped and the lookup is retried once on a new
-        connection, which libpq may make to another host, so a restart costs no request."""
-        for attempt in (1, 2):
-            reused = False
-            try:
-                with pool.connection(fresh=attempt == 2) as (conn, reused), conn.cursor() as cursor:
-                    self.queries += 1
-                    cursor.execute(_LOOKUP, (certificate_id,))
-                    rows = cursor.fetchall()
-                return rows[0][0], [row[1:] for row in rows if row[1] is not None]
-            except (psycopg2.OperationalError, psycopg2.InterfaceError) as error:
-                if attempt == 2 or not reused or isinstance(error, psycopg2.errors.QueryCanceled):
-                    raise StoreUnavailable(describe(error)) from None
-                pool.close()
-            except psycopg2.Error as error:
-                raise StoreUnavailable(describe(error)) from None
+        """``(replayed, rows)``: the server's replay position (None on a primary), the customers."""
+        self.queries += 1
+        rows = pool.fetch_all(_LOOKUP, (certificate_id,))
+        return rows[0][0], [row[1:] for row in rows if row[1] is not None]
 
     def _credential(self, certificate_id, rows):
         if len(rows) != 1:

@@ -31,6 +31,9 @@ MAX_FIELD_LENGTH = 8192  # a Signature-Input or Signature longer than any honest
 MAX_EQUALS = 48  # '=': a label, its parameters (at most 8 for each of 4 labels), base64 padding
 MAX_QUOTES = 160  # '"': the covered components and string parameters of all labels
 MAX_SIGNATURES = 4  # labels a route looks at: the first ones, in order
+# A nonce's length (replay protection): 16 characters of base64url are 96 random bits, and the
+# primary stores it, so it is bounded; the clients here send 22 (128 bits).
+NONCE_LENGTH = (16, 128)
 # The full parser costs ~50 times the common form's per character: only short fields take it.
 MAX_UNCOMMON_LENGTH = 1024
 MAX_UNCOMMON_ITEMS = 100  # its spaces and ';' (items and parameters)
@@ -51,6 +54,7 @@ class MessageSignature:
     expires: int = None
     signature: bytes = b""
     signature_params: str = ""  # the serialized inner list with its parameters, as in the base
+    nonce: str = None
 
 
 # -- parsing ---------------------------------------------------------------------------------
@@ -182,11 +186,12 @@ def _signature_from_parsed(label, value, params):
     return value
 
 
-def choose(inputs, signatures, required_components):
+def choose(inputs, signatures, required_components, nonce_required=False):
     """The first signature whose parameters meet the policy; PolicyViolation if none does.
 
     ``required_components`` must all be covered; ``created`` (an integer) and ``keyid`` (a
-    certificate id) are required; ``alg``, when present, must be one this plugin knows.
+    certificate id) are required; ``alg``, when present, must be one this plugin knows; a
+    ``nonce``, when required, must be a string of NONCE_LENGTH characters (else it is not looked at).
     """
     reasons = []
     for label, (covered, params, serialized) in list(inputs.items())[:MAX_SIGNATURES]:
@@ -197,7 +202,8 @@ def choose(inputs, signatures, required_components):
         if label not in signatures:
             reasons.append(f"{label} has no Signature")
             continue
-        created, keyid, alg, expires = (params.get(name) for name in ("created", "keyid", "alg", "expires"))
+        created, keyid, alg, expires, nonce = (params.get(name) for name in ("created", "keyid", "alg", "expires",
+                                                                             "nonce"))
         if not isinstance(created, int) or isinstance(created, bool):
             reasons.append(f"{label} has no integer created")
         elif not isinstance(keyid, str):
@@ -208,9 +214,15 @@ def choose(inputs, signatures, required_components):
             reasons.append(f"{label} has an expires that is not an integer")
         elif len(set(covered)) != len(covered):
             reasons.append(f"{label} covers a component twice")
+        elif nonce_required and nonce is None:
+            reasons.append(f"{label} has no nonce")
+        elif nonce_required and not (isinstance(nonce, str) and NONCE_LENGTH[0] <= len(nonce) <= NONCE_LENGTH[1]):
+            reasons.append(f"{label} has a nonce that is not a string of {NONCE_LENGTH[0]} to {NONCE_LENGTH[1]} "
+                           "characters")
         else:
             parse_certificate_id(keyid)
-            return MessageSignature(label, covered, created, keyid, alg, expires, signatures[label], serialized)
+            return MessageSignature(label, covered, created, keyid, alg, expires, signatures[label], serialized,
+                                    nonce)
     raise PolicyViolation("; ".join(reasons[:2]) + (f" (and {len(reasons) - 2} more)" if len(reasons) > 2 else "")
                           if reasons else "no signature")
 
@@ -322,7 +334,7 @@ def _ed25519_verifies(public_key, signature, base):
         return False
 
 
-def accept_signature(required_components):
+def accept_signature(required_components, nonce_required=False):
     """``Accept-Signature`` (RFC 9421 §5.1): what a signature must cover here."""
     covered = " ".join(f'"{name}"' for name in required_components)
-    return f"sig1=({covered});created;keyid"
+    return f"sig1=({covered});created;keyid" + (";nonce" if nonce_required else "")

@@ -29,6 +29,11 @@ Schema = (
     {"consumer_optional": {"type": "boolean", "required": True, "default": False}},
     {"anonymous": {"type": "string", "required": False, "default": None}},
     {"run_on_preflight": {"type": "boolean", "required": True, "default": True}},
+    {"replay_protection": {"type": "boolean", "required": True, "default": False,
+                           "description": "Accept each signed request once: an RFC 9421 signature must carry a nonce, "
+                                          "claimed once per certificate across the cluster on the primary database "
+                                          "while the signature is fresh; v1 requests get 400. With the primary "
+                                          "unreachable, requests get 503."}},
 )
 
 DEFAULTS = {name: spec["default"] for field in Schema for name, spec in field.items()}

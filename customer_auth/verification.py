@@ -82,6 +82,12 @@ def unverified(reason):
     return Rejection(403, "Request signature could not be verified", reason)
 
 
+def nonce_required(headers):
+    # A v1 signature cannot carry a nonce: it could be replayed within the clock skew.
+    return Rejection(400, "This route requires HTTP Message Signatures (RFC 9421) with a nonce",
+                     "a v1 signature on a route with replay_protection", headers=headers)
+
+
 def scheme_required(schemes):
     return Rejection(403, f"This route requires {' or '.join(SCHEME_NAMES[name] for name in schemes)}",
                      "a signature scheme the route does not accept")
@@ -105,11 +111,17 @@ SCHEME_NAMES = {V1: "the client-* signature headers", RFC9421: "HTTP Message Sig
 class Verifier:
     """The rules, for one configuration (the plugin's config fields) over a credential cache."""
 
-    def __init__(self, config, credentials):
+    def __init__(self, config, credentials, nonces=None):
+        """``nonces``: the NonceStore that replay_protection claims nonces in."""
         self.config = config
         self.credentials = credentials
         self.v1_headers = tuple(config[name].lower() for name in V1_HEADERS)  # Kong lower-cases them
-        self.schemes = tuple(config["signature_schemes"])
+        self.replay_protection = config["replay_protection"]
+        if self.replay_protection and nonces is None:
+            raise ValueError("replay_protection needs a nonce store")
+        self.nonces = nonces
+        # Replay protection takes RFC 9421 signatures only: a v1 signature has no nonce.
+        self.schemes = (RFC9421,) if self.replay_protection else tuple(config["signature_schemes"])
 
     def authenticate(self, request):
         """The Customer of a correctly signed request; Rejection otherwise."""
@@ -119,8 +131,8 @@ class Verifier:
         if V1 in self.schemes:
             return self._v1(headers)
         if any(name in headers for name in self.v1_headers):
-            raise scheme_required(self.schemes)
-        raise missing("Signature-Input", _accept_signature(self.config["required_components"]))
+            raise nonce_required(self._accept_signature()) if self.replay_protection else scheme_required(self.schemes)
+        raise missing("Signature-Input", self._accept_signature())
 
     # -- v1: the three client-* headers -----------------------------------------------------
 
@@ -170,25 +182,24 @@ class Verifier:
         signature; only a signature that verified gets its body read and digested (a forged one
         costs the server no body), and only such a signature learns anything about the body."""
         headers = request.headers
-        required = self.config["required_components"]
         for name in ("signature-input", "signature"):
             if not headers.get(name):
-                raise missing(name.title(), _accept_signature(required))
+                raise missing(name.title(), self._accept_signature())
         try:
             inputs = message_signatures.parse_signature_input(headers["signature-input"])
         except signature.MalformedSignature as error:
-            raise malformed("Signature-Input", error, _accept_signature(required)) from None
+            raise malformed("Signature-Input", error, self._accept_signature()) from None
         try:
             signatures = message_signatures.parse_signature(headers["signature"])
         except signature.MalformedSignature as error:
-            raise malformed("Signature", error, _accept_signature(required)) from None
-        chosen = self._choose(request, inputs, signatures, required)
+            raise malformed("Signature", error, self._accept_signature()) from None
+        chosen = self._choose(request, inputs, signatures, self.config["required_components"])
         message = message_signatures.Message(request.method, request.target, request.scheme, headers)
         try:
             base = message_signatures.signature_base(message, chosen)
         except signature.MalformedSignature as error:
             raise Rejection(400, f"Signature cannot be checked: {error}", f"base: {error}",
-                            headers=_accept_signature(required)) from None
+                            headers=self._accept_signature()) from None
         now = time.time()
         reference = f"certificate {chosen.keyid!r}"
         try:
@@ -202,22 +213,26 @@ class Verifier:
             raise unverified(f"{reference}: signature does not match") from None
         if DIGEST in chosen.covered_components:
             self._check_body(request, headers, reference)
+        if self.replay_protection:
+            self._claim_nonce(chosen, reference)
         return Customer(credential.customer_id, chosen.keyid)
 
     def _choose(self, request, inputs, signatures, required):
         """The signature that meets the route's policy. A signature without the body's digest
         meets it only when the server will forward no body (asked of the server, whatever the
         headers say: a digest of nothing proves nothing, and a body it does not bind is forged)."""
+        nonce = self.replay_protection
         try:
-            return message_signatures.choose(inputs, signatures, required)
+            return message_signatures.choose(inputs, signatures, required, nonce)
         except signature.MalformedSignature as error:
             violation = error
         if DIGEST in required and not request.has_body():
             try:
-                return message_signatures.choose(inputs, signatures, [name for name in required if name != DIGEST])
+                return message_signatures.choose(inputs, signatures, [name for name in required if name != DIGEST],
+                                                 nonce)
             except signature.MalformedSignature as error:
                 violation = error
-        raise policy_violation(violation, _accept_signature(required))
+        raise policy_violation(violation, self._accept_signature())
 
     def _check_body(self, request, headers, reference):
         limit = self.config["max_body_size"]
@@ -234,7 +249,25 @@ class Verifier:
         except signature.MalformedSignature as error:
             raise malformed("Content-Digest", error) from None
 
+    def _claim_nonce(self, chosen, reference):
+        """The last check, once all else holds (a forged or altered request burns no nonce): the
+        nonce's first use for this certificate while the signature is fresh, on any node."""
+        fresh_until = chosen.created + self.config["clock_skew"]
+        if chosen.expires is not None:
+            fresh_until = min(fresh_until, chosen.expires)
+        try:
+            claimed = self.nonces.claim(chosen.keyid, chosen.nonce, fresh_until)
+        except StoreUnavailable as error:
+            raise unavailable(f"{reference}: nonce store failed: {error}") from None
+        if not claimed:
+            raise unverified(f"{reference}: nonce {chosen.nonce!r} replayed")
+
     # -- shared ------------------------------------------------------------------------------
+
+    def _accept_signature(self):
+        """The response header saying what to sign (built only for an answer that carries it)."""
+        return {"Accept-Signature": message_signatures.accept_signature(self.config["required_components"],
+                                                                        self.replay_protection)}
 
     def _credential(self, certificate_id):
         try:
@@ -246,9 +279,6 @@ class Verifier:
         return credential
 
 
-def _accept_signature(required_components):
-    """The response header saying what to sign (built only for an answer that carries it)."""
-    return {"Accept-Signature": message_signatures.accept_signature(required_components)}
 
 
 def _parse(value, name, parse):

@@ -54,6 +54,9 @@ SCENARIOS = {  # name: (plugin script, BENCHMARK_PLUGIN, requests, plugin config
     "rejections": ("customer_verification.py", None, "wrong", {}),
     "rfc9421 hmac": ("customer_verification.py", None, "rfc9421 hmac", {}),
     "rfc9421 ed25519": ("customer_verification.py", None, "rfc9421 ed25519", {}),
+    # hmac-sha256 with replay_protection: a fresh nonce each, claimed on the primary.
+    "rfc9421 hmac, replay protection": ("customer_verification.py", None, "rfc9421 hmac nonce",
+                                        {"replay_protection": True}),
     "connect per request": ("devtools/benchmark_plugins.py", "connect-per-request", "warm", {}),
 }
 # Kong consumers of the warm customers, by username, for the scenario that maps them.
@@ -70,6 +73,8 @@ def request_for(kind, i, worker, workers=1):
         number = (i * workers + worker) % COLD_CUSTOMERS
         return {"header_lines": list(signature.signed_headers(f"cold-{number}", f"key-{number}").items())}
     number = (worker * 7 + i) % WARM_CUSTOMERS
+    if kind == "rfc9421 hmac nonce":  # each request new: a nonce is good once
+        return _rfc9421_request(kind, number)
     if kind.startswith("rfc9421"):
         if (kind, number) not in _signed:
             _signed[kind, number] = _rfc9421_request(kind, number)
@@ -221,13 +226,14 @@ def _row(scenario, mode, parts, seconds, queries, user_seconds, system_seconds, 
 
 
 def lookups(dsns, case):
-    """Credential lookups so far, on the primary and the standby, by the database role of
-    ``case``: each has its own, so its queries are told apart from the others' running in the
-    same round."""
+    """Credential lookups and nonce claims so far, on the primary and the standby, by the
+    database role of ``case``: each has its own, so its statements are told apart from the
+    others' running in the same round."""
     role = psycopg2.extensions.parse_dsn(dsns[case])["user"]
     return sum(query(dsns[server], """SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s
                                         JOIN pg_roles r ON r.oid = s.userid
-                                       WHERE r.rolname = %s AND s.query LIKE '%%FROM customer%%WHERE certificate%%'""",
+                                       WHERE r.rolname = %s AND (s.query LIKE '%%FROM customer%%WHERE certificate%%'
+                                                                 OR s.query LIKE '%%customer_nonce_claim%%')""",
                      (role,)) for server in ("admin", "standby admin"))
 
 
@@ -268,7 +274,8 @@ def database():
             cursor.execute((ROOT / "customer_schema.sql").read_text())
             for number, case in enumerate((scenario, mode) for scenario in SCENARIOS for mode in MODES):
                 role = f"benchmark_{number}"
-                cursor.execute(f"CREATE ROLE {role} LOGIN PASSWORD %s IN ROLE customer_reader", (server.password,))
+                cursor.execute(f"CREATE ROLE {role} LOGIN PASSWORD %s IN ROLE customer_reader, customer_nonce_claimer",
+                               (server.password,))
                 dsns[case] = psycopg2.extensions.make_dsn(server.dsn, user=role)
             cursor.execute("""INSERT INTO customer (certificate, authentication)
                               SELECT 'warm-' || n, jsonb_build_object('client_key', 'key-warm-' || n)
@@ -332,6 +339,12 @@ def targets(rows, measured):
         f"rfc9421 ed25519 / warm cache: {ratio(('rfc9421 ed25519', shipped), warm):.2f}; round trips "
         f"{by[('rfc9421 hmac', shipped)]['round_trips']:.2f} (<= 7: the body, or whether there is one, is asked of Kong)",
     ]
+    protected, hmac = ("rfc9421 hmac, replay protection", shipped), ("rfc9421 hmac", shipped)
+    lines.append(
+        f"replay protection / rfc9421 hmac ({shipped}): req/s {ratio(protected, hmac):.2f}, server CPU "
+        f"{ratio(protected, hmac, 'server_cpu_us'):.2f}, p99 {ratio(protected, hmac, 'p99_ms'):.2f}; DB statements "
+        f"per request {by[protected]['queries_per_1000'] / 1000:.2f} (the claim, on the primary): the primary takes "
+        "one a second per protected request a second, whichever node it reaches")
     if "lean" in modes and "kong-pdk" in modes:
         stock = ("limit", "kong-pdk")  # the no-op plugin on stock kong-pdk: the ceiling #26 lifts
         lines += [

@@ -108,6 +108,20 @@ def test_sign_prints_a_ready_curl_command(cli):
     assert f"{signature.CERTIFICATE_ID_HEADER}: cert-a" in words
 
 
+def test_sign_adds_a_fresh_128_bit_nonce_unless_told_not_to(cli):
+    import base64
+    import re
+
+    nonces = set()
+    for _ in range(2):
+        code, output = cli("sign", "cert-a", "--key", "k")
+        nonce = re.search(r';nonce="([^"]+)"', output).group(1)
+        assert code == 0 and len(base64.urlsafe_b64decode(nonce + "==")) == 16
+        nonces.add(nonce)
+    assert len(nonces) == 2
+    assert "nonce=" not in cli("sign", "cert-a", "--key", "k", "--no-nonce")[1]
+
+
 def test_sign_rejects_a_malformed_certificate_id(cli):
     assert cli("sign", "bad id", "--key", "k")[0] == 2
 

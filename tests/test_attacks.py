@@ -76,7 +76,7 @@ def test_a_second_signature_header_past_kongs_default_100_lines_is_seen(gateway,
 class _NoStore:
     """A credential cache that must never be asked: the request is refused before any lookup."""
 
-    verified = None
+    verified = nonces = None
 
     def cache(self, **_):
         return self

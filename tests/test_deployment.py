@@ -104,6 +104,9 @@ def test_plugin_name_socket_and_commands_agree_everywhere():
     assert prefix == conf["prefix"]
     assert start[1:3] == ["-m", name] and query[1:] == ["-m", name, "--dump"]
     assert start[3:] == ["-p", prefix, *SERVER_MODES["lean"].flags]  # the mode the tests run
+    # ... on the lean transport: nothing shipped asks for stock kong-pdk.
+    shipped = [ROOT / "kong.env", ROOT / "docker-compose.yml", ROOT / "Dockerfile-Kong"]
+    assert not any("CUSTOMER_VERIFICATION_TRANSPORT" in path.read_text() for path in shipped)
     venv_python = start[0]
     assert query[0] == venv_python and venv_python.startswith("/opt/customer-verification/venv/")
     assert "python3 -m venv /opt/customer-verification/venv" in dockerfile()

@@ -26,13 +26,17 @@ LAYERS = {
     "customer_auth.client": 1,
     "customer_auth.connection": 1,
     "customer_auth.lookup": 2,
+    "customer_auth.nonces": 2,
     "customer_auth.changes": 2,
     "customer_auth.cache": 3,
     "customer_auth.credentials": 4,
     "customer_auth.verification": 4,
     "customer_auth.admin": 5,
     "customer_auth.schema": 5,
-    "customer_auth.middleware": 6,
+    "customer_auth.service_verification": 6,
+    "customer_auth.wsgi": 7,
+    "customer_auth.asgi": 7,
+    "customer_auth.middleware": 8,
     "customer_verification": 6,
 }
 

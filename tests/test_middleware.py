@@ -234,7 +234,7 @@ def test_an_exempt_prefix_covers_whole_path_segments_only(service, customer):
 
 
 def test_exempt_prefixes_match_segments():
-    from customer_auth.middleware import _under
+    from customer_auth.service_verification import _under
 
     assert _under("/health", "/health") and _under("/health/live", "/health") and _under("/health/", "/health/")
     assert not _under("/healthcare", "/health") and not _under("/health-x", "/health")

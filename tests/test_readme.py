@@ -3,6 +3,7 @@ reference library: what the README shows is what works."""
 import base64
 import hashlib
 import hmac
+import json
 import os
 import re
 import shutil
@@ -23,8 +24,9 @@ def indented_block_after(heading_text):
     lines = README[README.index(heading_text):].splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("    "))
     block = []
-    for line in lines[start:]:
-        if not line.startswith("    "):
+    for number, line in enumerate(lines[start:], start):
+        blank_inside = not line and number + 1 < len(lines) and lines[number + 1].startswith("    ")
+        if not (line.startswith("    ") or blank_inside):
             break
         block.append(line[4:])
     return block
@@ -50,21 +52,47 @@ def test_the_worked_examples_signature_base_and_signature_are_what_the_plugin_co
     assert headers["Content-Digest"] == f"sha-256=:{digest}:"
 
 
+PROTECTED = {**DEFAULTS, "replay_protection": True}  # the recipes sign what such a route accepts
+
+
 def test_the_worked_example_verifies_through_the_plugin(credentials, customers, monkeypatch):
     headers, _ = example()
     customer_id = customers.add("my-certificate", "my-client-key")
+    customers.execute("DELETE FROM customer_nonce")
     monkeypatch.setattr("customer_auth.verification.time.time", lambda: 1700000000)
+    monkeypatch.setattr("customer_auth.nonces.time.time", lambda: 1700000000)
     request = Request([("Host", "api.example.com"), ("Content-Length", "10"), *headers.items()],
                       method="POST", target="/orders?id=7", scheme="https", body=b'{"qty": 1}')
-    Plugin(dict(DEFAULTS), credentials).access(in_process_kong(request, lua_style=False))
+    Plugin(PROTECTED, credentials).access(in_process_kong(request, lua_style=False))
     assert request.upstream["x-customer-id"] == [customer_id]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_the_javascript_recipe_signs_what_the_plugin_verifies(credentials, customers):
+    recipe = "\n".join(indented_block_after("In JavaScript"))
+    script = recipe + """
+const headers = signedHeaders({ certificateId: "my-certificate", clientKey: "my-client-key", method: "POST",
+                                path: "/orders", query: "?id=7", body: '{"qty": 1}' });
+process.stdout.write(JSON.stringify(headers));
+"""
+    headers = json.loads(subprocess.run(["node", "-e", script], capture_output=True, text=True, check=True).stdout)
+    customer_id = customers.add("my-certificate", "my-client-key")
+    request = Request([("Host", "api.example.com"), ("Content-Length", "10"), *headers.items()],
+                      method="POST", target="/orders?id=7", scheme="https", body=b'{"qty": 1}')
+    plugin = Plugin(PROTECTED, credentials)
+    plugin.access(in_process_kong(request, lua_style=False))
+    assert request.upstream["x-customer-id"] == [customer_id]
+    again = Request(request.header_lines, method="POST", target="/orders?id=7", scheme="https", body=b'{"qty": 1}')
+    plugin.access(in_process_kong(again, lua_style=False))
+    assert again.response[0] == 403  # its nonce is spent
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
 def test_the_openssl_recipe_signs_what_the_plugin_verifies(credentials, customers):
-    recipe = indented_block_after("With\nnothing but openssl and curl")
+    recipe = indented_block_after("With nothing but openssl and curl")
     assert recipe[-1].startswith("curl ")
     script = "\n".join(recipe[:-1]) + '\nprintf "%s\\n%s\\n%s\\n%s" "$digest" "$params" "$signature" "$created"'
+    customers.execute("DELETE FROM customer_nonce")
     digest, params, signature, created = subprocess.run(
         ["bash", "-c", script], capture_output=True, text=True, check=True, env={"PATH": os.environ["PATH"]}
     ).stdout.splitlines()
@@ -74,5 +102,5 @@ def test_the_openssl_recipe_signs_what_the_plugin_verifies(credentials, customer
                        ("Content-Digest", digest), ("Signature-Input", f"sig1={params}"),
                        ("Signature", f"sig1=:{signature}:")],
                       method="POST", target="/orders?id=7", scheme="https", body=b'{"qty": 1}')
-    Plugin(dict(DEFAULTS), credentials).access(in_process_kong(request, lua_style=False))
+    Plugin(PROTECTED, credentials).access(in_process_kong(request, lua_style=False))
     assert request.upstream["x-customer-id"] == [customer_id]

@@ -27,4 +27,5 @@ def health():
     return jsonify(customer_id=request.environ.get(CUSTOMER_ID_KEY), header=request.headers.get("X-Customer-Id"))
 
 
-app.wsgi_app = WSGIMiddleware(app.wsgi_app, exempt=["/health"], max_body_size=4096, cache_ttl=3600)
+app.wsgi_app = WSGIMiddleware(app.wsgi_app, exempt=["/health"], max_body_size=4096, cache_ttl=3600,
+                              replay_protection=os.environ.get("REPLAY_PROTECTION") == "1")

@@ -1,0 +1,74 @@
+"""RFC 9421 nonces, each accepted once across the cluster while its signature is fresh (the
+route option ``replay_protection``).
+
+Every node shares the customers database, so the primary decides: one statement per protected
+request claims the (certificate, nonce) pair in the table ``customer_nonce`` (customer_schema.sql)
+and removes a few that have expired, so no cron is needed. A pair this node has claimed or seen
+refused is refused again from memory, without the round trip. Nothing else of the request is
+stored.
+"""
+import collections
+import threading
+import time
+
+from customer_auth.connection import PRIMARY, Pool
+
+# Through a function the plugin's role may only execute (customer_nonce_claim): it inserts and
+# expires, and nothing else can be done with the table.
+_CLAIM = "SELECT customer_nonce_claim(%s, %s, %s)"
+
+# A nonce stays claimed this long past its signature's window: the primary expires rows by its
+# own clock, which may run a little ahead of the gateways'.
+CLOCK_MARGIN = 60.0
+MAX_REMEMBERED = 32768  # pairs per process (a few MiB); beyond it the oldest are forgotten here
+
+
+class NonceStore:
+    """Claims nonces on the primary, remembering what this process has seen."""
+
+    def __init__(self, settings, max_remembered=MAX_REMEMBERED):
+        self.pool = Pool(settings, PRIMARY, size=max(1, settings.pool_size // 2))
+        self.seen = SeenNonces(max_remembered)
+        self.claims = 0  # statements sent to the primary
+
+    def claim(self, certificate_id, nonce, fresh_until, now=None):
+        """True for the first use of ``nonce`` with this certificate until ``fresh_until`` (epoch
+        seconds: the end of its signature's window), False for any other; StoreUnavailable when
+        the primary cannot say."""
+        now = time.time() if now is None else now
+        key = (certificate_id, nonce)
+        if self.seen.recall(key, now):
+            return False
+        expires_at = fresh_until + CLOCK_MARGIN
+        self.claims += 1
+        ((claimed,),) = self.pool.fetch_all(_CLAIM, (certificate_id, nonce, expires_at))
+        self.seen.remember(key, expires_at)
+        return claimed
+
+    def close(self):
+        self.pool.close()
+
+
+class SeenNonces:
+    """(certificate, nonce) pairs claimed or refused here, until they expire; at most
+    ``max_entries``, the oldest leaving first. Apart from the credential cache, so a flood of
+    fresh nonces (which needs a key: only verified signatures get here) evicts no customer."""
+
+    def __init__(self, max_entries):
+        self._max_entries = max_entries
+        self._entries = collections.OrderedDict()  # pair -> expires at
+        self._lock = threading.Lock()
+
+    def recall(self, key, now):
+        expires_at = self._entries.get(key)
+        return expires_at is not None and now < expires_at
+
+    def remember(self, key, expires_at):
+        with self._lock:
+            self._entries[key] = expires_at
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+
+    def __len__(self):
+        return len(self._entries)
