@@ -242,16 +242,24 @@ def test_with_the_primary_down_protected_routes_get_503_and_the_others_keep_work
         primary.destroy()
 
 
-# -- the middleware under gunicorn -------------------------------------------------------------
+# -- the middleware, in servers with several workers ------------------------------------------
 
-def test_the_middleware_under_gunicorn_accepts_a_request_sent_twice_at_once_exactly_once(database_url, keyed):
+BIN = os.path.dirname(sys.executable)
+SERVICES = {  # several worker processes each: a request and its copy may reach two of them
+    "flask+gunicorn": lambda port: [os.path.join(BIN, "gunicorn"), "-w", "3", "-b", f"127.0.0.1:{port}", "flask_app:app"],
+    "fastapi+uvicorn": lambda port: [os.path.join(BIN, "uvicorn"), "--workers", "2", "--host", "127.0.0.1", "--port",
+                                     str(port), "--log-level", "warning", "fastapi_app:app"],
+}
+
+
+@pytest.mark.parametrize("server", list(SERVICES))
+def test_the_middleware_accepts_a_request_sent_three_times_at_once_exactly_once(database_url, keyed, server):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {**os.environ, "DATABASE_URL": database_url, "REPLAY_PROTECTION": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "apps"), str(ROOT)])}
-    process = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "gunicorn"), "-w", "3",
-                                "-b", f"127.0.0.1:{port}", "flask_app:app"], cwd=ROOT / "tests" / "apps", env=env,
+    process = subprocess.Popen(SERVICES[server](port), cwd=ROOT / "tests" / "apps", env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -270,9 +278,9 @@ def test_the_middleware_under_gunicorn_accepts_a_request_sent_twice_at_once_exac
                 statuses = sorted(pool.map(lambda _: requests.Session().send(prepared, timeout=10).status_code,
                                            range(3)))
                 assert statuses == [200, 403, 403], statuses
-        unsigned_nonce = requests.Request("POST", base + "/echo", data=b"{}").prepare()
-        client.SignedRequestAuth("cert-1", SECRET, nonce=False)(unsigned_nonce)
-        assert requests.Session().send(unsigned_nonce, timeout=10).status_code == 400
+        without_nonce = requests.Request("POST", base + "/echo", data=b"{}").prepare()
+        client.SignedRequestAuth("cert-1", SECRET, nonce=False)(without_nonce)
+        assert requests.Session().send(without_nonce, timeout=10).status_code == 400
     finally:
         process.terminate()
         process.wait(timeout=10)

@@ -35,4 +35,5 @@ async def whoami_over_websocket(websocket: WebSocket):
     await websocket.close()
 
 
-app.add_middleware(ASGIMiddleware, exempt=["/health"], max_body_size=4096, cache_ttl=3600)
+app.add_middleware(ASGIMiddleware, exempt=["/health"], max_body_size=4096, cache_ttl=3600,
+                   replay_protection=os.environ.get("REPLAY_PROTECTION") == "1")
