@@ -35,7 +35,7 @@ from customer_auth.verification import BodyTooLarge, Rejection, Verifier, intern
 log = logging.getLogger(operator_log.LOGGER_NAME)
 OPERATOR_LOG = operator_log.install()
 
-version = "1.0.0"
+version = "1.2.0"
 
 # An authentication priority: after Kong's pre-function (1000000), before acl (950),
 # rate-limiting (910) and request-transformer (801), so none of them sees an unverified caller.

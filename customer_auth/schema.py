@@ -5,35 +5,56 @@ from customer_auth import signature
 from customer_auth.consumers import BY_ID, BY_USERNAME
 from customer_auth.verification import RFC9421, V1
 
-_HEADER_NAME = {"type": "string", "required": True, "match": "^[%w%-]+$"}
+_HEADER_NAME = {"match": "^[%w%-]+$"}
+
+def _field(kind, default, description, **rules):
+    """One option as Kong's schema declares it: its type, default, rules and what it does."""
+    return {"type": kind, "required": default is not None, "default": default, **rules, "description": description}
+
 
 Schema = (
-    {"signature_schemes": {"type": "array", "required": True, "default": [V1, RFC9421], "len_min": 1,
-                           "elements": {"type": "string", "one_of": [V1, RFC9421]}}},
-    {"required_components": {"type": "array", "required": True,
-                             "default": ["@method", "@path", "@query", "content-digest"],
-                             "elements": {"type": "string", "match": "^[@%w%-]+$"}}},
-    {"max_body_size": {"type": "integer", "required": True, "default": 1048576, "between": [0, 1073741824]}},
-    {"certificate_id_header": {**_HEADER_NAME, "default": signature.CERTIFICATE_ID_HEADER}},
-    {"request_time_header": {**_HEADER_NAME, "default": signature.REQUEST_TIME_HEADER}},
-    {"signature_header": {**_HEADER_NAME, "default": signature.SIGNATURE_HEADER}},
-    {"customer_id_header": {**_HEADER_NAME, "default": "X-Customer-Id"}},
-    {"clock_skew": {"type": "integer", "required": True, "default": 300, "between": [1, 86400]}},
-    {"cache_ttl": {"type": "number", "required": True, "default": 60, "between": [0, 86400]}},
-    {"negative_cache_ttl": {"type": "number", "required": True, "default": 5, "between": [0, 86400]}},
-    {"stale_ttl": {"type": "number", "required": True, "default": 300, "between": [0, 604800]}},
-    {"cache_size": {"type": "integer", "required": True, "default": 10000, "between": [1, 10000000]}},
-    {"hide_credentials": {"type": "boolean", "required": True, "default": False}},
-    {"consumer_by": {"type": "array", "required": True, "default": [],
-                     "elements": {"type": "string", "one_of": [BY_USERNAME, BY_ID]}}},
-    {"consumer_optional": {"type": "boolean", "required": True, "default": False}},
-    {"anonymous": {"type": "string", "required": False, "default": None}},
-    {"run_on_preflight": {"type": "boolean", "required": True, "default": True}},
-    {"replay_protection": {"type": "boolean", "required": True, "default": False,
-                           "description": "Accept each signed request once: an RFC 9421 signature must carry a nonce, "
-                                          "claimed once per certificate across the cluster on the primary database "
-                                          "while the signature is fresh; v1 requests get 400. With the primary "
-                                          "unreachable, requests get 503."}},
+    {"signature_schemes": _field("array", [V1, RFC9421], "Which signature schemes the route accepts: rfc9421 "
+                                 "(HTTP Message Signatures) and/or v1 (the three client-* headers).", len_min=1,
+                                 elements={"type": "string", "one_of": [V1, RFC9421]})},
+    {"required_components": _field("array", ["@method", "@path", "@query", "content-digest"],
+                                   "What an RFC 9421 signature must cover; content-digest only when the request "
+                                   "has a body, as nginx reads it.", elements={"type": "string", "match": "^[@%w%-]+$"})},
+    {"max_body_size": _field("integer", 1048576, "Bytes of body read to check a Content-Digest; a larger body gets "
+                             "413.", between=[0, 1073741824])},
+    {"certificate_id_header": _field("string", signature.CERTIFICATE_ID_HEADER, "v1: the header holding the "
+                                     "certificate id.", **_HEADER_NAME)},
+    {"request_time_header": _field("string", signature.REQUEST_TIME_HEADER, "v1: the header holding the request "
+                                   "time, Unix epoch seconds.", **_HEADER_NAME)},
+    {"signature_header": _field("string", signature.SIGNATURE_HEADER, "v1: the header holding the hex SHA-256 "
+                                "signature.", **_HEADER_NAME)},
+    {"customer_id_header": _field("string", "X-Customer-Id", "The upstream header set to the verified customer's "
+                                  "uuid (set, never added; a client's copy is removed).", **_HEADER_NAME)},
+    {"clock_skew": _field("integer", 300, "Seconds a signature's time may be behind or ahead of Kong's clock.",
+                          between=[1, 86400])},
+    {"cache_ttl": _field("number", 60, "Seconds a credential is used without asking Postgres (changes reach "
+                         "every node within a second anyway, through LISTEN/NOTIFY).", between=[0, 86400])},
+    {"negative_cache_ttl": _field("number", 5, "Seconds an unknown certificate is remembered as unknown.",
+                                  between=[0, 86400])},
+    {"stale_ttl": _field("number", 300, "Seconds past cache_ttl a cached credential keeps working while Postgres "
+                         "fails.", between=[0, 604800])},
+    {"cache_size": _field("integer", 10000, "Credentials kept in memory, least recently used leaving first, and as "
+                          "many recently verified requests; instances with the same cache options share one cache.",
+                          between=[1, 10000000])},
+    {"hide_credentials": _field("boolean", False, "Remove the signature headers (v1's three, Signature-Input, "
+                                "Signature) from the upstream request.")},
+    {"consumer_by": _field("array", [], "Map the verified customer to a Kong consumer: by username (the "
+                           "certificate id) and/or by id (the customer uuid), tried in this order.",
+                           elements={"type": "string", "one_of": [BY_USERNAME, BY_ID]})},
+    {"consumer_optional": _field("boolean", False, "With consumer_by: let a verified customer without a Kong "
+                                 "consumer in (else 403).")},
+    {"anonymous": _field("string", None, "A consumer (username or id) to let in when verification fails with 400 "
+                         "or 403, or whom another auth plugin already authenticated; never when the store fails.")},
+    {"run_on_preflight": _field("boolean", True, "Verify CORS preflight requests too; when false, a preflight "
+                                "passes unauthenticated, its identity headers cleared.")},
+    {"replay_protection": _field("boolean", False, "Accept each signed request once: an RFC 9421 signature must "
+                                 "carry a nonce, claimed once per certificate across the cluster on the primary "
+                                 "database while the signature is fresh; v1 requests get 400. With the primary "
+                                 "unreachable, requests get 503.")},
 )
 
 DEFAULTS = {name: spec["default"] for field in Schema for name, spec in field.items()}

@@ -1,9 +1,12 @@
 """Try it without Docker: the whole job on this machine, with nothing installed by hand.
 
 Starts a Postgres (a throwaway one unless DATABASE_URL is set), loads the schema, adds a demo
-customer, starts the real plugin server as Kong would, and sends five requests through the Kong
+customer, starts the real plugin server as Kong would, and sends requests through the Kong
 stand-in: signed with HTTP Message Signatures (RFC 9421), that signature replayed on another
-query, v1 correctly and wrongly signed, unsigned. Each also carries a forged X-Customer-Id.
+query, the same request twice to a route with replay_protection, v1 correctly and wrongly signed,
+unsigned. Each also carries a forged X-Customer-Id.
+
+    python3 -m venv .venv && .venv/bin/pip install -q -e '.[demo]' && .venv/bin/python -m devtools.demo
 """
 import contextlib
 import os
@@ -13,6 +16,7 @@ import tempfile
 import uuid
 
 import psycopg2
+import psycopg2.extensions
 
 from customer_auth import signature
 from customer_auth.admin import add_customer
@@ -24,6 +28,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent  # the repository
 @contextlib.contextmanager
 def database():
     if os.environ.get("DATABASE_URL"):
+        where = psycopg2.extensions.parse_dsn(os.environ["DATABASE_URL"])
+        print(f"!! DATABASE_URL is set: the demo WRITES INTO database {where.get('dbname', '?')!r} on "
+              f"{where.get('host', 'localhost')}: it loads customer_schema.sql and adds a demo customer.\n"
+              "!! Unset DATABASE_URL to use a throwaway Postgres instead.\n", flush=True)
         yield os.environ["DATABASE_URL"]
         return
     from devtools.throwaway_postgres import ThrowawayPostgres
@@ -73,6 +81,7 @@ def main():
         server.start()
         kong = KongStandIn.query(server.query_command, server.socket_path)
         kong.configure("demo")
+        kong.configure("protected", {"replay_protection": True})
         try:
             forged = [("X-Customer-Id", "forged-by-client")]
             body = b'{"qty": 1}'
@@ -89,6 +98,10 @@ def main():
             for label, request in requests.items():
                 lines = request["header_lines"] + forged
                 show(label, lines, kong.handle(Request(**dict(request, header_lines=lines)), "demo"))
+            once = rfc9421(certificate_id, client_key, body)
+            for label in ("RFC 9421 POST to a route with replay_protection", "the very same request sent again"):
+                lines = once["header_lines"] + forged
+                show(label, lines, kong.handle(Request(**dict(once, header_lines=lines)), "protected"))
         finally:
             kong.close()
             server.stop()

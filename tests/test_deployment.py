@@ -237,16 +237,16 @@ def test_the_init_script_takes_a_percent_encoded_plugin_password():
         conn.close()
 
 
-def readme_commands(prefix):
-    return [line.strip() for line in (ROOT / "README.md").read_text().splitlines()
+def documented_commands(prefix):
+    return [line.strip() for line in (ROOT / "docs" / "getting-started.md").read_text().splitlines()
             if line.startswith("    " + prefix)]
 
 
-def test_the_readmes_customer_commands_for_the_compose_deployment_work(deployed_database, postgres):
+def test_the_documented_customer_commands_for_the_compose_deployment_work(deployed_database, postgres):
     """The same command lines, with the compose host name pointed at the test server."""
     dsn, _ = postgres
     params = psycopg2.extensions.parse_dsn(dsn)
-    commands = readme_commands('docker compose exec -e DATABASE_URL="postgresql://postgres:')
+    commands = documented_commands('docker compose exec -e DATABASE_URL="postgresql://postgres:')
     assert [shlex.split(command)[7] for command in commands] == ["revoke", "add", "list"]
     outputs = []
     for command in commands:
@@ -266,7 +266,7 @@ def test_the_readmes_password_change_works_on_a_running_database(deployed_databa
 
     dsn, _ = postgres
     params = psycopg2.extensions.parse_dsn(dsn)
-    (command,) = readme_commands("docker compose exec postgres psql")
+    (command,) = documented_commands("docker compose exec postgres psql")
     words = shlex.split(command)[4:]
     words[words.index("-d") + 1] = "cv_deploy_test"
     subprocess.run([POSTGRES_BIN_PATH / words[0], "-h", params["host"], "-p", str(params.get("port", 5432)),

@@ -69,7 +69,7 @@ def test_config_change_starts_a_new_instance(gateway, customer_id):
 
 def test_killed_server_fails_open_in_kong_and_recovers_after_restart(gateway, customer_id):
     """What Kong itself does when the plugin server is down: the deployment kit's fail-closed
-    rule (README) exists because of the first assertion."""
+    rule (docs/getting-started.md) exists because of the first assertion."""
     assert gateway.send(signed()).status == 200
     gateway.server.stop(kill=True)
     down = gateway.send([("X-Customer-Id", "forged")])

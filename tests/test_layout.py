@@ -89,7 +89,7 @@ def wheel(tmp_path_factory):
 def test_the_wheel_holds_the_plugin_its_runtime_and_the_cli_and_nothing_else(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     code = sorted(name for name in names if ".dist-info/" not in name)
-    expected = sorted(["customer_verification.py", "customer_auth/__init__.py"]
+    expected = sorted(["customer_verification.py", "customer_auth/__init__.py", "customer_auth/py.typed"]
                       + [f"customer_auth/{path.name}" for path in RUNTIME_PACKAGE.glob("*.py") if path.name != "__init__.py"])
     assert code == expected
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()

@@ -1,5 +1,5 @@
-"""WSGI and ASGI middleware in real servers with real frameworks: Flask under gunicorn (two
-pre-forked workers), Django under gunicorn, FastAPI under uvicorn, against the real Postgres,
+"""WSGI and ASGI middleware in real servers with real frameworks: Flask and Bottle under gunicorn
+(two pre-forked workers), Django under gunicorn, FastAPI under uvicorn, against the real Postgres,
 driven over HTTP by the package's own SignedRequestAuth and by hostile requests."""
 import hashlib
 import json
@@ -19,6 +19,7 @@ BIN = os.path.dirname(sys.executable)
 APPS = {
     "flask+gunicorn": [os.path.join(BIN, "gunicorn"), "-w", "2", "flask_app:app"],
     "django+gunicorn": [os.path.join(BIN, "gunicorn"), "-w", "1", "django_app:application"],
+    "bottle+gunicorn": [os.path.join(BIN, "gunicorn"), "-w", "2", "bottle_app:application"],
     "fastapi+uvicorn": [os.path.join(BIN, "uvicorn"), "fastapi_app:app"],
 }
 

@@ -1,5 +1,6 @@
-"""The README's RFC 9421 worked example and openssl recipe, checked against the plugin and the
-reference library: what the README shows is what works."""
+"""The signing guide's worked example and recipes (docs/signing.md: openssl and curl, JavaScript
+with Node's crypto and with the npm package), checked against the plugin and the reference
+library: what the guide shows is what works."""
 import base64
 import hashlib
 import hmac
@@ -16,12 +17,12 @@ from customer_auth import message_signatures
 from customer_verification import DEFAULTS, Plugin
 from devtools.kong_standin import Request, in_process_kong
 
-README = (ROOT / "README.md").read_text()
+GUIDE = (ROOT / "docs" / "signing.md").read_text()
 
 
 def indented_block_after(heading_text):
     """The first indented block after the line containing ``heading_text``."""
-    lines = README[README.index(heading_text):].splitlines()
+    lines = GUIDE[GUIDE.index(heading_text):].splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("    "))
     block = []
     for number, line in enumerate(lines[start:], start):
@@ -101,6 +102,36 @@ def test_the_openssl_recipe_signs_what_the_plugin_verifies(credentials, customer
     request = Request([("Host", "api.example.com"), ("Content-Type", "application/json"), ("Content-Length", "10"),
                        ("Content-Digest", digest), ("Signature-Input", f"sig1={params}"),
                        ("Signature", f"sig1=:{signature}:")],
+                      method="POST", target="/orders?id=7", scheme="https", body=b'{"qty": 1}')
+    Plugin(PROTECTED, credentials).access(in_process_kong(request, lua_style=False))
+    assert request.upstream["x-customer-id"] == [customer_id]
+
+
+@pytest.fixture(scope="module")
+def npm_package(tmp_path_factory):
+    """The npm package http-message-signatures (1.x) in a directory of its own; skips without npm
+    or the registry."""
+    if shutil.which("npm") is None or shutil.which("node") is None:
+        pytest.skip("node and npm are not installed")
+    directory = tmp_path_factory.mktemp("npm")
+    installed = subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund", "http-message-signatures@1"],
+                               cwd=directory, capture_output=True, text=True, timeout=180)
+    if installed.returncode != 0:
+        pytest.skip(f"npm could not install http-message-signatures: {installed.stderr[-300:]}")
+    return directory
+
+
+def test_the_npm_librarys_recipe_signs_what_the_plugin_verifies(credentials, customers, npm_package):
+    recipe = "\n".join(indented_block_after("With the npm package"))
+    script = recipe + """
+signedRequest({ certificateId: "my-certificate", clientKey: "my-client-key", method: "POST",
+                url: "https://api.example.com/orders?id=7", body: '{"qty": 1}' })
+  .then((request) => process.stdout.write(JSON.stringify(request.headers)));
+"""
+    headers = json.loads(subprocess.run(["node", "-e", script], cwd=npm_package, capture_output=True, text=True,
+                                        check=True).stdout)
+    customer_id = customers.add("my-certificate", "my-client-key")
+    request = Request([("Host", "api.example.com"), ("Content-Length", "10"), *headers.items()],
                       method="POST", target="/orders?id=7", scheme="https", body=b'{"qty": 1}')
     Plugin(PROTECTED, credentials).access(in_process_kong(request, lua_style=False))
     assert request.upstream["x-customer-id"] == [customer_id]
