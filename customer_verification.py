@@ -9,9 +9,11 @@ Kong contract and the glue: headers in, one decision, headers or a response out.
 
 Run by Kong as ``python customer_verification.py -p <kong prefix> -g --no-lua-style``
 (``--dump`` prints the plugin's description for Kong's ``query_cmd``): kong-pdk's
-``start_dedicated_server`` and options, served on the lean transport (customer_auth/plugin_server.py)
+``start_dedicated_server`` and options, served on the lean transport
+(customer_auth/plugin_server.py)
 unless ``CUSTOMER_VERIFICATION_TRANSPORT=kong-pdk``.
 """
+
 import sys
 
 if __name__ == "__main__" and ("-g" in sys.argv or "--gevent" in sys.argv):
@@ -30,7 +32,13 @@ import gevent
 from customer_auth import metrics, operator_log, schema
 from customer_auth.consumers import ConsumerMap
 from customer_auth.credentials import Credentials
-from customer_auth.verification import BodyTooLarge, Rejection, Verifier, internal_error, too_many_headers
+from customer_auth.verification import (
+    BodyTooLarge,
+    Rejection,
+    Verifier,
+    internal_error,
+    too_many_headers,
+)
 
 log = logging.getLogger(operator_log.LOGGER_NAME)
 OPERATOR_LOG = operator_log.install()
@@ -111,14 +119,20 @@ class KongRequest:
 
     def _raw_body(self, limit):
         try:
-            body = pdk_value(self._kong.request.get_raw_body(limit))  # also a body Kong put in a file
-        except Exception as error:  # PDKError, or kong-pdk's PDKException: "request body file too big"
+            body = pdk_value(
+                self._kong.request.get_raw_body(limit)
+            )  # also a body Kong put in a file
+        except (
+            Exception
+        ) as error:  # PDKError, or kong-pdk's PDKException: "request body file too big"
             if "too big" in str(error):
                 raise BodyTooLarge() from None
             raise
         # Bytes that are not UTF-8 arrive as surrogates (see accept_raw_bytes): these are the
         # bytes the client sent.
-        return body.encode("utf-8", "surrogateescape") if isinstance(body, str) else bytes(body or b"")
+        return (
+            body.encode("utf-8", "surrogateescape") if isinstance(body, str) else bytes(body or b"")
+        )
 
 
 class Plugin:
@@ -132,15 +146,26 @@ class Plugin:
             max_entries=self.config["cache_size"],
         )
         self.verifier = Verifier(self.config, self.credentials, credentials.nonces)
-        self.consumers = ConsumerMap(self.config["consumer_by"], self.config["cache_ttl"], self.config["cache_size"])
+        self.consumers = ConsumerMap(
+            self.config["consumer_by"], self.config["cache_ttl"], self.config["cache_size"]
+        )
         self.anonymous = self.config["anonymous"]
         self.checks_preflight = not self.config["run_on_preflight"]
         # The identity headers of a verified customer without a consumer (the common case), to
         # copy and fill in: cleared ones are an empty list, as nginx takes it.
-        self.cleared = {name: [] for name in ("X-Consumer-ID", "X-Consumer-Username", "X-Consumer-Custom-ID",
-                                                "X-Anonymous-Consumer")}
+        self.cleared = {
+            name: []
+            for name in (
+                "X-Consumer-ID",
+                "X-Consumer-Username",
+                "X-Consumer-Custom-ID",
+                "X-Anonymous-Consumer",
+            )
+        }
         if self.config["hide_credentials"]:
-            self.cleared.update((name, []) for name in self.verifier.v1_headers + ("signature-input", "signature"))
+            self.cleared.update(
+                (name, []) for name in self.verifier.v1_headers + ("signature-input", "signature")
+            )
 
     def access(self, kong):
         outcome = "verified"
@@ -173,31 +198,56 @@ class Plugin:
     def skip(self, kong, request):
         """A CORS preflight when run_on_preflight is off, or (with ``anonymous`` set) a request
         another auth plugin has authenticated: Kong's logical OR. Costs other requests nothing."""
-        if self.checks_preflight and "access-control-request-method" in request.headers and request.method() == "OPTIONS":
+        if (
+            self.checks_preflight
+            and "access-control-request-method" in request.headers
+            and request.method() == "OPTIONS"
+        ):
             # Unauthenticated, so no identity header the client sent may pass on.
             pdk_value(kong.service.request.set_headers(self.upstream_headers(None, None)))
-            pdk_value(kong.ctx.shared.set(PREFLIGHT_MARK, True))  # for the fail-closed rule (kong.yml)
+            pdk_value(
+                kong.ctx.shared.set(PREFLIGHT_MARK, True)
+            )  # for the fail-closed rule (kong.yml)
             return True
         return self.anonymous is not None and pdk_value(kong.client.get_credential()) is not None
 
     def consumer_of(self, kong, customer):
         if not self.consumers.consumer_by:
             return None
-        consumer = self.consumers.for_customer(customer, lambda key, by_username: load_consumer(kong, key, by_username))
+        consumer = self.consumers.for_customer(
+            customer, lambda key, by_username: load_consumer(kong, key, by_username)
+        )
         if consumer is None and not self.config["consumer_optional"]:
-            log.warning("certificate %r (customer %s) is verified but has no Kong consumer by %s; answering 403 "
-                        "(create the consumer, or set consumer_optional)", customer.certificate_id,
-                        customer.customer_id, " or ".join(self.consumers.consumer_by))
-            raise Rejection(403, "Request signature could not be verified", "no Kong consumer", outcome="unverified")
+            log.warning(
+                "certificate %r (customer %s) is verified but has no Kong consumer by %s; "
+                "answering 403 "
+                "(create the consumer, or set consumer_optional)",
+                customer.certificate_id,
+                customer.customer_id,
+                " or ".join(self.consumers.consumer_by),
+            )
+            raise Rejection(
+                403,
+                "Request signature could not be verified",
+                "no Kong consumer",
+                outcome="unverified",
+            )
         return consumer
 
     def anonymous_consumer(self, kong):
         anonymous = self.anonymous
-        consumer = self.consumers.by_name(anonymous, lambda key, by_username: load_consumer(kong, key, by_username))
+        consumer = self.consumers.by_name(
+            anonymous, lambda key, by_username: load_consumer(kong, key, by_username)
+        )
         if consumer is None:
-            log.error("the anonymous consumer %r does not exist; answering 500 (fix the plugin's anonymous setting)",
-                      anonymous)
-            raise Rejection(500, "An unexpected error occurred", "anonymous consumer not found", outcome="error")
+            log.error(
+                "the anonymous consumer %r does not exist; answering 500 (fix the plugin's "
+                "anonymous setting)",
+                anonymous,
+            )
+            raise Rejection(
+                500, "An unexpected error occurred", "anonymous consumer not found", outcome="error"
+            )
         return consumer
 
     def let_in(self, kong, consumer, customer):
@@ -215,7 +265,9 @@ class Plugin:
         hide_credentials also removes the signature headers."""
         headers = dict(self.cleared)
         customer_id = customer.customer_id if customer else []
-        headers[self.config["customer_id_header"]] = headers["X-Credential-Identifier"] = customer_id
+        headers[self.config["customer_id_header"]] = headers["X-Credential-Identifier"] = (
+            customer_id
+        )
         if consumer:
             headers["X-Consumer-ID"] = consumer.get("id") or []
             headers["X-Consumer-Username"] = consumer.get("username") or []
@@ -228,7 +280,9 @@ class Plugin:
     def reject(kong, rejection):
         rejection.log()
         tell_operator(kong)
-        kong.response.exit(rejection.status, {"message": rejection.message}, rejection.headers or None)
+        kong.response.exit(
+            rejection.status, {"message": rejection.message}, rejection.headers or None
+        )
         end_event()
 
 
@@ -291,7 +345,9 @@ def accept_raw_bytes():
 
 
 if __name__ == "__main__":
-    from customer_auth.plugin_server import start_dedicated_server  # kong-pdk's, on the lean transport
+    from customer_auth.plugin_server import (
+        start_dedicated_server,
+    )  # kong-pdk's, on the lean transport
 
     level = os.environ.get("CUSTOMER_VERIFICATION_LOG_LEVEL", "").strip().upper() or "INFO"
     logging.basicConfig(
@@ -300,7 +356,10 @@ if __name__ == "__main__":
         format="%(asctime)s %(levelname)s customer_verification: %(message)s",
     )
     if level not in LOG_LEVELS:
-        log.error("CUSTOMER_VERIFICATION_LOG_LEVEL must be one of %s; logging at INFO", ", ".join(LOG_LEVELS))
+        log.error(
+            "CUSTOMER_VERIFICATION_LOG_LEVEL must be one of %s; logging at INFO",
+            ", ".join(LOG_LEVELS),
+        )
     if "--dump" not in sys.argv:  # Kong's query_cmd: only the JSON, and no port taken
         metrics.serve_from_environment(lambda: Credentials.shared().health())
         accept_raw_bytes()

@@ -1,4 +1,5 @@
-"""The runtime of customer_verification, apart from its Kong contract (``customer_verification.py``).
+"""The runtime of customer_verification, apart from its Kong contract
+(``customer_verification.py``).
 
 - ``plugin_server``: the lean transport: Kong's MessagePack-RPC on the plugin server's socket;
 - ``events``: a plugin event's greenlet, and the ``kong`` object its PDK calls go through;
@@ -11,7 +12,8 @@
 - ``cache``: credentials and recently verified requests kept in memory;
 - ``changes``: the LISTEN/NOTIFY listener that evicts what changed;
 - ``nonces``: RFC 9421 nonces claimed once across the cluster (replay protection);
-- ``credentials``: the process's store, caches, listener and nonces, shared by every plugin instance;
+- ``credentials``: the process's store, caches, listener and nonces, shared by every plugin
+  instance;
 - ``consumers``: Kong consumers of verified customers, remembered;
 - ``client``: signing requests as a client (RFC 9421 through the reference library, or v1);
 - ``metrics``: Prometheus metrics, and the listener serving them with /health;

@@ -5,6 +5,7 @@ role that may write the customer table. Keys are printed once, by ``add`` and ``
 Exit codes: 0 done, 2 bad usage or settings, 3 certificate already exists, 4 no such certificate,
 5 database unreachable, refusing or failing.
 """
+
 import argparse
 import base64
 import functools
@@ -23,7 +24,9 @@ from customer_auth import client, signature
 from customer_auth.connection import PRIMARY, InvalidSettings, Settings, connect, describe
 
 DEFAULT_GRACE = 24 * 3600
-MAX_GRACE = 30 * 24 * 3600  # a rotation is meant to end: longer would keep an old key alive for good
+MAX_GRACE = (
+    30 * 24 * 3600
+)  # a rotation is meant to end: longer would keep an old key alive for good
 
 EXIT_USAGE, EXIT_EXISTS, EXIT_UNKNOWN, EXIT_DATABASE = 2, 3, 4, 5
 
@@ -51,11 +54,18 @@ def add_customer(conn, certificate_id, public_key=None):
     """Creates a customer; returns ``(customer_id, client_key)``. With ``public_key`` (raw ed25519
     bytes) the customer signs with its private key and has no client key (None)."""
     client_key = None if public_key else new_client_key()
-    authentication = {"public_key": base64.b64encode(public_key).decode()} if public_key else {"client_key": client_key}
+    authentication = (
+        {"public_key": base64.b64encode(public_key).decode()}
+        if public_key
+        else {"client_key": client_key}
+    )
     try:
         with conn.cursor() as cursor:
-            cursor.execute("INSERT INTO customer (certificate, authentication) VALUES (%s, %s) RETURNING uuid::text",
-                           (certificate_id, json.dumps(authentication)))
+            cursor.execute(
+                "INSERT INTO customer (certificate, authentication) VALUES (%s, %s) RETURNING "
+                "uuid::text",
+                (certificate_id, json.dumps(authentication)),
+            )
             return cursor.fetchone()[0], client_key
     except psycopg2.errors.UniqueViolation:
         raise Failure(EXIT_EXISTS, f"certificate {certificate_id!r} already exists") from None
@@ -65,7 +75,11 @@ def rotate_key(conn, certificate_id, grace, now=None, public_key=None):
     """Gives the customer a new key of the kind it has (a new random client key, or the given
     ed25519 ``public_key``); the current one keeps working for ``grace`` seconds. Returns the new
     client key (None for a public key)."""
-    field, new_key = ("public_key", base64.b64encode(public_key).decode()) if public_key else ("client_key", new_client_key())
+    field, new_key = (
+        ("public_key", base64.b64encode(public_key).decode())
+        if public_key
+        else ("client_key", new_client_key())
+    )
     expires_at = (time.time() if now is None else now) + grace
     with conn.cursor() as cursor:
         cursor.execute(
@@ -77,14 +91,21 @@ def rotate_key(conn, certificate_id, grace, now=None, public_key=None):
                 WHERE certificate = %(certificate)s AND authentication->>'revoked_at' IS NULL
                   AND authentication ? %(field)s
             RETURNING 1""",
-            {"field": field, "key": new_key, "expires": expires_at, "certificate": certificate_id})
+            {"field": field, "key": new_key, "expires": expires_at, "certificate": certificate_id},
+        )
         if cursor.rowcount == 0:
-            cursor.execute("SELECT 1 FROM customer WHERE certificate = %s AND authentication->>'revoked_at' IS NULL",
-                           (certificate_id,))
+            cursor.execute(
+                "SELECT 1 FROM customer WHERE certificate = %s AND authentication->>'revoked_at' "
+                "IS NULL",
+                (certificate_id,),
+            )
             if cursor.fetchone():
                 other = "a client key" if public_key else "a public key"
-                raise Failure(2, f"certificate {certificate_id!r} has {other}: rotate it with "
-                                 f"{'no --public-key' if public_key else '--public-key FILE'}")
+                raise Failure(
+                    2,
+                    f"certificate {certificate_id!r} has {other}: rotate it with "
+                    f"{'no --public-key' if public_key else '--public-key FILE'}",
+                )
             raise Failure(EXIT_UNKNOWN, f"no active customer has certificate {certificate_id!r}")
     return None if public_key else new_key
 
@@ -92,9 +113,12 @@ def rotate_key(conn, certificate_id, grace, now=None, public_key=None):
 def revoke(conn, certificate_id, now=None):
     with conn.cursor() as cursor:
         cursor.execute(
-            """UPDATE customer SET authentication = authentication || jsonb_build_object('revoked_at', %s::float8)
+            """UPDATE customer
+                  SET authentication = authentication
+                                       || jsonb_build_object('revoked_at', %s::float8)
                 WHERE certificate = %s AND authentication->>'revoked_at' IS NULL""",
-            (time.time() if now is None else now, certificate_id))
+            (time.time() if now is None else now, certificate_id),
+        )
         if cursor.rowcount == 0:
             raise Failure(EXIT_UNKNOWN, f"no active customer has certificate {certificate_id!r}")
 
@@ -107,8 +131,10 @@ def list_customers(conn, now=None):
                                  authentication->>'previous_key_expires_at'
                             FROM customer ORDER BY certificate""")
         rows = cursor.fetchall()
-    return [(customer_id, certificate_id, _status(revoked_at, previous_expiry, now))
-            for customer_id, certificate_id, revoked_at, previous_expiry in rows]
+    return [
+        (customer_id, certificate_id, _status(revoked_at, previous_expiry, now))
+        for customer_id, certificate_id, revoked_at, previous_expiry in rows
+    ]
 
 
 def _status(revoked_at, previous_expiry, now):
@@ -118,7 +144,8 @@ def _status(revoked_at, previous_expiry, now):
         return "active"
     try:
         if float(previous_expiry) > now:
-            return f"rotating (previous key until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(float(previous_expiry)))})"
+            until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(previous_expiry)))
+            return f"rotating (previous key until {until})"
     except (TypeError, ValueError, OverflowError, OSError):
         # Written by hand, not by this tool (a string, infinity, a year past 9999): shown as stored.
         return f"active (unreadable previous_key_expires_at: {printable(str(previous_expiry))})"
@@ -127,7 +154,11 @@ def _status(revoked_at, previous_expiry, now):
 
 def printable(text):
     """``text`` safe for a terminal: control characters and non-ASCII are shown escaped."""
-    return text if text.isascii() and text.isprintable() else text.encode("unicode_escape").decode("ascii")
+    return (
+        text
+        if text.isascii() and text.isprintable()
+        else text.encode("unicode_escape").decode("ascii")
+    )
 
 
 def certificate_id(text):
@@ -150,7 +181,13 @@ def grace_seconds(text):
 
 
 def curl_command(headers, method, url, body_file=None):
-    parts = ["curl", "-sS", "-X", method, *(arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}"))]
+    parts = [
+        "curl",
+        "-sS",
+        "-X",
+        method,
+        *(arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")),
+    ]
     if body_file:
         parts += ["--data-binary", f"@{body_file}"]
     parts.append(url)
@@ -164,41 +201,80 @@ def client_key_text(text):
     return text
 
 
-CERTIFICATE_HELP = "the customer's certificate id (what its requests name as keyid or client-certificate-id)"
+CERTIFICATE_HELP = (
+    "the customer's certificate id (what its requests name as keyid or client-certificate-id)"
+)
 
 
 def _parser():
     common = {"epilog": DATABASE_HELP, "formatter_class": argparse.RawDescriptionHelpFormatter}
-    parser = argparse.ArgumentParser(prog="customer-verification", description=__doc__.split("\n\n")[0], **common)
-    commands = parser.add_subparsers(dest="command", required=True,
-                                     parser_class=functools.partial(argparse.ArgumentParser, **common))
-    public_key_help = "an ed25519 public key file (PEM, or base64 of the raw key) instead of a shared secret"
-    add = commands.add_parser("add", help="create a customer with a new random key, or a public key")
+    parser = argparse.ArgumentParser(
+        prog="customer-verification", description=__doc__.split("\n\n")[0], **common
+    )
+    commands = parser.add_subparsers(
+        dest="command",
+        required=True,
+        parser_class=functools.partial(argparse.ArgumentParser, **common),
+    )
+    public_key_help = (
+        "an ed25519 public key file (PEM, or base64 of the raw key) instead of a shared secret"
+    )
+    add = commands.add_parser(
+        "add", help="create a customer with a new random key, or a public key"
+    )
     add.add_argument("certificate_id", type=certificate_id, help=CERTIFICATE_HELP)
     add.add_argument("--public-key", metavar="FILE", type=public_key_file, help=public_key_help)
     rotate = commands.add_parser("rotate", help="give a customer a new key (of the kind it has)")
     rotate.add_argument("certificate_id", type=certificate_id, help=CERTIFICATE_HELP)
-    rotate.add_argument("--grace", type=grace_seconds, default=DEFAULT_GRACE,
-                        help="seconds the previous key keeps working (default: %(default)s)")
-    rotate.add_argument("--public-key", metavar="FILE", type=public_key_file, help="the new " + public_key_help)
+    rotate.add_argument(
+        "--grace",
+        type=grace_seconds,
+        default=DEFAULT_GRACE,
+        help="seconds the previous key keeps working (default: %(default)s)",
+    )
+    rotate.add_argument(
+        "--public-key", metavar="FILE", type=public_key_file, help="the new " + public_key_help
+    )
     commands.add_parser("revoke", help="stop accepting a customer's requests").add_argument(
-        "certificate_id", type=certificate_id, help=CERTIFICATE_HELP)
+        "certificate_id", type=certificate_id, help=CERTIFICATE_HELP
+    )
     commands.add_parser("list", help="list customers (never their keys)")
-    sign = commands.add_parser("sign", help="print the signature headers (RFC 9421), or a curl command, for a request")
+    sign = commands.add_parser(
+        "sign", help="print the signature headers (RFC 9421), or a curl command, for a request"
+    )
     sign.add_argument("certificate_id", type=certificate_id, help=CERTIFICATE_HELP)
     key = sign.add_mutually_exclusive_group(required=True)
-    key.add_argument("--key", type=client_key_text, help="the client key ('-' reads it from standard input)")
-    key.add_argument("--private-key", metavar="FILE", type=private_key_file, help="an ed25519 private key (PEM)")
+    key.add_argument(
+        "--key", type=client_key_text, help="the client key ('-' reads it from standard input)"
+    )
+    key.add_argument(
+        "--private-key", metavar="FILE", type=private_key_file, help="an ed25519 private key (PEM)"
+    )
     target = sign.add_mutually_exclusive_group()
-    target.add_argument("--url", default="http://localhost:8000/echo",
-                        help="the request's URL: its path and query are signed (default: %(default)s)")
+    target.add_argument(
+        "--url",
+        default="http://localhost:8000/echo",
+        help="the request's URL: its path and query are signed (default: %(default)s)",
+    )
     sign.add_argument("--method", default="GET", help="the request's method (default: %(default)s)")
-    sign.add_argument("--body", metavar="FILE", type=argparse.FileType("rb"), help="the request's body")
-    target.add_argument("--curl", metavar="URL", help="print a ready curl command for URL (its path and query "
-                        "are signed) instead of headers; instead of --url")
-    sign.add_argument("--v1", action="store_true", help="the three client-* headers (no method, path or body)")
-    sign.add_argument("--no-nonce", dest="nonce", action="store_false",
-                      help="no nonce in the signature (by default a random one, as replay_protection requires)")
+    sign.add_argument(
+        "--body", metavar="FILE", type=argparse.FileType("rb"), help="the request's body"
+    )
+    target.add_argument(
+        "--curl",
+        metavar="URL",
+        help="print a ready curl command for URL (its path and query "
+        "are signed) instead of headers; instead of --url",
+    )
+    sign.add_argument(
+        "--v1", action="store_true", help="the three client-* headers (no method, path or body)"
+    )
+    sign.add_argument(
+        "--no-nonce",
+        dest="nonce",
+        action="store_false",
+        help="no nonce in the signature (by default a random one, as replay_protection requires)",
+    )
     return parser
 
 
@@ -208,7 +284,9 @@ def public_key_file(path):
         with open(path, encoding="ascii") as key_file:
             return client.load_public_key(key_file.read())
     except (OSError, ValueError, UnicodeDecodeError) as error:
-        raise argparse.ArgumentTypeError(f"{path}: not an ed25519 public key ({type(error).__name__})") from None
+        raise argparse.ArgumentTypeError(
+            f"{path}: not an ed25519 public key ({type(error).__name__})"
+        ) from None
 
 
 def private_key_file(path):
@@ -216,7 +294,9 @@ def private_key_file(path):
         with open(path, encoding="ascii") as key_file:
             return client.load_private_key(key_file.read())
     except (OSError, ValueError, TypeError, UnicodeDecodeError) as error:
-        raise argparse.ArgumentTypeError(f"{path}: not an ed25519 private key ({type(error).__name__})") from None
+        raise argparse.ArgumentTypeError(
+            f"{path}: not an ed25519 private key ({type(error).__name__})"
+        ) from None
 
 
 def main(argv=None, out=sys.stdout):
@@ -236,12 +316,20 @@ def main(argv=None, out=sys.stdout):
         print(f"customer-verification: {failure}", file=sys.stderr)
         return failure.exit_code
     except psycopg2.errors.InsufficientPrivilege:
-        print("customer-verification: the database refused: permission denied (this role may not write the "
-              "customer table; use the admin role's DATABASE_URL, not the plugin's read-only one)", file=sys.stderr)
+        print(
+            "customer-verification: the database refused: permission denied (this role may not "
+            "write the "
+            "customer table; use the admin role's DATABASE_URL, not the plugin's read-only one)",
+            file=sys.stderr,
+        )
         return EXIT_DATABASE
     except psycopg2.errors.UndefinedTable:
-        print("customer-verification: the database has no customer table (load customer_schema.sql into it "
-              "first: psql \"$DATABASE_URL\" -f customer_schema.sql)", file=sys.stderr)
+        print(
+            "customer-verification: the database has no customer table (load customer_schema.sql "
+            "into it "
+            'first: psql "$DATABASE_URL" -f customer_schema.sql)',
+            file=sys.stderr,
+        )
         return EXIT_DATABASE
     except psycopg2.Error as error:
         print(f"customer-verification: database error: {describe(error)}", file=sys.stderr)
@@ -263,9 +351,15 @@ def _connect():
 def _run(args, conn, out):
     if args.command == "add":
         customer_id, client_key = add_customer(conn, args.certificate_id, args.public_key)
-        key_line = ("public key registered: the customer signs with its private key (RFC 9421, ed25519)"
-                    if args.public_key else f"client_key: {client_key}\n(the key is shown only this once)")
-        print(f"customer_id: {customer_id}\ncertificate_id: {args.certificate_id}\n{key_line}", file=out)
+        key_line = (
+            "public key registered: the customer signs with its private key (RFC 9421, ed25519)"
+            if args.public_key
+            else f"client_key: {client_key}\n(the key is shown only this once)"
+        )
+        print(
+            f"customer_id: {customer_id}\ncertificate_id: {args.certificate_id}\n{key_line}",
+            file=out,
+        )
     elif args.command == "rotate":
         client_key = rotate_key(conn, args.certificate_id, args.grace, public_key=args.public_key)
         key_line = "new public key registered" if args.public_key else f"client_key: {client_key}"
@@ -294,9 +388,17 @@ def _sign(args, out):
     else:
         message = types.SimpleNamespace(method=method, url=url, headers=CaseInsensitiveDict())
         try:
-            client.sign_message(message, args.certificate_id, client_key=client_key, private_key=args.private_key,
-                                body=body, nonce=args.nonce)
-        except Exception as error:  # the library's HTTPMessageSignaturesException: a URL it cannot sign
+            client.sign_message(
+                message,
+                args.certificate_id,
+                client_key=client_key,
+                private_key=args.private_key,
+                body=body,
+                nonce=args.nonce,
+            )
+        except (
+            Exception
+        ) as error:  # the library's HTTPMessageSignaturesException: a URL it cannot sign
             raise Failure(2, f"cannot sign that request: {error}") from None
         headers = dict(message.headers.items())
     if args.curl:

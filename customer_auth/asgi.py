@@ -1,8 +1,15 @@
 """The verification as ASGI 3 middleware, websockets included; see customer_auth/middleware.py."""
+
 import asyncio
 import urllib.parse
 
-from customer_auth.service_verification import SAFE_IN_PATH, BodyNeeded, StoreNeeded, Verification, decide
+from customer_auth.service_verification import (
+    SAFE_IN_PATH,
+    BodyNeeded,
+    StoreNeeded,
+    Verification,
+    decide,
+)
 from customer_auth.verification import BodyIncomplete, BodyTooLarge
 
 
@@ -14,7 +21,9 @@ class _ASGIRequest:
         self.scope = scope
         self.headers = {}
         for name, value in scope["headers"]:
-            self.headers.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
+            self.headers.setdefault(name.decode("latin-1").lower(), []).append(
+                value.decode("latin-1")
+            )
         self.messages = []  # what was received, to replay to the app
         self._size = 0
         self._ended = scope["type"] == "websocket"  # a handshake has no body
@@ -25,7 +34,11 @@ class _ASGIRequest:
 
     def target(self):
         raw = self.scope.get("raw_path")
-        path = raw.decode("latin-1") if raw else urllib.parse.quote(self.scope["path"], safe=SAFE_IN_PATH)
+        path = (
+            raw.decode("latin-1")
+            if raw
+            else urllib.parse.quote(self.scope["path"], safe=SAFE_IN_PATH)
+        )
         query = self.scope.get("query_string", b"").decode("latin-1")
         return f"{path}?{query}" if query else path
 
@@ -76,7 +89,10 @@ class ASGIMiddleware:
             return await self.app(scope, receive, send)
         verification = self._verification
         forged = verification.customer_id_header.encode("latin-1")
-        scope = dict(scope, headers=[(name, value) for name, value in scope["headers"] if name.lower() != forged])
+        scope = dict(
+            scope,
+            headers=[(name, value) for name, value in scope["headers"] if name.lower() != forged],
+        )
         if verification.exempt(scope["path"]):
             return await self.app(scope, receive, send)
         request = _ASGIRequest(scope)
@@ -84,7 +100,9 @@ class ASGIMiddleware:
         if answer is not None:
             return await _refuse(scope, send, *answer)
         scope.setdefault("state", {})["customer_id"] = customer.customer_id
-        await self.app(scope, _replay(request.messages, receive) if request.messages else receive, send)
+        await self.app(
+            scope, _replay(request.messages, receive) if request.messages else receive, send
+        )
 
     async def _decide(self, request, receive):
         """The core's decision, asked again when it needs what is not here yet: the body (received
@@ -96,7 +114,9 @@ class ASGIMiddleware:
                 try:
                     return decide(memory_verifier, request)
                 except StoreNeeded:
-                    return await asyncio.get_running_loop().run_in_executor(None, decide, verifier, request)
+                    return await asyncio.get_running_loop().run_in_executor(
+                        None, decide, verifier, request
+                    )
             except BodyNeeded as needed:
                 await request.receive(receive, needed.whole, limit)
 

@@ -1,4 +1,5 @@
 """Credentials kept in memory in front of the store, and requests verified lately."""
+
 import collections
 import dataclasses
 import logging
@@ -53,7 +54,11 @@ class VerifiedRequests:
         if remembered is None:
             return None
         credential, request_time, valid_until = remembered
-        if abs(now - request_time) <= clock_skew and now < valid_until and self._cache.fresh(signed[0]) is credential:
+        if (
+            abs(now - request_time) <= clock_skew
+            and now < valid_until
+            and self._cache.fresh(signed[0]) is credential
+        ):
             metrics.CACHE_HIT.inc()
             return credential.customer_id
         return None
@@ -120,8 +125,11 @@ class CredentialCache:
         if flight.error is None:
             return flight.credential
         if entry is not None and entry.credential is not None and self._clock() < entry.stale_until:
-            log.warning("credential store failed (%s); answering from expired cache entries (within stale_ttl)",
-                        flight.error)
+            log.warning(
+                "credential store failed (%s); answering from expired cache entries (within "
+                "stale_ttl)",
+                flight.error,
+            )
             metrics.CACHE_STALE.inc()
             return entry.credential
         raise flight.error
@@ -156,7 +164,9 @@ class CredentialCache:
     def _store(self, certificate_id, credential):
         now = self._clock()
         ttl = self._ttl if credential is not None else self._negative_ttl
-        entries, other = (self._known, self._unknown) if credential is not None else (self._unknown, self._known)
+        entries, other = (
+            (self._known, self._unknown) if credential is not None else (self._unknown, self._known)
+        )
         other.pop(certificate_id, None)
         entries[certificate_id] = _Entry(credential, now + ttl, now + ttl + self._stale_ttl)
         entries.move_to_end(certificate_id)

@@ -1,4 +1,5 @@
 """Hears changes to the customer table (LISTEN/NOTIFY) and evicts them from the caches."""
+
 import logging
 import select
 import threading
@@ -51,8 +52,14 @@ class ChangeListener:
     each time LISTEN takes effect; in the meantime the cache TTLs bound staleness.
     """
 
-    def __init__(self, settings, on_change, on_lost=lambda: None, retry_delay=0.5,
-                 heartbeat_interval=HEARTBEAT_INTERVAL):
+    def __init__(
+        self,
+        settings,
+        on_change,
+        on_lost=lambda: None,
+        retry_delay=0.5,
+        heartbeat_interval=HEARTBEAT_INTERVAL,
+    ):
         self._settings = settings
         self._on_change = on_change
         self._on_lost = on_lost
@@ -78,13 +85,22 @@ class ChangeListener:
             try:
                 self._listen()
             except NoEcho as error:
-                self._warn_once("change listener heard no answer to its heartbeat (%s): its connection died "
-                                "silently, or it goes through a pool that does not keep a session (PgBouncer "
-                                "pool_mode=transaction cannot hold a LISTEN: give CUSTOMER_VERIFICATION_LISTENER_URL "
-                                "a direct or session-mode URL); reconnecting every %g s", error, self._retry_delay)
+                self._warn_once(
+                    "change listener heard no answer to its heartbeat (%s): its connection died "
+                    "silently, or it goes through a pool that does not keep a session (PgBouncer "
+                    "pool_mode=transaction cannot hold a LISTEN: give "
+                    "CUSTOMER_VERIFICATION_LISTENER_URL "
+                    "a direct or session-mode URL); reconnecting every %g s",
+                    error,
+                    self._retry_delay,
+                )
             except (psycopg2.Error, OSError, ValueError) as error:
-                self._warn_once("change listener lost its database connection (%s); retrying every %g s, "
-                                "cache TTLs bound staleness meanwhile", describe(error), self._retry_delay)
+                self._warn_once(
+                    "change listener lost its database connection (%s); retrying every %g s, "
+                    "cache TTLs bound staleness meanwhile",
+                    describe(error),
+                    self._retry_delay,
+                )
             finally:
                 if self.connection is not None:
                     self.connection.close()
@@ -101,7 +117,9 @@ class ChangeListener:
         self._failing = True
 
     def _listen(self):
-        self.connection = connect(self._settings, LISTENER, application_name="customer_verification listener")
+        self.connection = connect(
+            self._settings, LISTENER, application_name="customer_verification listener"
+        )
         self.connection.autocommit = True
         with self.connection.cursor() as cursor:
             cursor.execute(f"LISTEN {CHANGES_CHANNEL}; LISTEN {HEARTBEAT_CHANNEL}")
@@ -137,7 +155,9 @@ class ChangeListener:
         pool_mode=transaction) every query works, but between them the LISTEN is on a session
         nobody reads: the pool drops what it hears. Only such a test tells.
         """
-        sender = connect(self._settings, LISTENER, application_name="customer_verification listener check")
+        sender = connect(
+            self._settings, LISTENER, application_name="customer_verification listener check"
+        )
         try:
             sender.autocommit = True
             self._echo(sender)
@@ -151,7 +171,9 @@ class ChangeListener:
         with sender.cursor() as cursor:
             cursor.execute("SELECT pg_notify(%s, %s)", (HEARTBEAT_CHANNEL, token))
         deadline = time.monotonic() + self._settings.timeout
-        while not any(n.channel == HEARTBEAT_CHANNEL and n.payload == token for n in self.connection.notifies):
+        while not any(
+            n.channel == HEARTBEAT_CHANNEL and n.payload == token for n in self.connection.notifies
+        ):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise NoEcho(f"none within {self._settings.timeout:g} s")
@@ -159,7 +181,9 @@ class ChangeListener:
                 self.connection.poll()
 
     def _take_changes(self):
-        changes = [n.payload or None for n in self.connection.notifies if n.channel == CHANGES_CHANNEL]
+        changes = [
+            n.payload or None for n in self.connection.notifies if n.channel == CHANGES_CHANNEL
+        ]
         self.connection.notifies.clear()
         return changes
 

@@ -8,6 +8,7 @@ v1 headers for gateways not yet upgraded. RFC 9421 signing is the reference impl
 Every RFC 9421 signature carries a fresh random ``nonce`` unless told not to: a route with
 ``replay_protection`` accepts each nonce once, and others ignore it.
 """
+
 import base64
 import secrets
 
@@ -27,8 +28,17 @@ def new_nonce():
     return secrets.token_urlsafe(16)
 
 
-def sign_message(message, certificate_id, *, client_key=None, private_key=None, body=None, created=None,
-                 covered_components=COVERED_COMPONENTS, nonce=True):
+def sign_message(
+    message,
+    certificate_id,
+    *,
+    client_key=None,
+    private_key=None,
+    body=None,
+    created=None,
+    covered_components=COVERED_COMPONENTS,
+    nonce=True,
+):
     """Adds ``Signature-Input`` and ``Signature`` (and ``Content-Digest`` for a body) to
     ``message``: anything with ``method``, an absolute ``url`` and ``headers``, such as a
     ``requests.PreparedRequest`` or an ``httpx.Request``. Exactly one of ``client_key`` (a shared
@@ -48,9 +58,14 @@ def sign_message(message, certificate_id, *, client_key=None, private_key=None, 
 
     algorithm = algorithms.ED25519 if private_key is not None else algorithms.HMAC_SHA256
     HTTPMessageSigner(signature_algorithm=algorithm, key_resolver=OneKey()).sign(
-        message, key_id=certificate_id, label=LABEL, created=created,
+        message,
+        key_id=certificate_id,
+        label=LABEL,
+        created=created,
         nonce=new_nonce() if nonce is True else nonce or None,
-        covered_component_ids=covered_components, body=body or None)
+        covered_component_ids=covered_components,
+        body=body or None,
+    )
 
 
 def _body(request):
@@ -59,7 +74,9 @@ def _body(request):
         try:
             return request.content
         except Exception as error:  # httpx.RequestNotRead
-            raise StreamingBody(f"cannot sign a streaming body ({type(error).__name__}): send bytes") from None
+            raise StreamingBody(
+                f"cannot sign a streaming body ({type(error).__name__}): send bytes"
+            ) from None
     body = request.body  # requests
     if body is None or isinstance(body, bytes):
         return body
@@ -75,7 +92,9 @@ class SignedRequestAuth:
     no nonce; ``nonce=False`` signs RFC 9421 without one.
     """
 
-    def __init__(self, certificate_id, client_key=None, *, private_key=None, scheme="rfc9421", nonce=True):
+    def __init__(
+        self, certificate_id, client_key=None, *, private_key=None, scheme="rfc9421", nonce=True
+    ):
         if scheme not in ("rfc9421", "v1"):
             raise ValueError("scheme is rfc9421 or v1")
         if scheme == "v1" and client_key is None:
@@ -90,8 +109,14 @@ class SignedRequestAuth:
         if self.scheme == "v1":
             request.headers.update(signature.signed_headers(self.certificate_id, self._client_key))
         else:
-            sign_message(request, self.certificate_id, client_key=self._client_key, private_key=self._private_key,
-                         body=_body(request), nonce=self._nonce)
+            sign_message(
+                request,
+                self.certificate_id,
+                client_key=self._client_key,
+                private_key=self._private_key,
+                body=_body(request),
+                nonce=self._nonce,
+            )
         return request
 
     def __repr__(self):

@@ -4,6 +4,7 @@ Connection settings come from the environment only (``DATABASE_URL`` or libpq's 
 variables, optionally from the dotenv file named by ``CUSTOMER_VERIFICATION_ENV_FILE``), never from
 Kong's plugin config. Nothing connects until the first lookup.
 """
+
 import contextlib
 import dataclasses
 import os
@@ -100,8 +101,20 @@ def _wait_with_deadline(timeout):
 # DATABASE_URL empty, or to complete it. The first three alone name a database.
 LIBPQ_TARGET_VARIABLES = ("PGHOST", "PGHOSTADDR", "PGSERVICE")
 LIBPQ_VARIABLES = LIBPQ_TARGET_VARIABLES + (
-    "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD", "PGPASSFILE", "PGSERVICEFILE", "PGSSLMODE", "PGSSLROOTCERT",
-    "PGSSLCERT", "PGSSLKEY", "PGTARGETSESSIONATTRS", "PGLOADBALANCEHOSTS", "PGCONNECT_TIMEOUT")
+    "PGPORT",
+    "PGDATABASE",
+    "PGUSER",
+    "PGPASSWORD",
+    "PGPASSFILE",
+    "PGSERVICEFILE",
+    "PGSSLMODE",
+    "PGSSLROOTCERT",
+    "PGSSLCERT",
+    "PGSSLKEY",
+    "PGTARGETSESSIONATTRS",
+    "PGLOADBALANCEHOSTS",
+    "PGCONNECT_TIMEOUT",
+)
 
 
 class InvalidSettings(psycopg2.ProgrammingError):
@@ -116,18 +129,30 @@ def check_dsn(dsn):
     it for the host or the port and names that part, a piece of the password, in its error.
     """
     if not dsn and not any(os.environ.get(name) for name in LIBPQ_TARGET_VARIABLES):
-        raise InvalidSettings("DATABASE_URL is not set (nor libpq's PGHOST or PGSERVICE): no database to ask")
+        raise InvalidSettings(
+            "DATABASE_URL is not set (nor libpq's PGHOST or PGSERVICE): no database to ask"
+        )
     try:
         params = psycopg2.extensions.parse_dsn(dsn)
     except psycopg2.ProgrammingError as error:
-        hint = ("a '%' must be written %25" if "percent-encoded" in str(error)
-                else "expected postgresql://user:password@host:port/database or key=value pairs")
+        hint = (
+            "a '%' must be written %25"
+            if "percent-encoded" in str(error)
+            else "expected postgresql://user:password@host:port/database or key=value pairs"
+        )
         raise InvalidSettings(f"DATABASE_URL is not a valid connection URL ({hint})") from None
     if "@" in params.get("host", ""):
-        raise InvalidSettings("DATABASE_URL is not a valid connection URL (an '@' in the password must be written %40)")
-    if not all(port.strip().isdigit() or not port.strip() for port in params.get("port", "5432").split(",")):
-        raise InvalidSettings("DATABASE_URL is not a valid connection URL (the port is not a number; "
-                              "a '/' or ':' in the password must be written %2F or %3A)")
+        raise InvalidSettings(
+            "DATABASE_URL is not a valid connection URL (an '@' in the password must be written "
+            "%40)"
+        )
+    if not all(
+        port.strip().isdigit() or not port.strip() for port in params.get("port", "5432").split(",")
+    ):
+        raise InvalidSettings(
+            "DATABASE_URL is not a valid connection URL (the port is not a number; "
+            "a '/' or ':' in the password must be written %2F or %3A)"
+        )
 
 
 NETWORK_GRACE = 0.5  # seconds past the database timeout before silence counts as a dead network

@@ -5,6 +5,7 @@ one by ``consumer_by``, in order: ``id`` (the customer's uuid is the consumer's 
 ``username`` (the certificate id is the consumer's username); the answer, a consumer or none,
 is kept for the credential cache's TTL, within its bound, so a cached customer costs no lookup.
 """
+
 import collections
 import threading
 import time
@@ -23,8 +24,10 @@ class ConsumerMap:
 
     def for_customer(self, customer, load):
         """The customer's consumer, or None; ``load(key, by_username)`` asks Kong."""
-        return self._remembered(("customer", customer.customer_id, customer.certificate_id),
-                                lambda: self._find(customer, load))
+        return self._remembered(
+            ("customer", customer.customer_id, customer.certificate_id),
+            lambda: self._find(customer, load),
+        )
 
     def by_name(self, id_or_username, load):
         """A consumer named by its id or username (the ``anonymous`` setting), or None."""

@@ -1,5 +1,6 @@
 """The process's credential store: one pool, one listener, the caches of its plugin instances, and
 the nonce store of replay protection."""
+
 import os
 import threading
 import weakref
@@ -21,7 +22,9 @@ class Credentials:
     def __init__(self, settings):
         self.pid = os.getpid()
         self.store = CustomerStore(settings)
-        self.nonces = NonceStore(settings)  # connects to the primary only once a protected route asks
+        self.nonces = NonceStore(
+            settings
+        )  # connects to the primary only once a protected route asks
         self._caches = weakref.WeakValueDictionary()  # settings -> CredentialCache
         self._caches_lock = threading.Lock()
         self.listener = ChangeListener(settings, self._changed, on_lost=self.store.close)
@@ -51,14 +54,18 @@ class Credentials:
         return cache
 
     def health(self):
-        """"up" while the store answers; "degraded" while it fails but cached customers can still
+        """ "up" while the store answers; "degraded" while it fails but cached customers can still
         be verified within their stale window; else "down". Why is for the log, not for here."""
         try:
             self.store.probe()
         except StoreUnavailable:
             with self._caches_lock:
                 caches = list(self._caches.values())
-            return "degraded" if any(cache.usable_while_the_store_fails() for cache in caches) else "down"
+            return (
+                "degraded"
+                if any(cache.usable_while_the_store_fails() for cache in caches)
+                else "down"
+            )
         return "up"
 
     def _changed(self, certificate_id, wal_position):

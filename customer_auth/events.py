@@ -6,13 +6,16 @@ the handler runs; the handler, at a PDK call, switches back to it with the call,
 with Kong's result by whichever connection brings the next Step. The handler still waits on
 gevent I/O as usual (the Postgres driver's waits) meanwhile.
 """
+
 import time
 
 from greenlet import GreenletExit, getcurrent, greenlet
 from kong_pdk.exception import PDKException
 
 RET = "ret"  # the answer's Data when the handler has finished
-TERMINAL_METHODS = frozenset(("kong.response.exit", "kong.response.error"))  # Kong never answers these
+TERMINAL_METHODS = frozenset(
+    ("kong.response.exit", "kong.response.error")
+)  # Kong never answers these
 
 
 class Failure:
@@ -67,10 +70,16 @@ class Event(greenlet):
     def call(self, method, args):
         """One PDK call: Kong runs it and steps its result back."""
         if self.ended:
-            return self._result(method, None, "the request has already ended (kong.response.exit or Kong "
-                                              "gave it up): Kong answers no more PDK calls")
+            return self._result(
+                method,
+                None,
+                "the request has already ended (kong.response.exit or Kong "
+                "gave it up): Kong answers no more PDK calls",
+            )
         if method == "kong.log" or method.startswith("kong.log."):
-            args = [arg if type(arg) in (str, int, list, dict) else str(arg) for arg in args]  # as kong-pdk
+            args = [
+                arg if type(arg) in (str, int, list, dict) else str(arg) for arg in args
+            ]  # as kong-pdk
         output = {"Method": method, "Args": args}
         self.parked = True
         try:

@@ -1,4 +1,5 @@
 """A customer's credential, read from Postgres by certificate id."""
+
 import base64
 import binascii
 import dataclasses
@@ -58,7 +59,11 @@ class Credential:
         return self.previous_key_expires_at if self._in_grace_period(now) else math.inf
 
     def _valid(self, current, previous, now):
-        keys = (current, previous) if previous is not None and self._in_grace_period(now) else (current,)
+        keys = (
+            (current, previous)
+            if previous is not None and self._in_grace_period(now)
+            else (current,)
+        )
         return tuple(key for key in keys if key is not None)
 
     def _in_grace_period(self, now):
@@ -95,7 +100,8 @@ class CustomerStore:
         return self._credential(certificate_id, rows)
 
     def probe(self):
-        """Raises StoreUnavailable unless the store answers a lookup now (one no certificate matches)."""
+        """Raises StoreUnavailable unless the store answers a lookup now (one that matches no
+        certificate)."""
         self._query(self.pool, "")
 
     def _query(self, pool, certificate_id):
@@ -107,23 +113,37 @@ class CustomerStore:
     def _credential(self, certificate_id, rows):
         if len(rows) != 1:
             if rows:
-                log.error("certificate id %r belongs to %d customers; refusing all of them",
-                          certificate_id, len(rows))
+                log.error(
+                    "certificate id %r belongs to %d customers; refusing all of them",
+                    certificate_id,
+                    len(rows),
+                )
             return None
-        customer_id, client_key, previous_key, previous_expiry, public_key, previous_public_key = rows[0]
+        customer_id, client_key, previous_key, previous_expiry, public_key, previous_public_key = (
+            rows[0]
+        )
         previous_expiry = _epoch_or_none(previous_expiry)
         in_grace_period = previous_expiry is not None and time.time() < previous_expiry
         try:
-            keys = {"client_key": _secret(client_key, "client_key"),
-                    "public_key": _public_key(public_key, "public_key")}
+            keys = {
+                "client_key": _secret(client_key, "client_key"),
+                "public_key": _public_key(public_key, "public_key"),
+            }
             if keys == {"client_key": None, "public_key": None}:
                 raise _UnusableKey("client_key")
             if in_grace_period:  # a previous key only matters until its grace period ends
                 keys["previous_client_key"] = _secret(previous_key, "previous_client_key")
-                keys["previous_public_key"] = _public_key(previous_public_key, "previous_public_key")
+                keys["previous_public_key"] = _public_key(
+                    previous_public_key, "previous_public_key"
+                )
         except _UnusableKey as field:
-            log.error("certificate %r: authentication.%s is missing or not a usable key (a non-blank string, or "
-                      "an ed25519 public key in base64); the customer is refused until it is fixed", certificate_id, field)
+            log.error(
+                "certificate %r: authentication.%s is missing or not a usable key (a non-blank "
+                "string, or "
+                "an ed25519 public key in base64); the customer is refused until it is fixed",
+                certificate_id,
+                field,
+            )
             return None
         return Credential(customer_id, previous_key_expires_at=previous_expiry, **keys)
 

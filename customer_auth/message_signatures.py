@@ -11,6 +11,7 @@ body. Every check raises its own exception of ``signature``, which callers map t
 The common form of the fields is parsed here directly; anything else goes through ``http_sf``, a
 complete RFC 8941 parser, which gives the same result for the common form (a test holds them to it).
 """
+
 import base64
 import binascii
 import dataclasses
@@ -18,12 +19,25 @@ import hashlib
 import hmac
 import re
 
-from customer_auth.signature import BadSignature, MalformedSignature, SignatureExpired, parse_certificate_id
+from customer_auth.signature import (
+    BadSignature,
+    MalformedSignature,
+    SignatureExpired,
+    parse_certificate_id,
+)
 
 HMAC_SHA256 = "hmac-sha256"
 ED25519 = "ed25519"
 ALGORITHMS = (HMAC_SHA256, ED25519)
-DERIVED_COMPONENTS = ("@method", "@target-uri", "@authority", "@scheme", "@request-target", "@path", "@query")
+DERIVED_COMPONENTS = (
+    "@method",
+    "@target-uri",
+    "@authority",
+    "@scheme",
+    "@request-target",
+    "@path",
+    "@query",
+)
 DIGEST_ALGORITHMS = {"sha-256": hashlib.sha256, "sha-512": hashlib.sha512}
 # Bounds on a field, checked by counting characters before any parsing, so that a hostile field
 # costs about what an ordinary malformed one does. An honest client sends one or two signatures.
@@ -62,10 +76,18 @@ class MessageSignature:
 # Strings without escapes, spaces, ')' or ';' (so they can be split on those); others take the
 # full parser.
 _SF_STRING = r'"[\x21\x23-\x28\x2a-\x3a\x3c-\x5b\x5d-\x7e]*"'
-_PARAM = r';[a-z*][a-z0-9_.*-]{0,63}=(?:-?(?:0|[1-9][0-9]{0,14})|' + _SF_STRING + r')'
-_INPUT_MEMBER = re.compile(r'([a-z*][a-z0-9_.*-]{0,63})=(\((?:' + _SF_STRING + r'(?: ' + _SF_STRING + r')*)?\)(?:' + _PARAM + r')*)')
-_SIGNATURE_MEMBER = re.compile(r'([a-z*][a-z0-9_.*-]{0,63})=:([A-Za-z0-9+/]*={0,2}):')
-_MEMBER_SEPARATOR = re.compile(r'[ \t]*,[ \t]*')
+_PARAM = r";[a-z*][a-z0-9_.*-]{0,63}=(?:-?(?:0|[1-9][0-9]{0,14})|" + _SF_STRING + r")"
+_INPUT_MEMBER = re.compile(
+    r"([a-z*][a-z0-9_.*-]{0,63})=(\((?:"
+    + _SF_STRING
+    + r"(?: "
+    + _SF_STRING
+    + r")*)?\)(?:"
+    + _PARAM
+    + r")*)"
+)
+_SIGNATURE_MEMBER = re.compile(r"([a-z*][a-z0-9_.*-]{0,63})=:([A-Za-z0-9+/]*={0,2}):")
+_MEMBER_SEPARATOR = re.compile(r"[ \t]*,[ \t]*")
 
 
 def _field(values):
@@ -102,7 +124,7 @@ def _no_duplicates(labels):
         raise MalformedSignature("a label appears twice")
 
 
-_LABEL = re.compile(r'[a-z*][a-z0-9_.*-]{0,63}')
+_LABEL = re.compile(r"[a-z*][a-z0-9_.*-]{0,63}")
 
 
 def _parse_dictionary(text):
@@ -110,19 +132,26 @@ def _parse_dictionary(text):
     import http_sf
 
     if len(text) > MAX_UNCOMMON_LENGTH or text.count(" ") + text.count(";") > MAX_UNCOMMON_ITEMS:
-        raise MalformedSignature(f"not in the common form, and longer than the {MAX_UNCOMMON_LENGTH} characters "
-                                 f"or {MAX_UNCOMMON_ITEMS} items the full parser is given")
+        raise MalformedSignature(
+            f"not in the common form, and longer than the {MAX_UNCOMMON_LENGTH} characters "
+            f"or {MAX_UNCOMMON_ITEMS} items the full parser is given"
+        )
 
     labels = []
     try:
-        parsed = http_sf.parse(text.encode("ascii"), tltype="dictionary",
-                               on_duplicate_key=lambda key, context: labels.append(key))
+        parsed = http_sf.parse(
+            text.encode("ascii"),
+            tltype="dictionary",
+            on_duplicate_key=lambda key, context: labels.append(key),
+        )
     except Exception:  # http_sf raises its own ValueErrors and more for what it cannot parse
         raise MalformedSignature("not a structured field dictionary (RFC 8941)") from None
     if labels:
         raise MalformedSignature("a label appears twice")
     if not all(_LABEL.fullmatch(label) for label in parsed):
-        raise MalformedSignature("a label is longer than 64 characters")  # RFC 8941 keys allow no other form
+        raise MalformedSignature(
+            "a label is longer than 64 characters"
+        )  # RFC 8941 keys allow no other form
     return parsed
 
 
@@ -134,7 +163,10 @@ def _parse_members(values, member, from_match, from_parsed):
     if fast is not None:
         _no_duplicates([label for label, _ in fast])
         return {label: from_match(label, match) for label, match in fast}
-    return {label: from_parsed(label, value, params) for label, (value, params) in _parse_dictionary(text).items()}
+    return {
+        label: from_parsed(label, value, params)
+        for label, (value, params) in _parse_dictionary(text).items()
+    }
 
 
 def parse_signature_input(values):
@@ -191,7 +223,8 @@ def choose(inputs, signatures, required_components, nonce_required=False):
 
     ``required_components`` must all be covered; ``created`` (an integer) and ``keyid`` (a
     certificate id) are required; ``alg``, when present, must be one this plugin knows; a
-    ``nonce``, when required, must be a string of NONCE_LENGTH characters (else it is not looked at).
+    ``nonce``, when required, must be a string of NONCE_LENGTH characters (else it is not looked
+    at).
     """
     reasons = []
     for label, (covered, params, serialized) in list(inputs.items())[:MAX_SIGNATURES]:
@@ -202,8 +235,9 @@ def choose(inputs, signatures, required_components, nonce_required=False):
         if label not in signatures:
             reasons.append(f"{label} has no Signature")
             continue
-        created, keyid, alg, expires, nonce = (params.get(name) for name in ("created", "keyid", "alg", "expires",
-                                                                             "nonce"))
+        created, keyid, alg, expires, nonce = (
+            params.get(name) for name in ("created", "keyid", "alg", "expires", "nonce")
+        )
         if not isinstance(created, int) or isinstance(created, bool):
             reasons.append(f"{label} has no integer created")
         elif not isinstance(keyid, str):
@@ -216,32 +250,48 @@ def choose(inputs, signatures, required_components, nonce_required=False):
             reasons.append(f"{label} covers a component twice")
         elif nonce_required and nonce is None:
             reasons.append(f"{label} has no nonce")
-        elif nonce_required and not (isinstance(nonce, str) and NONCE_LENGTH[0] <= len(nonce) <= NONCE_LENGTH[1]):
-            reasons.append(f"{label} has a nonce that is not a string of {NONCE_LENGTH[0]} to {NONCE_LENGTH[1]} "
-                           "characters")
+        elif nonce_required and not (
+            isinstance(nonce, str) and NONCE_LENGTH[0] <= len(nonce) <= NONCE_LENGTH[1]
+        ):
+            reasons.append(
+                f"{label} has a nonce that is not a string of {NONCE_LENGTH[0]} to "
+                f"{NONCE_LENGTH[1]} "
+                "characters"
+            )
         else:
             parse_certificate_id(keyid)
-            return MessageSignature(label, covered, created, keyid, alg, expires, signatures[label], serialized,
-                                    nonce)
-    raise PolicyViolation("; ".join(reasons[:2]) + (f" (and {len(reasons) - 2} more)" if len(reasons) > 2 else "")
-                          if reasons else "no signature")
+            return MessageSignature(
+                label, covered, created, keyid, alg, expires, signatures[label], serialized, nonce
+            )
+    raise PolicyViolation(
+        "; ".join(reasons[:2]) + (f" (and {len(reasons) - 2} more)" if len(reasons) > 2 else "")
+        if reasons
+        else "no signature"
+    )
 
 
 def check_fresh(signature, clock_skew, now):
     offset = now - signature.created
     if abs(offset) > clock_skew:
-        raise SignatureExpired(f"created is {abs(int(offset))} s {'behind' if offset > 0 else 'ahead of'} the gateway clock")
+        raise SignatureExpired(
+            f"created is {abs(int(offset))} s {'behind' if offset > 0 else 'ahead of'} the "
+            "gateway clock"
+        )
     if signature.expires is not None and now > signature.expires:
         raise SignatureExpired(f"expired {int(now - signature.expires)} s ago")
 
 
 # -- the signature base ----------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class Message:
     """A request as received, for the components: each part is asked for only when covered, since
     asking may cost a round trip (Kong) or a read (the body)."""
-    method: object  # callables returning str: the method, the raw target (path and query), the scheme
+
+    method: (
+        object  # callables returning str: the method, the raw target (path and query), the scheme
+    )
     target: object
     scheme: object
     headers: dict  # lower-case name -> [value, ...] as received
@@ -287,13 +337,16 @@ def signature_base(message, signature):
     for name in signature.covered_components:
         value = component_value(message, name)
         if not value.isascii() or not value.replace("\t", " ").isprintable():
-            raise MalformedSignature(f"covered component {name} holds characters a signature base cannot")
+            raise MalformedSignature(
+                f"covered component {name} holds characters a signature base cannot"
+            )
         lines.append(f'"{name}": {value}')
     lines.append(f'"@signature-params": {signature.signature_params}')
     return "\n".join(lines).encode("ascii")
 
 
 # -- content digest and verification ---------------------------------------------------------
+
 
 def check_content_digest(values, body):
     """The body against ``Content-Digest`` (RFC 9530): every known algorithm it names must match."""

@@ -3,6 +3,7 @@
 Metric objects live here, once per process. No label takes a value a client chooses (certificate
 ids are unbounded): every label has a fixed set of values, so cardinality stays fixed.
 """
+
 import json
 import logging
 import os
@@ -14,46 +15,84 @@ import prometheus_client
 
 log = logging.getLogger("customer_verification")
 
-OUTCOMES = ("verified", "malformed", "unverified", "too_large", "unavailable", "error", "anonymous", "skipped")
+OUTCOMES = (
+    "verified",
+    "malformed",
+    "unverified",
+    "too_large",
+    "unavailable",
+    "error",
+    "anonymous",
+    "skipped",
+)
 
 REQUESTS = prometheus_client.Counter(
-    "customer_verification_requests", "Requests the plugin answered, by outcome: verified, malformed (400), "
-    "unverified (403), too_large (413), unavailable (503: store down, no usable cache), error (500/503: internal), "
-    "anonymous (let in as the anonymous consumer) and skipped (a preflight, or another auth plugin's caller)",
-    ["outcome"])
+    "customer_verification_requests",
+    "Requests the plugin answered, by outcome: verified, malformed (400), "
+    "unverified (403), too_large (413), unavailable (503: store down, no usable cache), error "
+    "(500/503: internal), "
+    "anonymous (let in as the anonymous consumer) and skipped (a preflight, or another auth "
+    "plugin's caller)",
+    ["outcome"],
+)
 CACHE = prometheus_client.Counter(
-    "customer_verification_cache_lookups", "Credential cache lookups: hit (answered from memory), miss (asked the "
-    "store) and stale (store failed, answered from an expired entry within stale_ttl)", ["result"])
+    "customer_verification_cache_lookups",
+    "Credential cache lookups: hit (answered from memory), miss (asked the "
+    "store) and stale (store failed, answered from an expired entry within stale_ttl)",
+    ["result"],
+)
 STORE_LOOKUP_SECONDS = prometheus_client.Histogram(
-    "customer_verification_store_lookup_seconds", "Time of a credential lookup in Postgres, failed ones included",
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
+    "customer_verification_store_lookup_seconds",
+    "Time of a credential lookup in Postgres, failed ones included",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
 STORE_LOOKUPS_FAILED = prometheus_client.Counter(
-    "customer_verification_store_lookups_failed", "Credential lookups that failed (unreachable, timed out, refused)")
+    "customer_verification_store_lookups_failed",
+    "Credential lookups that failed (unreachable, timed out, refused)",
+)
 LISTENER_CONNECTED = prometheus_client.Gauge(
-    "customer_verification_listener_connected", "1 while the change listener's LISTEN is in force, else 0")
+    "customer_verification_listener_connected",
+    "1 while the change listener's LISTEN is in force, else 0",
+)
 POOL_IN_USE = prometheus_client.Gauge(
-    "customer_verification_pool_connections_in_use", "Database connections of the lookup pool in use")
+    "customer_verification_pool_connections_in_use",
+    "Database connections of the lookup pool in use",
+)
 
 # The lean transport's own (customer_auth/plugin_server.py): both gauges are read at scrape time.
 KONG_CONNECTIONS = prometheus_client.Gauge(
-    "customer_verification_kong_connections", "Connections Kong holds open to the plugin server (lean transport)")
+    "customer_verification_kong_connections",
+    "Connections Kong holds open to the plugin server (lean transport)",
+)
 EVENTS_OPEN = prometheus_client.Gauge(
-    "customer_verification_plugin_events_open", "Plugin events in progress: a handler running, or waiting for "
-    "Kong's next step (lean transport); a level that only grows means handlers that never end")
+    "customer_verification_plugin_events_open",
+    "Plugin events in progress: a handler running, or waiting for "
+    "Kong's next step (lean transport); a level that only grows means handlers that never end",
+)
 EVENTS_ENDED = prometheus_client.Counter(
-    "customer_verification_plugin_events_ended", "Events the lean transport ended itself: handler_raised (Kong "
-    "answered with the error at once), handler_timeout (no answer for Kong in 60 s) and never_finished (Kong sent "
-    "no next step in 600 s)", ["reason"])
+    "customer_verification_plugin_events_ended",
+    "Events the lean transport ended itself: handler_raised (Kong "
+    "answered with the error at once), handler_timeout (no answer for Kong in 60 s) and "
+    "never_finished (Kong sent "
+    "no next step in 600 s)",
+    ["reason"],
+)
 EVENT_END_REASONS = ("handler_raised", "handler_timeout", "never_finished")
 
 for _outcome in OUTCOMES:
-    REQUESTS.labels(_outcome)  # every series exists from the start, at 0, so rate() sees the first one
+    REQUESTS.labels(
+        _outcome
+    )  # every series exists from the start, at 0, so rate() sees the first one
 for _result in ("hit", "miss", "stale"):
     CACHE.labels(_result)
 
 EVENTS_ENDED_BY_REASON = {reason: EVENTS_ENDED.labels(reason) for reason in EVENT_END_REASONS}
 REQUESTS_BY_OUTCOME = {outcome: REQUESTS.labels(outcome) for outcome in OUTCOMES}
-CACHE_HIT, CACHE_MISS, CACHE_STALE = CACHE.labels("hit"), CACHE.labels("miss"), CACHE.labels("stale")
+CACHE_HIT, CACHE_MISS, CACHE_STALE = (
+    CACHE.labels("hit"),
+    CACHE.labels("miss"),
+    CACHE.labels("stale"),
+)
 
 
 # The listener shares the plugin server's process and its file descriptors: it may never hold many.
@@ -132,14 +171,26 @@ def serve_from_environment(health):
     address = os.environ.get("CUSTOMER_VERIFICATION_METRICS_ADDRESS", "").strip() or DEFAULT_ADDRESS
     try:
         return serve(int(port), health, address)
-    except (ValueError, OSError) as error:  # the plugin still verifies: only its metrics are missing
-        log.error("cannot serve metrics on %s port %r (CUSTOMER_VERIFICATION_METRICS_PORT): %s", address, port, error)
+    except (
+        ValueError,
+        OSError,
+    ) as error:  # the plugin still verifies: only its metrics are missing
+        log.error(
+            "cannot serve metrics on %s port %r (CUSTOMER_VERIFICATION_METRICS_PORT): %s",
+            address,
+            port,
+            error,
+        )
         return None
 
 
 def serve(port, health, address=DEFAULT_ADDRESS):
     """Serves /metrics and /health on ``address:port`` from a daemon thread; returns the server."""
-    server = wsgiref.simple_server.make_server(address, port, application(health), _Server, _QuietHandler)
-    threading.Thread(target=server.serve_forever, name="customer-verification-metrics", daemon=True).start()
+    server = wsgiref.simple_server.make_server(
+        address, port, application(health), _Server, _QuietHandler
+    )
+    threading.Thread(
+        target=server.serve_forever, name="customer-verification-metrics", daemon=True
+    ).start()
     log.info("serving /metrics and /health on %s:%d", address, server.server_port)
     return server

@@ -17,6 +17,7 @@ ASGI websocket handshake is verified as the GET it is, and refused before it is 
 Plain WSGI and ASGI callables: one credential store, cache and change listener serve every
 thread of a process; a process forked from another builds its own.
 """
+
 from customer_auth.asgi import ASGIMiddleware
 from customer_auth.wsgi import CUSTOMER_ID_KEY, WSGIMiddleware
 

@@ -7,6 +7,7 @@ and removes a few that have expired, so no cron is needed. A pair this node has 
 refused is refused again from memory, without the round trip. Nothing else of the request is
 stored.
 """
+
 import collections
 import threading
 import time

@@ -9,6 +9,7 @@ A kind of problem is its message template: each kind gives at most one line per 
 seconds, which says how many more of it were left out. Client mistakes are logged at INFO and
 never reach this queue.
 """
+
 import collections
 import logging
 import threading
@@ -16,7 +17,11 @@ import time
 
 LOGGER_NAME = "customer_verification"
 
-KONG_LOG_METHOD = {logging.WARNING: "kong.log.warn", logging.ERROR: "kong.log.err", logging.CRITICAL: "kong.log.crit"}
+KONG_LOG_METHOD = {
+    logging.WARNING: "kong.log.warn",
+    logging.ERROR: "kong.log.err",
+    logging.CRITICAL: "kong.log.crit",
+}
 
 
 class _Kind:
@@ -38,7 +43,9 @@ class OperatorLog(logging.Handler):
         self._lock = threading.Lock()
 
     def emit(self, record):
-        method = KONG_LOG_METHOD[min(max(record.levelno, logging.WARNING) // 10 * 10, logging.CRITICAL)]
+        method = KONG_LOG_METHOD[
+            min(max(record.levelno, logging.WARNING) // 10 * 10, logging.CRITICAL)
+        ]
         text = f"{LOGGER_NAME}: {record.getMessage()}"  # never the traceback: it may quote anything
         with self._lock:
             kind = self._kinds[record.msg]

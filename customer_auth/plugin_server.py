@@ -1,4 +1,5 @@
-"""The plugin server's side of Kong's MessagePack-RPC, written for this protocol (the lean transport).
+"""The plugin server's side of Kong's MessagePack-RPC, written for this protocol (the lean
+transport).
 
 Kong calls ``plugin.HandleEvent`` for each request, then one ``plugin.Step`` (or ``StepError``,
 ``StepMultiMap``, ``StepCredential``, ...) per PDK call the handler makes, each on a connection it
@@ -21,13 +22,14 @@ are ended by a sweep, so nothing outlives them.
 other side of an A/B measurement); so does a server started without ``-g``: this transport is
 gevent's.
 """
+
+import _socket
 import logging
 import os
 import re
 import time
 import traceback
 
-import _socket
 import gevent
 import gevent.socket
 import msgpack
@@ -47,9 +49,20 @@ log = logging.getLogger("customer_verification")
 TRANSPORT = "CUSTOMER_VERIFICATION_TRANSPORT"
 TRANSPORTS = ("lean", "kong-pdk")
 
-STEP_METHODS = frozenset("plugin." + name for name in (
-    "Step", "StepError", "StepMultiMap", "StepService", "StepConsumer", "StepRoute", "StepPlugin",
-    "StepCredential", "StepMemoryStats"))
+STEP_METHODS = frozenset(
+    "plugin." + name
+    for name in (
+        "Step",
+        "StepError",
+        "StepMultiMap",
+        "StepService",
+        "StepConsumer",
+        "StepRoute",
+        "StepPlugin",
+        "StepCredential",
+        "StepMemoryStats",
+    )
+)
 
 # nginx's default lua_socket_read_timeout: how long Kong waits for an answer before it gives up.
 HANDLER_TIMEOUT = 60.0
@@ -91,7 +104,9 @@ class LeanTransport:
         listener.bind(path)
         listener.listen(backlog)
         self.server.logger.info("server (gevent, lean transport) started at path " + path)
-        gevent.spawn(pdk_listener.watchdog, gevent.sleep, self.server.logger)  # exits when Kong has gone
+        gevent.spawn(
+            pdk_listener.watchdog, gevent.sleep, self.server.logger
+        )  # exits when Kong has gone
         self.start_sweeping()
         while True:
             connection, _address = listener.accept()
@@ -114,13 +129,20 @@ class LeanTransport:
                 if not data:
                     return
                 unpacker.feed(data)
-                for _kind, msgid, method, args in unpacker:  # another shape ends the connection, as in kong-pdk
+                for (
+                    _kind,
+                    msgid,
+                    method,
+                    args,
+                ) in unpacker:  # another shape ends the connection, as in kong-pdk
                     self._send(connection, self.answer(msgid, method, args))
         except OSError:
             pass  # Kong went away mid-answer; its events wait for another connection or the sweep
         except (MalformedMessage, ValueError, TypeError) as error:  # not [0, msgid, method, args]
-            log.warning("ending a connection to the plugin server that sent a malformed message (%s)",
-                        type(error).__name__)
+            log.warning(
+                "ending a connection to the plugin server that sent a malformed message (%s)",
+                type(error).__name__,
+            )
         finally:
             self.connections -= 1
             readable.close()
@@ -131,7 +153,9 @@ class LeanTransport:
             sent = connection.send(data)
         except BlockingIOError:
             sent = 0
-        if sent < len(data):  # a large answer, or a Kong worker that reads slowly: the rest as it drains
+        if sent < len(
+            data
+        ):  # a large answer, or a Kong worker that reads slowly: the rest as it drains
             self._send_rest(connection, memoryview(data)[sent:])
 
     def _send_rest(self, connection, rest):
@@ -140,7 +164,7 @@ class LeanTransport:
             while rest:
                 self.hub.wait(writable)
                 try:
-                    rest = rest[connection.send(rest):]
+                    rest = rest[connection.send(rest) :]
                 except BlockingIOError:
                     pass
         finally:
@@ -160,8 +184,11 @@ class LeanTransport:
         except (PluginServerException, PDKException) as error:
             return self._packer.pack([1, msgid, str(error), None])
         except Exception as error:
-            log.error("the plugin server's %s failed: %s", method, "".join(
-                traceback.format_exception_only(type(error), error)).strip())
+            log.error(
+                "the plugin server's %s failed: %s",
+                method,
+                "".join(traceback.format_exception_only(type(error), error)).strip(),
+            )
             return self._packer.pack([1, msgid, str(error), None])
         return self._packer.pack([1, msgid, None, result])
 
@@ -173,7 +200,9 @@ class LeanTransport:
             ns, command = method.split(".")
             if ns != "plugin":
                 raise PluginServerException("RPC for %s is not supported" % ns)
-            function = getattr(self.server, _snake_case(command))  # AttributeError: kong-pdk's answer
+            function = getattr(
+                self.server, _snake_case(command)
+            )  # AttributeError: kong-pdk's answer
             self._names[method] = function
         return function(*args)
 
@@ -183,27 +212,36 @@ class LeanTransport:
             instance = self.server.instances[event["InstanceId"]]
             phase = getattr(instance.cls, event["EventName"])
         except Exception:
-            return self.server.handle_event(*args)  # kong-pdk's error for it: no instance, no phase, bad shape
+            return self.server.handle_event(
+                *args
+            )  # kong-pdk's error for it: no instance, no phase, bad shape
         instance.reset_expire_ts()
         event_id = self.server.event_id
         self.server.event_id = event_id + 1
         event = Event(event_id, phase, self)
         self.events[event_id] = event
-        return {"Data": self._settle(event, self._wait_for(event, event.switch)), "EventId": event_id}
+        return {
+            "Data": self._settle(event, self._wait_for(event, event.switch)),
+            "EventId": event_id,
+        }
 
     def step(self, args, is_error):
         data = args[0] if type(args) is list and len(args) == 1 else None
         try:
             event = self.events[data["EventId"]]
         except Exception:
-            return self.server.step(*args)  # kong-pdk's error: "event id ... not found", or bad shape
+            return self.server.step(
+                *args
+            )  # kong-pdk's error: "event id ... not found", or bad shape
         if event.waiter is not None:
             raise PluginServerException("event id %s is already being stepped" % event.id)
         value = data.get("Data")
         if event.ready is not None:  # the handler went on after an interruption: its output answers
             output, event.ready = event.ready, None
         elif event.parked:  # Kong's result, for the call the handler waits at
-            output = self._wait_for(event, event.switch, (None, value) if is_error else (value, None))
+            output = self._wait_for(
+                event, event.switch, (None, value) if is_error else (value, None)
+            )
         elif not event.dead:  # running again, its call interrupted: the result is dropped
             output = self._wait_for(event, self.hub.switch)
         else:
@@ -232,13 +270,21 @@ class LeanTransport:
             return RET
         if output is TIMED_OUT:
             metrics.EVENTS_ENDED_BY_REASON["handler_timeout"].inc()
-            log.warning("a plugin handler gave Kong no answer within %.0f s; it was ended", self.handler_timeout)
+            log.warning(
+                "a plugin handler gave Kong no answer within %.0f s; it was ended",
+                self.handler_timeout,
+            )
             self.hub.loop.run_callback(self._kill, event)
-            raise PluginServerException("the plugin handler did not answer within %.0f s" % self.handler_timeout)
+            raise PluginServerException(
+                "the plugin handler did not answer within %.0f s" % self.handler_timeout
+            )
         metrics.EVENTS_ENDED_BY_REASON["handler_raised"].inc()
         error = output.error
-        log.error("a plugin handler raised %s; Kong was answered with the error at once", type(error).__name__,
-                  exc_info=error)
+        log.error(
+            "a plugin handler raised %s; Kong was answered with the error at once",
+            type(error).__name__,
+            exc_info=error,
+        )
         raise PluginServerException(str(error) or type(error).__name__)
 
     def _end(self, event):
@@ -273,7 +319,9 @@ class LeanTransport:
                 waiter.switch(TIMED_OUT)
             elif waiter is None and not event.ready and now - event.since > self.step_timeout:
                 metrics.EVENTS_ENDED_BY_REASON["never_finished"].inc()
-                log.warning("Kong never finished a plugin event in %.0f s; it was ended", self.step_timeout)
+                log.warning(
+                    "Kong never finished a plugin event in %.0f s; it was ended", self.step_timeout
+                )
                 self._end(event)
                 self._kill(event)
 
@@ -282,8 +330,11 @@ _CAMEL = re.compile("([a-z])([A-Z])")
 
 
 def _snake_case(command):
-    """kong-pdk's conversion of an RPC command to its method name: StartInstance -> start_instance."""
-    return command[0].lower() + _CAMEL.sub(lambda m: "%s_%s" % (m.group(1), m.group(2).lower()), command[1:])
+    """kong-pdk's conversion of an RPC command to its method name: StartInstance ->
+    start_instance."""
+    return command[0].lower() + _CAMEL.sub(
+        lambda m: "%s_%s" % (m.group(1), m.group(2).lower()), command[1:]
+    )
 
 
 def chosen_transport():
@@ -304,8 +355,12 @@ def start_dedicated_server(name, plugin, version=None, priority=0, schema=()):
     args = pdk_cli.parse(dedicated=True)
     if args.dump or not args.gevent or chosen_transport() == "kong-pdk":
         return pdk_cli.start_dedicated_server(name, plugin, version, priority, list(schema))
-    server = PluginServer(loglevel=Logger.WARNING - args.verbose, use_gevent=True,
-                          name="%s version %s" % (name, version or "unknown"), lua_style=not args.no_lua_style)
+    server = PluginServer(
+        loglevel=Logger.WARNING - args.verbose,
+        use_gevent=True,
+        name="%s version %s" % (name, version or "unknown"),
+        lua_style=not args.no_lua_style,
+    )
 
     class _Module:
         Plugin = plugin
@@ -318,6 +373,8 @@ def start_dedicated_server(name, plugin, version=None, priority=0, schema=()):
     if socket_name == pdk_listener.DEFAULT_SOCKET_NAME:
         socket_name = "%s.sock" % name
     try:
-        LeanTransport(server).serve_forever(os.path.join(args.prefix, socket_name), args.listen_queue_size)
+        LeanTransport(server).serve_forever(
+            os.path.join(args.prefix, socket_name), args.listen_queue_size
+        )
     except KeyboardInterrupt:
         server.logger.info("polite exit requested, terminating...")

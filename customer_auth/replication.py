@@ -5,6 +5,7 @@ listener hears of a change on the primary it notes the primary's WAL position; u
 replayed past that position, its answer about that certificate predates the change, and the
 lookup must ask the primary instead. Positions are bytes of WAL (``pg_lsn - '0/0'``).
 """
+
 import threading
 
 # Beyond this many certificates waiting for standbys to catch up, they are folded into one
@@ -20,12 +21,15 @@ class ReplayFloors:
         self._lock = threading.Lock()
 
     def raise_to(self, certificate_id, wal_position):
-        """A change to ``certificate_id`` (None: to everything) is in the WAL before ``wal_position``."""
+        """A change to ``certificate_id`` (None: to everything) is in the WAL before
+        ``wal_position``."""
         with self._lock:
             if certificate_id is None:
                 self._everything = max(self._everything, wal_position)
                 return
-            self._by_certificate[certificate_id] = max(self._by_certificate.get(certificate_id, 0), wal_position)
+            self._by_certificate[certificate_id] = max(
+                self._by_certificate.get(certificate_id, 0), wal_position
+            )
             if len(self._by_certificate) > self._max_certificates:
                 self._everything = max(self._everything, *self._by_certificate.values())
                 self._by_certificate.clear()

@@ -1,60 +1,180 @@
 """The plugin's configuration as Kong's schema: every option with its default and validation.
 The Kong plugin declares it (customer_verification.Schema); the service middlewares take the
 same options, with the same defaults."""
+
 from customer_auth import signature
 from customer_auth.consumers import BY_ID, BY_USERNAME
 from customer_auth.verification import RFC9421, V1
 
 _HEADER_NAME = {"match": "^[%w%-]+$"}
 
+
 def _field(kind, default, description, **rules):
     """One option as Kong's schema declares it: its type, default, rules and what it does."""
-    return {"type": kind, "required": default is not None, "default": default, **rules, "description": description}
+    return {
+        "type": kind,
+        "required": default is not None,
+        "default": default,
+        **rules,
+        "description": description,
+    }
 
 
 Schema = (
-    {"signature_schemes": _field("array", [V1, RFC9421], "Which signature schemes the route accepts: rfc9421 "
-                                 "(HTTP Message Signatures) and/or v1 (the three client-* headers).", len_min=1,
-                                 elements={"type": "string", "one_of": [V1, RFC9421]})},
-    {"required_components": _field("array", ["@method", "@path", "@query", "content-digest"],
-                                   "What an RFC 9421 signature must cover; content-digest only when the request "
-                                   "has a body, as nginx reads it.", elements={"type": "string", "match": "^[@%w%-]+$"})},
-    {"max_body_size": _field("integer", 1048576, "Bytes of body read to check a Content-Digest; a larger body gets "
-                             "413.", between=[0, 1073741824])},
-    {"certificate_id_header": _field("string", signature.CERTIFICATE_ID_HEADER, "v1: the header holding the "
-                                     "certificate id.", **_HEADER_NAME)},
-    {"request_time_header": _field("string", signature.REQUEST_TIME_HEADER, "v1: the header holding the request "
-                                   "time, Unix epoch seconds.", **_HEADER_NAME)},
-    {"signature_header": _field("string", signature.SIGNATURE_HEADER, "v1: the header holding the hex SHA-256 "
-                                "signature.", **_HEADER_NAME)},
-    {"customer_id_header": _field("string", "X-Customer-Id", "The upstream header set to the verified customer's "
-                                  "uuid (set, never added; a client's copy is removed).", **_HEADER_NAME)},
-    {"clock_skew": _field("integer", 300, "Seconds a signature's time may be behind or ahead of Kong's clock.",
-                          between=[1, 86400])},
-    {"cache_ttl": _field("number", 60, "Seconds a credential is used without asking Postgres (changes reach "
-                         "every node within a second anyway, through LISTEN/NOTIFY).", between=[0, 86400])},
-    {"negative_cache_ttl": _field("number", 5, "Seconds an unknown certificate is remembered as unknown.",
-                                  between=[0, 86400])},
-    {"stale_ttl": _field("number", 300, "Seconds past cache_ttl a cached credential keeps working while Postgres "
-                         "fails.", between=[0, 604800])},
-    {"cache_size": _field("integer", 10000, "Credentials kept in memory, least recently used leaving first, and as "
-                          "many recently verified requests; instances with the same cache options share one cache.",
-                          between=[1, 10000000])},
-    {"hide_credentials": _field("boolean", False, "Remove the signature headers (v1's three, Signature-Input, "
-                                "Signature) from the upstream request.")},
-    {"consumer_by": _field("array", [], "Map the verified customer to a Kong consumer: by username (the "
-                           "certificate id) and/or by id (the customer uuid), tried in this order.",
-                           elements={"type": "string", "one_of": [BY_USERNAME, BY_ID]})},
-    {"consumer_optional": _field("boolean", False, "With consumer_by: let a verified customer without a Kong "
-                                 "consumer in (else 403).")},
-    {"anonymous": _field("string", None, "A consumer (username or id) to let in when verification fails with 400 "
-                         "or 403, or whom another auth plugin already authenticated; never when the store fails.")},
-    {"run_on_preflight": _field("boolean", True, "Verify CORS preflight requests too; when false, a preflight "
-                                "passes unauthenticated, its identity headers cleared.")},
-    {"replay_protection": _field("boolean", False, "Accept each signed request once: an RFC 9421 signature must "
-                                 "carry a nonce, claimed once per certificate across the cluster on the primary "
-                                 "database while the signature is fresh; v1 requests get 400. With the primary "
-                                 "unreachable, requests get 503.")},
+    {
+        "signature_schemes": _field(
+            "array",
+            [V1, RFC9421],
+            "Which signature schemes the route accepts: rfc9421 "
+            "(HTTP Message Signatures) and/or v1 (the three client-* headers).",
+            len_min=1,
+            elements={"type": "string", "one_of": [V1, RFC9421]},
+        )
+    },
+    {
+        "required_components": _field(
+            "array",
+            ["@method", "@path", "@query", "content-digest"],
+            "What an RFC 9421 signature must cover; content-digest only when the request "
+            "has a body, as nginx reads it.",
+            elements={"type": "string", "match": "^[@%w%-]+$"},
+        )
+    },
+    {
+        "max_body_size": _field(
+            "integer",
+            1048576,
+            "Bytes of body read to check a Content-Digest; a larger body gets 413.",
+            between=[0, 1073741824],
+        )
+    },
+    {
+        "certificate_id_header": _field(
+            "string",
+            signature.CERTIFICATE_ID_HEADER,
+            "v1: the header holding the certificate id.",
+            **_HEADER_NAME,
+        )
+    },
+    {
+        "request_time_header": _field(
+            "string",
+            signature.REQUEST_TIME_HEADER,
+            "v1: the header holding the request time, Unix epoch seconds.",
+            **_HEADER_NAME,
+        )
+    },
+    {
+        "signature_header": _field(
+            "string",
+            signature.SIGNATURE_HEADER,
+            "v1: the header holding the hex SHA-256 signature.",
+            **_HEADER_NAME,
+        )
+    },
+    {
+        "customer_id_header": _field(
+            "string",
+            "X-Customer-Id",
+            "The upstream header set to the verified customer's "
+            "uuid (set, never added; a client's copy is removed).",
+            **_HEADER_NAME,
+        )
+    },
+    {
+        "clock_skew": _field(
+            "integer",
+            300,
+            "Seconds a signature's time may be behind or ahead of Kong's clock.",
+            between=[1, 86400],
+        )
+    },
+    {
+        "cache_ttl": _field(
+            "number",
+            60,
+            "Seconds a credential is used without asking Postgres (changes reach "
+            "every node within a second anyway, through LISTEN/NOTIFY).",
+            between=[0, 86400],
+        )
+    },
+    {
+        "negative_cache_ttl": _field(
+            "number",
+            5,
+            "Seconds an unknown certificate is remembered as unknown.",
+            between=[0, 86400],
+        )
+    },
+    {
+        "stale_ttl": _field(
+            "number",
+            300,
+            "Seconds past cache_ttl a cached credential keeps working while Postgres fails.",
+            between=[0, 604800],
+        )
+    },
+    {
+        "cache_size": _field(
+            "integer",
+            10000,
+            "Credentials kept in memory, least recently used leaving first, and as "
+            "many recently verified requests; instances with the same cache options share one "
+            "cache.",
+            between=[1, 10000000],
+        )
+    },
+    {
+        "hide_credentials": _field(
+            "boolean",
+            False,
+            "Remove the signature headers (v1's three, Signature-Input, "
+            "Signature) from the upstream request.",
+        )
+    },
+    {
+        "consumer_by": _field(
+            "array",
+            [],
+            "Map the verified customer to a Kong consumer: by username (the "
+            "certificate id) and/or by id (the customer uuid), tried in this order.",
+            elements={"type": "string", "one_of": [BY_USERNAME, BY_ID]},
+        )
+    },
+    {
+        "consumer_optional": _field(
+            "boolean",
+            False,
+            "With consumer_by: let a verified customer without a Kong consumer in (else 403).",
+        )
+    },
+    {
+        "anonymous": _field(
+            "string",
+            None,
+            "A consumer (username or id) to let in when verification fails with 400 "
+            "or 403, or whom another auth plugin already authenticated; never when the store "
+            "fails.",
+        )
+    },
+    {
+        "run_on_preflight": _field(
+            "boolean",
+            True,
+            "Verify CORS preflight requests too; when false, a preflight "
+            "passes unauthenticated, its identity headers cleared.",
+        )
+    },
+    {
+        "replay_protection": _field(
+            "boolean",
+            False,
+            "Accept each signed request once: an RFC 9421 signature must "
+            "carry a nonce, claimed once per certificate across the cluster on the primary "
+            "database while the signature is fresh; v1 requests get 400. With the primary "
+            "unreachable, requests get 503.",
+        )
+    },
 )
 
 DEFAULTS = {name: spec["default"] for field in Schema for name, spec in field.items()}
@@ -63,4 +183,7 @@ DEFAULTS = {name: spec["default"] for field in Schema for name, spec in field.it
 def with_defaults(config):
     """Every option: its value in ``config`` (Kong's keys such as ``__seq__`` left out), or its
     default where it has none."""
-    return {name: default if config.get(name) is None else config[name] for name, default in DEFAULTS.items()}
+    return {
+        name: default if config.get(name) is None else config[name]
+        for name, default in DEFAULTS.items()
+    }

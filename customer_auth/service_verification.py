@@ -1,5 +1,6 @@
 """The verification a Python service's middleware (customer_auth/wsgi.py, asgi.py) hands its
 requests to: the options and exempt routes, the process's verifiers, a rejection's answer."""
+
 import http
 import json
 import logging
@@ -30,18 +31,26 @@ class Verification:
         self._pid = None
 
     def exempt(self, path):
-        return any(_under(path, rule) for rule in self._prefixes) or any(rule(path) for rule in self._predicates)
+        return any(_under(path, rule) for rule in self._prefixes) or any(
+            rule(path) for rule in self._predicates
+        )
 
     def verifiers(self):
         """``(verifier, memory_verifier)`` of this process (never inherited); the second answers
         only from the cache (a miss raises StoreNeeded)."""
         if self._pid != os.getpid():
             config = self.config
-            cache = Credentials.shared().cache(config["cache_ttl"], config["negative_cache_ttl"],
-                                               config["stale_ttl"], config["cache_size"])
+            cache = Credentials.shared().cache(
+                config["cache_ttl"],
+                config["negative_cache_ttl"],
+                config["stale_ttl"],
+                config["cache_size"],
+            )
             nonces = Credentials.shared().nonces
-            self._verifiers = (Verifier(config, cache, nonces),
-                               Verifier(config, _MemoryOnly(cache), _MemoryOnlyNonces(nonces)))
+            self._verifiers = (
+                Verifier(config, cache, nonces),
+                Verifier(config, _MemoryOnly(cache), _MemoryOnlyNonces(nonces)),
+            )
             self._pid = os.getpid()
         return self._verifiers
 
@@ -50,8 +59,11 @@ class Verification:
         rejection.log()
         metrics.REQUESTS_BY_OUTCOME[rejection.outcome].inc()
         body = json.dumps({"message": rejection.message}).encode()
-        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                   *rejection.headers.items()]
+        headers = [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            *rejection.headers.items(),
+        ]
         return f"{rejection.status} {http.HTTPStatus(rejection.status).phrase}", headers, body
 
 

@@ -4,6 +4,7 @@ A client sends three headers; the signature is the hex SHA-256 of
 ``"{certificate_id}|{client_key}|{request_time}"``, with ``request_time`` exactly as sent
 (Unix epoch seconds). Every check raises its own exception, which the plugin maps to a response.
 """
+
 import hashlib
 import hmac
 import time
@@ -38,7 +39,7 @@ def sign(certificate_id, client_key, request_time):
 
 
 def _digest(certificate_id, client_key, request_time):
-    return hashlib.sha256(f"{certificate_id}|{client_key}|{request_time}".encode("utf-8")).digest()
+    return hashlib.sha256(f"{certificate_id}|{client_key}|{request_time}".encode()).digest()
 
 
 def signed_headers(certificate_id, client_key, now=None):
@@ -54,10 +55,16 @@ def parse_certificate_id(text):
     # Visible ASCII only (printable ASCII is 0x20-0x7e, then no space): header values are Latin-1
     # on the wire, and a bound keeps hostile input away from the database and the logs. No comma:
     # a server may join two lines of a header with one (RFC 9110), and two ids must not pass as one.
-    if not (0 < len(text) <= MAX_CERTIFICATE_ID and text.isascii() and text.isprintable()
-            and " " not in text and "," not in text):
-        raise MalformedSignature(f"certificate id must be 1 to {MAX_CERTIFICATE_ID} visible ASCII characters, "
-                                 "no comma")
+    if not (
+        0 < len(text) <= MAX_CERTIFICATE_ID
+        and text.isascii()
+        and text.isprintable()
+        and " " not in text
+        and "," not in text
+    ):
+        raise MalformedSignature(
+            f"certificate id must be 1 to {MAX_CERTIFICATE_ID} visible ASCII characters, no comma"
+        )
     return text
 
 
@@ -83,7 +90,10 @@ def check_fresh(request_time, clock_skew, now=None):
     now = time.time() if now is None else now
     offset = now - int(request_time)
     if abs(offset) > clock_skew:
-        raise SignatureExpired(f"request time is {abs(int(offset))} s {'behind' if offset > 0 else 'ahead of'} the gateway clock")
+        raise SignatureExpired(
+            f"request time is {abs(int(offset))} s {'behind' if offset > 0 else 'ahead of'} the "
+            "gateway clock"
+        )
 
 
 def verify(signature, certificate_id, request_time, client_keys):

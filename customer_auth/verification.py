@@ -8,6 +8,7 @@ asked for only when a signature needs them, ``method()``, ``target()`` (the raw 
 framing, never a re-reading of the headers) and ``body(limit)`` (the raw body, BodyTooLarge
 beyond ``limit`` bytes).
 """
+
 import collections
 import logging
 import time
@@ -36,7 +37,12 @@ class BodyIncomplete(Exception):
 class Rejection(Exception):
     """A request that gets its answer from the verifier: one status and one message per case."""
 
-    OUTCOMES = {400: "malformed", 403: "unverified", 413: "too_large", 503: "unavailable"}  # by status
+    OUTCOMES = {
+        400: "malformed",
+        403: "unverified",
+        413: "too_large",
+        503: "unavailable",
+    }  # by status
 
     def __init__(self, status, message, reason, outcome=None, headers=None):
         super().__init__(reason)
@@ -64,16 +70,24 @@ def repeated(header):
 
 def too_many_headers(limit):
     # Verifying on a partial view could miss a second copy of a signed header, or the framing.
-    return Rejection(400, f"Request has more than {limit} header lines", f"more than {limit} header lines")
+    return Rejection(
+        400, f"Request has more than {limit} header lines", f"more than {limit} header lines"
+    )
 
 
 def policy_violation(error, headers):
-    return Rejection(400, f"Signature does not meet this route's policy: {error}", f"policy: {error}",
-                     headers=headers)
+    return Rejection(
+        400,
+        f"Signature does not meet this route's policy: {error}",
+        f"policy: {error}",
+        headers=headers,
+    )
 
 
 def malformed(header, error, headers=None):
-    return Rejection(400, f"Malformed {header} header: {error}", f"malformed {header}: {error}", headers=headers)
+    return Rejection(
+        400, f"Malformed {header} header: {error}", f"malformed {header}: {error}", headers=headers
+    )
 
 
 def unverified(reason):
@@ -84,13 +98,20 @@ def unverified(reason):
 
 def nonce_required(headers):
     # A v1 signature cannot carry a nonce: it could be replayed within the clock skew.
-    return Rejection(400, "This route requires HTTP Message Signatures (RFC 9421) with a nonce",
-                     "a v1 signature on a route with replay_protection", headers=headers)
+    return Rejection(
+        400,
+        "This route requires HTTP Message Signatures (RFC 9421) with a nonce",
+        "a v1 signature on a route with replay_protection",
+        headers=headers,
+    )
 
 
 def scheme_required(schemes):
-    return Rejection(403, f"This route requires {' or '.join(SCHEME_NAMES[name] for name in schemes)}",
-                     "a signature scheme the route does not accept")
+    return Rejection(
+        403,
+        f"This route requires {' or '.join(SCHEME_NAMES[name] for name in schemes)}",
+        "a signature scheme the route does not accept",
+    )
 
 
 def too_large(limit):
@@ -115,7 +136,9 @@ class Verifier:
         """``nonces``: the NonceStore that replay_protection claims nonces in."""
         self.config = config
         self.credentials = credentials
-        self.v1_headers = tuple(config[name].lower() for name in V1_HEADERS)  # Kong lower-cases them
+        self.v1_headers = tuple(
+            config[name].lower() for name in V1_HEADERS
+        )  # Kong lower-cases them
         self.replay_protection = config["replay_protection"]
         if self.replay_protection and nonces is None:
             raise ValueError("replay_protection needs a nonce store")
@@ -131,18 +154,29 @@ class Verifier:
         if V1 in self.schemes:
             return self._v1(headers)
         if any(name in headers for name in self.v1_headers):
-            raise nonce_required(self._accept_signature()) if self.replay_protection else scheme_required(self.schemes)
+            raise (
+                nonce_required(self._accept_signature())
+                if self.replay_protection
+                else scheme_required(self.schemes)
+            )
         raise missing("Signature-Input", self._accept_signature())
 
     # -- v1: the three client-* headers -----------------------------------------------------
 
     def _v1(self, headers):
         certificate_id_header, request_time_header, signature_header = self.v1_headers
-        signed = (self._one_value(headers, certificate_id_header), self._one_value(headers, request_time_header),
-                  self._one_value(headers, signature_header))
+        signed = (
+            self._one_value(headers, certificate_id_header),
+            self._one_value(headers, request_time_header),
+            self._one_value(headers, signature_header),
+        )
         now = time.time()
         customer_id = self.credentials.verified.recall(signed, now, self.config["clock_skew"])
-        return self._verify_v1(signed, now) if customer_id is None else Customer(customer_id, signed[0])
+        return (
+            self._verify_v1(signed, now)
+            if customer_id is None
+            else Customer(customer_id, signed[0])
+        )
 
     def _verify_v1(self, signed, now):
         """Checks the three header values in full, and remembers them once verified."""
@@ -156,7 +190,9 @@ class Verifier:
             raise unverified(f"certificate {certificate_id!r}: {error}") from None
         credential = self._credential(certificate_id)
         try:
-            signature.verify(client_signature, certificate_id, request_time, credential.keys_valid_at(now))
+            signature.verify(
+                client_signature, certificate_id, request_time, credential.keys_valid_at(now)
+            )
         except signature.BadSignature:
             raise unverified(f"certificate {certificate_id!r}: signature does not match") from None
         self.credentials.verified.remember(signed, credential, int(request_time), now)
@@ -169,7 +205,9 @@ class Verifier:
             raise missing(name)
         if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
             raise malformed(name, "unexpected value")
-        if len(values) > 1 or "," in values[0]:  # a comma: lines joined (RFC 9110), as WSGI servers do
+        if (
+            len(values) > 1 or "," in values[0]
+        ):  # a comma: lines joined (RFC 9110), as WSGI servers do
             raise repeated(name)
         if not values[0]:
             raise missing(name)
@@ -194,12 +232,18 @@ class Verifier:
         except signature.MalformedSignature as error:
             raise malformed("Signature", error, self._accept_signature()) from None
         chosen = self._choose(request, inputs, signatures, self.config["required_components"])
-        message = message_signatures.Message(request.method, request.target, request.scheme, headers)
+        message = message_signatures.Message(
+            request.method, request.target, request.scheme, headers
+        )
         try:
             base = message_signatures.signature_base(message, chosen)
         except signature.MalformedSignature as error:
-            raise Rejection(400, f"Signature cannot be checked: {error}", f"base: {error}",
-                            headers=self._accept_signature()) from None
+            raise Rejection(
+                400,
+                f"Signature cannot be checked: {error}",
+                f"base: {error}",
+                headers=self._accept_signature(),
+            ) from None
         now = time.time()
         reference = f"certificate {chosen.keyid!r}"
         try:
@@ -208,7 +252,9 @@ class Verifier:
             raise unverified(f"{reference}: {error}") from None
         credential = self._credential(chosen.keyid)
         try:
-            message_signatures.verify(chosen, base, credential.keys_valid_at(now), credential.public_keys_valid_at(now))
+            message_signatures.verify(
+                chosen, base, credential.keys_valid_at(now), credential.public_keys_valid_at(now)
+            )
         except signature.BadSignature:
             raise unverified(f"{reference}: signature does not match") from None
         if DIGEST in chosen.covered_components:
@@ -228,8 +274,9 @@ class Verifier:
             violation = error
         if DIGEST in required and not request.has_body():
             try:
-                return message_signatures.choose(inputs, signatures, [name for name in required if name != DIGEST],
-                                                 nonce)
+                return message_signatures.choose(
+                    inputs, signatures, [name for name in required if name != DIGEST], nonce
+                )
             except signature.MalformedSignature as error:
                 violation = error
         raise policy_violation(violation, self._accept_signature())
@@ -241,7 +288,9 @@ class Verifier:
         except BodyTooLarge:
             raise too_large(limit) from None
         except BodyIncomplete:
-            raise Rejection(400, "Request body is incomplete", "the client stopped sending its body") from None
+            raise Rejection(
+                400, "Request body is incomplete", "the client stopped sending its body"
+            ) from None
         try:
             message_signatures.check_content_digest(headers.get(DIGEST), body)
         except signature.BadSignature as error:
@@ -266,19 +315,22 @@ class Verifier:
 
     def _accept_signature(self):
         """The response header saying what to sign (built only for an answer that carries it)."""
-        return {"Accept-Signature": message_signatures.accept_signature(self.config["required_components"],
-                                                                        self.replay_protection)}
+        return {
+            "Accept-Signature": message_signatures.accept_signature(
+                self.config["required_components"], self.replay_protection
+            )
+        }
 
     def _credential(self, certificate_id):
         try:
             credential = self.credentials.get(certificate_id)
         except StoreUnavailable as error:
-            raise unavailable(f"certificate {certificate_id!r}: credential store failed: {error}") from None
+            raise unavailable(
+                f"certificate {certificate_id!r}: credential store failed: {error}"
+            ) from None
         if credential is None:
             raise unverified(f"certificate {certificate_id!r} is unknown or revoked")
         return credential
-
-
 
 
 def _parse(value, name, parse):

@@ -1,4 +1,5 @@
 """The verification as WSGI (PEP 3333) middleware; see customer_auth/middleware.py."""
+
 import io
 import urllib.parse
 
@@ -13,8 +14,11 @@ class _WSGIRequest:
 
     def __init__(self, environ):
         self.environ = environ
-        self.headers = {key[5:].replace("_", "-").lower(): [value] for key, value in environ.items()
-                        if key.startswith("HTTP_")}
+        self.headers = {
+            key[5:].replace("_", "-").lower(): [value]
+            for key, value in environ.items()
+            if key.startswith("HTTP_")
+        }
         for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
             if environ.get(key):
                 self.headers[key.replace("_", "-").lower()] = [environ[key]]
@@ -28,8 +32,11 @@ class _WSGIRequest:
         raw = self.environ.get("RAW_URI") or self.environ.get("REQUEST_URI")
         if raw:
             return raw
-        path = urllib.parse.quote(self.environ.get("SCRIPT_NAME", "") + self.environ.get("PATH_INFO", ""),
-                                  safe=SAFE_IN_PATH, encoding="latin-1")
+        path = urllib.parse.quote(
+            self.environ.get("SCRIPT_NAME", "") + self.environ.get("PATH_INFO", ""),
+            safe=SAFE_IN_PATH,
+            encoding="latin-1",
+        )
         query = self.environ.get("QUERY_STRING", "")
         return f"{path}?{query}" if query else path
 
@@ -90,7 +97,7 @@ class _Prepended(io.RawIOBase):
 
     def readinto(self, buffer):
         data, self._head = self._head or self._stream.read(len(buffer)), b""
-        buffer[:len(data)] = data
+        buffer[: len(data)] = data
         return len(data)
 
 

@@ -5,6 +5,7 @@
 - ``connect-per-request``: the design of the original article, a new Postgres connection for
   every request.
 """
+
 import sys
 
 if __name__ == "__main__" and ("-g" in sys.argv or "--gevent" in sys.argv):
@@ -21,10 +22,16 @@ import psycopg2.extras
 from customer_auth import signature
 from customer_verification import Schema, pdk_value, priority, version
 
-
-# The identity headers a verified request sets or clears (customer_verification.Plugin.upstream_headers).
-LIMIT_HEADERS = {"X-Customer-Id": "limit", "X-Credential-Identifier": "limit", "X-Consumer-ID": [],
-                 "X-Consumer-Username": [], "X-Consumer-Custom-ID": [], "X-Anonymous-Consumer": []}
+# The identity headers a verified request sets or clears
+# (customer_verification.Plugin.upstream_headers).
+LIMIT_HEADERS = {
+    "X-Customer-Id": "limit",
+    "X-Credential-Identifier": "limit",
+    "X-Consumer-ID": [],
+    "X-Consumer-Username": [],
+    "X-Consumer-Custom-ID": [],
+    "X-Anonymous-Consumer": [],
+}
 
 
 class Limit:
@@ -48,21 +55,38 @@ class ConnectPerRequest:
         conn = psycopg2.connect(os.environ["DATABASE_URL"])
         try:
             with conn.cursor() as cursor:
-                cursor.execute("SELECT uuid::text, authentication->>'client_key' FROM customer WHERE certificate = %s",
-                               (certificate_id,))
+                cursor.execute(
+                    "SELECT uuid::text, authentication->>'client_key' FROM customer WHERE "
+                    "certificate = %s",
+                    (certificate_id,),
+                )
                 customer_id, client_key = cursor.fetchone()
         finally:
             conn.close()
-        signature.verify(signature.parse_signature(headers[signature.SIGNATURE_HEADER][0]), certificate_id, request_time, [client_key])
+        signature.verify(
+            signature.parse_signature(headers[signature.SIGNATURE_HEADER][0]),
+            certificate_id,
+            request_time,
+            [client_key],
+        )
         pdk_value(kong.service.request.set_headers({"X-Customer-Id": customer_id}))
 
 
 PLUGINS = {"limit": Limit, "connect-per-request": ConnectPerRequest}
 
 if __name__ == "__main__":
-    from customer_auth.plugin_server import start_dedicated_server  # as customer_verification: either transport
+    from customer_auth.plugin_server import (
+        start_dedicated_server,
+    )  # as customer_verification: either transport
 
     if "-g" in sys.argv or "--gevent" in sys.argv:
-        psycopg2.extensions.set_wait_callback(psycopg2.extras.wait_select)  # cooperative, for fairness
-    start_dedicated_server("customer_verification", PLUGINS[os.environ["BENCHMARK_PLUGIN"]], version, priority,
-                           list(Schema))
+        psycopg2.extensions.set_wait_callback(
+            psycopg2.extras.wait_select
+        )  # cooperative, for fairness
+    start_dedicated_server(
+        "customer_verification",
+        PLUGINS[os.environ["BENCHMARK_PLUGIN"]],
+        version,
+        priority,
+        list(Schema),
+    )

@@ -3,7 +3,8 @@
 Kong cannot run here, so this speaks Kong 3.x's plugin-server protocol to the real plugin server
 process over its unix socket, as Kong's bridge does (kong/runloop/plugin_servers): MessagePack-RPC
 ``[0, id, method, [arg]]``, a connection from a keepalive pool for every call, StartInstance with
-the config JSON Kong stores (schema defaults filled, ``__seq__`` and ``__plugin_id``), a new instance
+the config JSON Kong stores (schema defaults filled, ``__seq__`` and ``__plugin_id``), a new
+instance
 when the config changes, HandleEvent then Step/StepMultiMap/StepError until "ret", nothing sent
 back after kong.response.exit/error, a retry after "no plugin instance", and Kong's fail-open
 behaviour when the server errors or cannot be reached. See shared/kong-plugin-protocol.md.
@@ -11,6 +12,7 @@ behaviour when the server errors or cannot be reached. See shared/kong-plugin-pr
 The same PDK model (``Request``) also backs ``in_process_kong``, the fake ``kong`` object for unit
 tests, so both see the same Kong.
 """
+
 import dataclasses
 import itertools
 import json
@@ -25,15 +27,30 @@ import time
 import msgpack
 
 TERMINAL_METHODS = {"kong.response.exit", "kong.response.error"}
-MULTI_MAP_METHODS = {"kong.request.get_headers", "kong.request.get_query",
-                     "kong.response.get_headers", "kong.service.response.get_headers"}
-# How Kong steps an entity back (plugin_servers/pb_rpc and mp_rpc): by the PDK function's result type.
-STEP_METHODS = {"kong.client.authenticate": "plugin.StepCredential", "kong.client.get_credential": "plugin.StepCredential",
-                "kong.client.load_consumer": "plugin.StepConsumer", "kong.client.get_consumer": "plugin.StepConsumer"}
+MULTI_MAP_METHODS = {
+    "kong.request.get_headers",
+    "kong.request.get_query",
+    "kong.response.get_headers",
+    "kong.service.response.get_headers",
+}
+# How Kong steps an entity back (plugin_servers/pb_rpc and mp_rpc): by the PDK function's
+# result type.
+STEP_METHODS = {
+    "kong.client.authenticate": "plugin.StepCredential",
+    "kong.client.get_credential": "plugin.StepCredential",
+    "kong.client.load_consumer": "plugin.StepConsumer",
+    "kong.client.get_consumer": "plugin.StepConsumer",
+}
 # nginx's default for ngx.req.get_headers(): later header lines are not returned to plugins.
 MAX_REQUEST_HEADERS = 100
-DEFAULT_ERROR_MESSAGES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden",
-                          404: "Not found", 500: "An unexpected error occurred", 503: "Service unavailable"}
+DEFAULT_ERROR_MESSAGES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    500: "An unexpected error occurred",
+    503: "Service unavailable",
+}
 
 
 class PDKError(Exception):
@@ -58,7 +75,9 @@ class Request:
     ``response`` is ``(status, body)`` when a plugin answered the client itself.
     """
 
-    def __init__(self, header_lines=(), method="GET", target="/", scheme="http", body=b"", consumers=()):
+    def __init__(
+        self, header_lines=(), method="GET", target="/", scheme="http", body=b"", consumers=()
+    ):
         # nginx keeps one list of request headers: plugins change it, later plugins read the
         # changed list, and the upstream receives it. A value may be bytes: HTTP allows any byte
         # from 0x80 up, and Kong passes them on as they are (a Lua string is bytes). Here they
@@ -92,8 +111,8 @@ class Request:
         self.pdk_calls.append(method)
         handler = _PDK.get(method)
         if handler is None:
-            if method.startswith("kong.log.") and method[len("kong.log."):] in KONG_LOG_FUNCTIONS:
-                self.logs.append((method[len("kong.log."):], args))
+            if method.startswith("kong.log.") and method[len("kong.log.") :] in KONG_LOG_FUNCTIONS:
+                self.logs.append((method[len("kong.log.") :], args))
                 return None
             raise PDKError(f"could not find pdk method: {method}")
         return getattr(self, handler)(*args)
@@ -123,10 +142,14 @@ class Request:
         ``max_allowed_file_size`` allows (0: any size)."""
         if len(self.body) > CLIENT_BODY_BUFFER_SIZE:
             if max_allowed_file_size is None or max_allowed_file_size < 0:
-                raise PDKError("request body did not fit into client body buffer, consider raising "
-                               "'client_body_buffer_size'")
+                raise PDKError(
+                    "request body did not fit into client body buffer, consider raising "
+                    "'client_body_buffer_size'"
+                )
             if 0 < max_allowed_file_size < len(self.body):
-                raise PDKError(f"request body file too big: {len(self.body)} > {max_allowed_file_size}")
+                raise PDKError(
+                    f"request body file too big: {len(self.body)} > {max_allowed_file_size}"
+                )
         return _text(self.body)
 
     # kong.client
@@ -166,7 +189,9 @@ class Request:
         self._set_upstream(name, _header_values(name, value, allow_list=False))
 
     def add_header(self, name, value):
-        self.header_lines += [(name.lower(), v) for v in _header_values(name, value, allow_list=False)]
+        self.header_lines += [
+            (name.lower(), v) for v in _header_values(name, value, allow_list=False)
+        ]
 
     def clear_header(self, name):
         self._set_upstream(_header_name(name), [])
@@ -174,14 +199,18 @@ class Request:
     def set_headers(self, headers):
         if not isinstance(headers, dict):
             raise PDKError("headers must be a table")
-        checked = {name: _header_values(name, value, allow_list=True) for name, value in headers.items()}
+        checked = {
+            name: _header_values(name, value, allow_list=True) for name, value in headers.items()
+        }
         for name, values in checked.items():
             self._set_upstream(name, values)
 
     def _set_upstream(self, name, values):
         """Replaces every line of ``name``; an empty list removes the header, as in nginx."""
         name = name.lower()
-        self.header_lines = [line for line in self.header_lines if line[0] != name] + [(name, v) for v in values]
+        self.header_lines = [line for line in self.header_lines if line[0] != name] + [
+            (name, v) for v in values
+        ]
 
     # kong.response
     def exit(self, status, body=None, headers=None):
@@ -258,7 +287,8 @@ def _header_values(name, value, allow_list):
 
 
 class _InProcessChannel:
-    """kong-pdk's handler channel, answered at once from a Request: one put/get is one round trip."""
+    """kong-pdk's handler channel, answered at once from a Request: one put/get is one round
+    trip."""
 
     def __init__(self, request):
         self.request = request
@@ -304,8 +334,12 @@ class FailClosedRule:
         request.clear_header(self.header)
 
     def after(self, request):
-        if (request.response is None and request.get_credential() is None and request.get_consumer() is None
-                and not request.ctx_shared.get(PREFLIGHT_MARK)):
+        if (
+            request.response is None
+            and request.get_credential() is None
+            and request.get_consumer() is None
+            and not request.ctx_shared.get(PREFLIGHT_MARK)
+        ):
             request.exit(503, {"message": "Authentication is temporarily unavailable"})
 
 
@@ -349,7 +383,7 @@ class ErrorLog:
                     data = output.read()
             except FileNotFoundError:
                 continue
-            complete = data[:data.rfind(b"\n") + 1]
+            complete = data[: data.rfind(b"\n") + 1]
             self._followed[path] = copied + len(complete)
             for line in complete.decode(errors="replace").splitlines():
                 self.write("info", line)
@@ -373,7 +407,9 @@ class _Connection:
         self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.socket.settimeout(timeout)
         self.socket.connect(path)
-        self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, unicode_errors="surrogateescape")
+        self.unpacker = msgpack.Unpacker(
+            raw=False, strict_map_key=False, unicode_errors="surrogateescape"
+        )
 
     def closed_by_peer(self):
         """nginx watches idle keepalive connections and drops those the peer closed."""
@@ -386,8 +422,11 @@ class _Connection:
 
     def call(self, msgid, method, arg):
         # Lua strings are bytes: Kong sends every string as a MessagePack str of those bytes.
-        self.socket.sendall(msgpack.packb([0, msgid, method, [arg]], use_bin_type=False,
-                                          unicode_errors="surrogateescape"))
+        self.socket.sendall(
+            msgpack.packb(
+                [0, msgid, method, [arg]], use_bin_type=False, unicode_errors="surrogateescape"
+            )
+        )
         while True:
             for message in self.unpacker:
                 kind, answer_id, error, result = message
@@ -440,13 +479,19 @@ class KongStandIn:
     @classmethod
     def query(cls, query_cmd, socket_path, env=None, **options):
         """Runs the plugin's query command as Kong does at start: all of stdout must be JSON."""
-        output = subprocess.run(query_cmd, check=True, capture_output=True, timeout=30, env=env).stdout
+        output = subprocess.run(
+            query_cmd, check=True, capture_output=True, timeout=30, env=env
+        ).stdout
         return cls(socket_path, json.loads(output)[0], **options)
 
     def configure(self, plugin_id, config=None):
         """Creates or updates a plugin entity; Kong fills schema defaults and stamps it."""
-        stored = {**self._defaults, **(config or {}),
-                  "__seq__": next(self._sequence), "__plugin_id": plugin_id}
+        stored = {
+            **self._defaults,
+            **(config or {}),
+            "__seq__": next(self._sequence),
+            "__plugin_id": plugin_id,
+        }
         with self._lock:
             self._plugins[plugin_id] = stored
         return stored
@@ -493,7 +538,9 @@ class KongStandIn:
             known = self._instances.get(plugin_id)
         if known and known[1] == config["__seq__"]:
             return known[0]
-        status = self.call("plugin.StartInstance", {"Name": self.name, "Config": json.dumps(config)})
+        status = self.call(
+            "plugin.StartInstance", {"Name": self.name, "Config": json.dumps(config)}
+        )
         with self._lock:
             self._instances[plugin_id] = (status["Id"], config["__seq__"])
         if known:
@@ -523,14 +570,26 @@ class KongStandIn:
                 # Kong raises here: the client gets a 500 and the upstream nothing.
                 errors.append(f"starting instance: {error}")
                 self.error_log.write("error", f"[{self.name}] starting instance: {error}")
-                return Outcome(500, json.dumps({"message": "An unexpected error occurred"}), None, trips, errors)
+                return Outcome(
+                    500,
+                    json.dumps({"message": "An unexpected error occurred"}),
+                    None,
+                    trips,
+                    errors,
+                )
             try:
                 trips += self._bridge(request, instance_id, phase)
                 break
             except KongRaised as error:
                 errors.append(str(error))
                 self.error_log.write("error", f"[{self.name}] {error}")
-                return Outcome(500, json.dumps({"message": "An unexpected error occurred"}), None, trips, errors)
+                return Outcome(
+                    500,
+                    json.dumps({"message": "An unexpected error occurred"}),
+                    None,
+                    trips,
+                    errors,
+                )
             except _BridgeError as error:
                 trips += error.round_trips
                 errors.append(str(error))
@@ -540,7 +599,9 @@ class KongStandIn:
         if self._fail_closed:
             self._fail_closed.after(request)
         for level, args in request.logs:
-            self.error_log.write(level, "".join(map(str, args)))  # Kong joins the arguments as they are
+            self.error_log.write(
+                level, "".join(map(str, args))
+            )  # Kong joins the arguments as they are
         for error in errors:
             self.error_log.write("error", f"[{self.name}] {error}")
         if request.response is not None:
@@ -557,8 +618,11 @@ class KongStandIn:
                 method, args = step["Data"]["Method"], step["Data"]["Args"] or []
                 try:
                     result = request.call(method, args)
-                    step_method = "plugin.StepMultiMap" if method in MULTI_MAP_METHODS else STEP_METHODS.get(
-                        method, "plugin.Step")
+                    step_method = (
+                        "plugin.StepMultiMap"
+                        if method in MULTI_MAP_METHODS
+                        else STEP_METHODS.get(method, "plugin.Step")
+                    )
                 except KongRaised:
                     raise  # nginx ends the request with a 500: nothing more is sent to the server
                 except PDKError as error:
@@ -581,7 +645,11 @@ class _BridgeError(Exception):
 def _schema_defaults(schema):
     for field in schema["fields"]:
         if "config" in field:
-            return {name: spec.get("default") for item in field["config"]["fields"] for name, spec in item.items()}
+            return {
+                name: spec.get("default")
+                for item in field["config"]["fields"]
+                for name, spec in item.items()
+            }
     return {}
 
 
@@ -600,7 +668,9 @@ class PluginServer:
         if os.path.exists(self.socket_path):
             os.remove(self.socket_path)
         with open(self.log_path, "ab") as log_file:
-            self.process = subprocess.Popen(self.command, env=self.env, stdout=log_file, stderr=log_file)
+            self.process = subprocess.Popen(
+                self.command, env=self.env, stdout=log_file, stderr=log_file
+            )
         deadline = time.monotonic() + timeout
         while not self._accepting():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -634,7 +704,9 @@ class PluginServer:
         """(user, system) CPU seconds the server has used so far."""
         with open(f"/proc/{self.process.pid}/stat") as stat:
             fields = stat.read().rsplit(")", 1)[1].split()  # the command name may hold spaces
-        return int(fields[11]) / os.sysconf("SC_CLK_TCK"), int(fields[12]) / os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / os.sysconf("SC_CLK_TCK"), int(fields[12]) / os.sysconf(
+            "SC_CLK_TCK"
+        )
 
     def file_descriptors(self):
         return len(os.listdir(f"/proc/{self.process.pid}/fd"))

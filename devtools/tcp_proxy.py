@@ -2,6 +2,7 @@
 connection's state, or a partition. ``freeze()`` stops forwarding on every connection open at
 that moment without closing any (the peers see nothing at all); connections made afterwards are
 forwarded as usual."""
+
 import socket
 import threading
 
@@ -32,7 +33,9 @@ class FreezableProxy:
             with self._lock:
                 self._connections.append((client, upstream, frozen))
             for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink, frozen), daemon=True).start()
+                threading.Thread(
+                    target=self._pump, args=(source, sink, frozen), daemon=True
+                ).start()
 
     @staticmethod
     def _pump(source, sink, frozen):

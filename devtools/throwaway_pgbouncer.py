@@ -1,5 +1,6 @@
 """A throwaway PgBouncer (Debian's ``pgbouncer`` package) in front of a throwaway Postgres, with
 one database name per pool mode: ``<database>_transaction`` and ``<database>_session``."""
+
 import os
 import pathlib
 import shutil
@@ -10,7 +11,9 @@ import time
 
 from devtools.throwaway_postgres import SERVER_USER, _allow_server_user, _free_port
 
-PGBOUNCER = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None)
+PGBOUNCER = shutil.which("pgbouncer") or (
+    "/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None
+)
 
 
 class ThrowawayPgBouncer:
@@ -21,8 +24,11 @@ class ThrowawayPgBouncer:
         if os.geteuid() == 0:  # PgBouncer refuses to run as root
             self._user = SERVER_USER
             _allow_server_user(self.directory)
-        pools = "\n".join(f"{database}_{mode} = host=127.0.0.1 port={server.port} dbname={database} pool_mode={mode}"
-                          for mode in ("transaction", "session"))
+        pools = "\n".join(
+            f"{database}_{mode} = host=127.0.0.1 port={server.port} dbname={database} "
+            f"pool_mode={mode}"
+            for mode in ("transaction", "session")
+        )
         (self.directory / "users.txt").write_text('"postgres" ""\n')
         self.config = self.directory / "pgbouncer.ini"
         self.config.write_text(f"""[databases]
@@ -49,8 +55,12 @@ ignore_startup_parameters = extra_float_digits,options
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}_{mode}"
 
     def start(self):
-        self.process = subprocess.Popen([PGBOUNCER, str(self.config)], user=self._user,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            [PGBOUNCER, str(self.config)],
+            user=self._user,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 10
         while True:
             try:

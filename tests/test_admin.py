@@ -1,4 +1,5 @@
 """The customer-verification command against a real Postgres: every subcommand and its errors."""
+
 import io
 import shlex
 import subprocess
@@ -33,7 +34,9 @@ def store(database_url):
 
 
 def printed_key(output):
-    return next(line.split(": ", 1)[1] for line in output.splitlines() if line.startswith("client_key: "))
+    return next(
+        line.split(": ", 1)[1] for line in output.splitlines() if line.startswith("client_key: ")
+    )
 
 
 def test_add_creates_a_customer_with_a_strong_key_printed_once(cli, store):
@@ -82,7 +85,11 @@ def test_list_shows_status_and_never_keys(cli):
     code, output = cli("list")
     assert code == 0
     rows = {line.split("\t")[1]: line.split("\t")[2] for line in output.splitlines()}
-    assert rows["cert-a"] == "active" and rows["cert-b"].startswith("rotating") and rows["cert-c"] == "revoked"
+    assert (
+        rows["cert-a"] == "active"
+        and rows["cert-b"].startswith("rotating")
+        and rows["cert-c"] == "revoked"
+    )
     assert not any(key in output for key in keys)
 
 
@@ -98,13 +105,29 @@ def test_sign_prints_the_three_headers(cli):
     code, output = cli("sign", "cert-a", "--key", "k", "--v1")
     headers = dict(line.split(": ", 1) for line in output.splitlines())
     assert code == 0
-    assert headers[signature.SIGNATURE_HEADER] == signature.sign("cert-a", "k", headers[signature.REQUEST_TIME_HEADER])
+    assert headers[signature.SIGNATURE_HEADER] == signature.sign(
+        "cert-a", "k", headers[signature.REQUEST_TIME_HEADER]
+    )
 
 
 def test_sign_prints_a_ready_curl_command(cli):
-    code, output = cli("sign", "cert-a", "--key", "k", "--curl", "http://localhost:8000/echo", "--method", "post", "--v1")
+    code, output = cli(
+        "sign",
+        "cert-a",
+        "--key",
+        "k",
+        "--curl",
+        "http://localhost:8000/echo",
+        "--method",
+        "post",
+        "--v1",
+    )
     words = shlex.split(output)
-    assert code == 0 and words[:4] == ["curl", "-sS", "-X", "POST"] and words[-1] == "http://localhost:8000/echo"
+    assert (
+        code == 0
+        and words[:4] == ["curl", "-sS", "-X", "POST"]
+        and words[-1] == "http://localhost:8000/echo"
+    )
     assert f"{signature.CERTIFICATE_ID_HEADER}: cert-a" in words
 
 
@@ -127,11 +150,21 @@ def test_sign_rejects_a_malformed_certificate_id(cli):
 
 
 def test_the_console_script_is_installed_and_usage_errors_exit_2():
-    result = subprocess.run([sys.executable, "-m", "customer_auth.admin", "frobnicate"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "customer_auth.admin", "frobnicate"], capture_output=True, text=True
+    )
     assert result.returncode == 2 and "invalid choice" in result.stderr
-    script = subprocess.run([sys.executable, "-c", "import importlib.metadata as m; "
-                             "print([e.value for e in m.entry_points(group='console_scripts') if e.name == 'customer-verification'])"],
-                            capture_output=True, text=True)
+    script = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import importlib.metadata as m; "
+            "print([e.value for e in m.entry_points(group='console_scripts') if e.name == "
+            "'customer-verification'])",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert "customer_auth.admin:main" in script.stdout
 
 
@@ -142,13 +175,22 @@ def ed25519_files(tmp_path, name="key"):
     private = Ed25519PrivateKey.generate()
     public = private.public_key()
     pem = tmp_path / f"{name}.pub.pem"
-    pem.write_bytes(public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    pem.write_bytes(
+        public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     b64 = tmp_path / f"{name}.pub.b64"
     b64.write_text(__import__("base64").b64encode(raw).decode() + "\n")
     secret = tmp_path / f"{name}.pem"
-    secret.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                             serialization.NoEncryption()))
+    secret.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return pem, b64, secret, raw
 
 
@@ -175,7 +217,9 @@ def test_rotate_works_for_both_kinds_and_refuses_to_mix_them(cli, store, tmp_pat
     code, output = cli("rotate", "cert-pk", "--public-key", str(second_pem), "--grace", "60")
     assert code == 0 and "new public key registered" in output
     assert store.fetch("cert-pk").public_keys_valid_at(time.time()) == (second, first)
-    assert cli("rotate", "cert-pk")[0] == 2  # a public-key customer gets a new public key, not a secret
+    assert (
+        cli("rotate", "cert-pk")[0] == 2
+    )  # a public-key customer gets a new public key, not a secret
     cli("add", "cert-secret")
     assert cli("rotate", "cert-secret", "--public-key", str(pem))[0] == 2
 
@@ -188,10 +232,22 @@ def test_sign_prints_rfc9421_headers_that_an_independent_verifier_accepts(cli, t
 
     body = tmp_path / "body.json"
     body.write_bytes(b'{"amount": 10}')
-    code, output = cli("sign", "cert-a", "--key", "k", "--method", "post", "--url", "http://gw.test/pay?x=1",
-                       "--body", str(body))
+    code, output = cli(
+        "sign",
+        "cert-a",
+        "--key",
+        "k",
+        "--method",
+        "post",
+        "--url",
+        "http://gw.test/pay?x=1",
+        "--body",
+        str(body),
+    )
     headers = CaseInsensitiveDict(line.split(": ", 1) for line in output.splitlines())
-    assert code == 0 and {"signature-input", "signature", "content-digest"} <= {name.lower() for name in headers}
+    assert code == 0 and {"signature-input", "signature", "content-digest"} <= {
+        name.lower() for name in headers
+    }
 
     class Key(HTTPSignatureKeyResolver):
         def resolve_public_key(self, key_id):
@@ -199,29 +255,49 @@ def test_sign_prints_rfc9421_headers_that_an_independent_verifier_accepts(cli, t
             return b"k"
 
     message = types.SimpleNamespace(method="POST", url="http://gw.test/pay?x=1", headers=headers)
-    (result,) = HTTPMessageVerifier(signature_algorithm=algorithms.HMAC_SHA256, key_resolver=Key()).verify(message)
-    assert {"@method", "@path", "@query", "content-digest"} <= {str(c).strip('"') for c in result.covered_components}
+    (result,) = HTTPMessageVerifier(
+        signature_algorithm=algorithms.HMAC_SHA256, key_resolver=Key()
+    ).verify(message)
+    assert {"@method", "@path", "@query", "content-digest"} <= {
+        str(c).strip('"') for c in result.covered_components
+    }
 
 
 def test_sign_with_a_private_key_and_a_ready_curl_command(cli, tmp_path):
     _, _, private, _ = ed25519_files(tmp_path)
-    code, output = cli("sign", "cert-a", "--private-key", str(private), "--curl", "http://localhost:8000/echo?a=1")
+    code, output = cli(
+        "sign", "cert-a", "--private-key", str(private), "--curl", "http://localhost:8000/echo?a=1"
+    )
     words = shlex.split(output)
-    assert code == 0 and words[:4] == ["curl", "-sS", "-X", "GET"] and words[-1] == "http://localhost:8000/echo?a=1"
-    assert any(word.startswith("Signature-Input: sig1=") and 'alg="ed25519"' in word for word in words)
+    assert (
+        code == 0
+        and words[:4] == ["curl", "-sS", "-X", "GET"]
+        and words[-1] == "http://localhost:8000/echo?a=1"
+    )
+    assert any(
+        word.startswith("Signature-Input: sig1=") and 'alg="ed25519"' in word for word in words
+    )
 
 
 # -- the CLI says what to do (#25) ---------------------------------------------------------------
 
-def test_the_plugins_read_only_role_is_told_to_use_the_admin_role(database_url, customers, monkeypatch, capsys):
-    import psycopg2.extensions
 
+def test_the_plugins_read_only_role_is_told_to_use_the_admin_role(
+    database_url, customers, monkeypatch, capsys
+):
+    import psycopg2.extensions
     from conftest import execute
 
-    execute(database_url, "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'cv_cli_reader') THEN "
-                          "CREATE ROLE cv_cli_reader LOGIN PASSWORD 'reader-pw' IN ROLE customer_reader; END IF; END $$")
-    monkeypatch.setenv("DATABASE_URL", psycopg2.extensions.make_dsn(database_url, user="cv_cli_reader",
-                                                                    password="reader-pw"))
+    execute(
+        database_url,
+        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'cv_cli_reader') THEN "
+        "CREATE ROLE cv_cli_reader LOGIN PASSWORD 'reader-pw' IN ROLE customer_reader; END IF; "
+        "END $$",
+    )
+    monkeypatch.setenv(
+        "DATABASE_URL",
+        psycopg2.extensions.make_dsn(database_url, user="cv_cli_reader", password="reader-pw"),
+    )
     assert customer_admin.main(["add", "cert-z"]) == customer_admin.EXIT_DATABASE
     err = capsys.readouterr().err
     assert "permission denied" in err and "admin role" in err and "reader-pw" not in err
@@ -243,11 +319,23 @@ def test_a_database_without_the_table_is_told_to_load_the_schema(postgres, monke
         execute(dsn, f"DROP DATABASE {name} WITH (FORCE)")
 
 
-@pytest.mark.parametrize("argv", [
-    ["sign", "cert-a", "--key", "k", "--url", "http://a/", "--curl", "http://b/"],  # which one is signed?
-    ["sign", "cert-a", "--key", ""],
-    ["sign", "cert-a", "--key", "  "],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [
+            "sign",
+            "cert-a",
+            "--key",
+            "k",
+            "--url",
+            "http://a/",
+            "--curl",
+            "http://b/",
+        ],  # which one is signed?
+        ["sign", "cert-a", "--key", ""],
+        ["sign", "cert-a", "--key", "  "],
+    ],
+)
 def test_sign_refuses_ambiguous_or_empty_input(cli, argv, capsys):
     assert cli(*argv)[0] == 2
     assert "Traceback" not in capsys.readouterr().err
@@ -257,5 +345,10 @@ def test_sign_refuses_ambiguous_or_empty_input(cli, argv, capsys):
 def test_every_commands_help_names_the_database_the_roles_and_the_exit_codes(command, capsys):
     assert customer_admin.main([command, "--help"]) == 0
     text = capsys.readouterr().out
-    assert "DATABASE_URL" in text and "PGHOST" in text and "admin role" in text and "read-only role" in text
+    assert (
+        "DATABASE_URL" in text
+        and "PGHOST" in text
+        and "admin role" in text
+        and "read-only role" in text
+    )
     assert "exit codes" in text and "5 database" in text

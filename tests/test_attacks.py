@@ -2,16 +2,17 @@
 stand-in: a captured bodiless signature with a forged body, headers past Kong's default bound,
 hostile signature fields that burn CPU, known and unknown certificates told apart, consumers by
 username, forged identity headers on preflights, and settings that cannot work."""
+
 import json
 import uuid
 
 import pytest
-
 from conftest import ROOT, start_gateway
+from test_rfc9421 import SECRET, gateway, keyed, library_signed  # noqa: F401 (gateway and keyed are fixtures)
+
 from customer_auth import message_signatures, signature
 from customer_verification import DEFAULTS, Plugin
 from devtools.kong_standin import FailClosedRule, Request, in_process_kong
-from test_rfc9421 import SECRET, gateway, keyed, library_signed  # noqa: F401 (gateway and keyed are fixtures)
 
 FORGED_BODY = b'{"to": "attacker", "amount": 1000000}'
 
@@ -37,7 +38,7 @@ FRAMINGS = {
     "content-length with leading zeros": [("Content-Length", str(len(FORGED_BODY)).zfill(20))],
     # the line past the 100 that kong.request.get_headers() returns by default
     "content-length after 100 lines": [(f"X-Filler-{i}", "x") for i in range(100)]
-                                      + [("Content-Length", str(len(FORGED_BODY)))],
+    + [("Content-Length", str(len(FORGED_BODY)))],
     # HTTP/2: DATA frames, neither Content-Length nor Transfer-Encoding
     "http/2 body without framing headers": [],
 }
@@ -48,7 +49,9 @@ def test_a_captured_bodiless_signature_is_accepted_without_a_body(gateway, keyed
 
 
 @pytest.mark.parametrize("framing", list(FRAMINGS))
-def test_a_forged_body_under_a_bodiless_signature_never_reaches_the_upstream(gateway, keyed, framing):
+def test_a_forged_body_under_a_bodiless_signature_never_reaches_the_upstream(
+    gateway, keyed, framing
+):
     outcome = send(gateway, with_body(captured_get(), FORGED_BODY, FRAMINGS[framing]))
     assert (outcome.status, outcome.upstream) == (400, None), outcome
     assert "does not cover content-digest" in outcome.message
@@ -63,14 +66,20 @@ def test_a_large_forged_body_kong_buffered_to_a_file_is_refused_without_reading_
 def test_a_request_with_more_header_lines_than_kong_returns_is_never_verified_on_part_of_them():
     request = Request([(f"X-Filler-{i}", "x") for i in range(1000)])
     Plugin(DEFAULTS, _NoStore()).access(in_process_kong(request, lua_style=False))
-    assert request.response[0] == 400 and "more than 999 header lines" in json.loads(request.response[1])["message"]
+    assert (
+        request.response[0] == 400
+        and "more than 999 header lines" in json.loads(request.response[1])["message"]
+    )
 
 
 def test_a_second_signature_header_past_kongs_default_100_lines_is_seen(gateway, keyed):
     lines = list(signature.signed_headers("cert-1", SECRET).items())
     lines += [(f"X-Filler-{i}", "x") for i in range(120)] + [("client-certificate-id", "cert-2")]
     outcome = gateway.send(lines)
-    assert outcome.status == 400 and outcome.message == "Header client-certificate-id must be sent once"
+    assert (
+        outcome.status == 400
+        and outcome.message == "Header client-certificate-id must be sent once"
+    )
 
 
 class _NoStore:
@@ -89,8 +98,12 @@ class _NoStore:
 
 HOSTILE_FIELDS = {
     "900 labels": ",".join(f"a{i}=()" for i in range(900))[:8000],
-    "900 labels, uncommon form": ", ".join(f'a{i}=("x";p=1)' for i in range(900))[:7990].rsplit(",", 1)[0],
-    "1500 parameters": ("sig1=();" + ";".join(f"p{i}=1" for i in range(1500)))[:8000].rsplit(";", 1)[0],
+    "900 labels, uncommon form": ", ".join(f'a{i}=("x";p=1)' for i in range(900))[:7990].rsplit(
+        ",", 1
+    )[0],
+    "1500 parameters": ("sig1=();" + ";".join(f"p{i}=1" for i in range(1500)))[:8000].rsplit(
+        ";", 1
+    )[0],
     "a label of 8000 characters": "a" * 8000,
     "1900 tokens": "sig1=(" + " ".join(["abc"] * 1900) + ")",
 }
@@ -98,45 +111,68 @@ HOSTILE_FIELDS = {
 
 @pytest.mark.parametrize("field", list(HOSTILE_FIELDS))
 def test_a_hostile_signature_input_is_refused_before_the_full_parser_with_a_short_answer(
-        gateway, keyed, field, monkeypatch):
+    gateway, keyed, field, monkeypatch
+):
     import http_sf
 
-    monkeypatch.setattr(http_sf, "parse", lambda *a, **k: pytest.fail("the full parser was given the field"))
+    monkeypatch.setattr(
+        http_sf, "parse", lambda *a, **k: pytest.fail("the full parser was given the field")
+    )
     with pytest.raises(signature.MalformedSignature):
         message_signatures.parse_signature_input([HOSTILE_FIELDS[field]])
-    outcome = send(gateway, dict(header_lines=[("Signature-Input", HOSTILE_FIELDS[field]),
-                                               ("Signature", "sig1=:AAAA:")]))
+    outcome = send(
+        gateway,
+        dict(
+            header_lines=[("Signature-Input", HOSTILE_FIELDS[field]), ("Signature", "sig1=:AAAA:")]
+        ),
+    )
     assert outcome.status == 400 and len(outcome.body) < 300
     assert max(len(line) for line in gateway.server.log().splitlines()[-3:]) < 600
 
 
 def test_many_failing_labels_give_a_short_policy_answer(gateway, keyed):
     inputs = ",".join(f'l{i}=("@method");created=1;keyid="cert-1"' for i in range(4))
-    outcome = send(gateway, dict(header_lines=[("Signature-Input", inputs), ("Signature", "l0=:AAAA:")]))
+    outcome = send(
+        gateway, dict(header_lines=[("Signature-Input", inputs), ("Signature", "l0=:AAAA:")])
+    )
     assert outcome.status == 400 and "(and 2 more)" in outcome.message and len(outcome.body) < 300
 
 
 # -- 9 and 10. a forged signature costs the attacker, and says nothing about the certificate ----
 
+
 def forged(request):
     """``request`` with its signature replaced by 64 zero bytes."""
-    lines = [(name, value) for name, value in request["header_lines"] if name.lower() != "signature"]
+    lines = [
+        (name, value) for name, value in request["header_lines"] if name.lower() != "signature"
+    ]
     return dict(request, header_lines=lines + [("Signature", "sig1=:" + "A" * 86 + "==:")])
 
 
 def with_keyid(request, certificate_id):
-    lines = [(name, value.replace('keyid="cert-1"', f'keyid="{certificate_id}"'))
-             for name, value in request["header_lines"]]
+    lines = [
+        (name, value.replace('keyid="cert-1"', f'keyid="{certificate_id}"'))
+        for name, value in request["header_lines"]
+    ]
     return dict(request, header_lines=lines)
 
 
 CASES = {
-    "a malformed content-digest": lambda: with_body(library_signed("POST", "http://gw.test/p", b"abc"), b"abc",
-                                                    [("Content-Digest", "garbage")], drop=("content-digest",)),
-    "an oversized chunked body": lambda: with_body(library_signed("POST", "http://gw.test/p", b"abc"),
-                                                   b"z" * 2_000_000, [("Transfer-Encoding", "chunked")],
-                                                   drop=("content-length",)),
-    "a 1 MiB body": lambda: with_body(library_signed("POST", "http://gw.test/p", b"abc"), b"y" * 1048576),
+    "a malformed content-digest": lambda: with_body(
+        library_signed("POST", "http://gw.test/p", b"abc"),
+        b"abc",
+        [("Content-Digest", "garbage")],
+        drop=("content-digest",),
+    ),
+    "an oversized chunked body": lambda: with_body(
+        library_signed("POST", "http://gw.test/p", b"abc"),
+        b"z" * 2_000_000,
+        [("Transfer-Encoding", "chunked")],
+        drop=("content-length",),
+    ),
+    "a 1 MiB body": lambda: with_body(
+        library_signed("POST", "http://gw.test/p", b"abc"), b"y" * 1048576
+    ),
 }
 
 
@@ -144,7 +180,11 @@ CASES = {
 def test_known_and_unknown_certificates_get_the_same_answer_and_round_trips(gateway, keyed, case):
     known = send(gateway, forged(CASES[case]()))
     unknown = send(gateway, forged(with_keyid(CASES[case](), "nobody-has-this")))
-    assert (known.status, known.message, known.round_trips) == (unknown.status, unknown.message, unknown.round_trips)
+    assert (known.status, known.message, known.round_trips) == (
+        unknown.status,
+        unknown.message,
+        unknown.round_trips,
+    )
     assert known.status == 403
 
 
@@ -157,7 +197,10 @@ def test_a_forged_signature_never_has_its_body_read(credentials, keyed):
 
 # -- 7. a consumer found by username has that username ------------------------------------------
 
-def test_a_certificate_id_that_is_another_consumers_id_does_not_land_on_that_consumer(gateway, customers):
+
+def test_a_certificate_id_that_is_another_consumers_id_does_not_land_on_that_consumer(
+    gateway, customers
+):
     admin_consumer = {"id": str(uuid.uuid4()), "username": "admins"}
     customers.add(admin_consumer["id"], "key-1")  # a customer whose certificate id is that uuid
     gateway.kong.consumers = [admin_consumer]
@@ -165,26 +208,47 @@ def test_a_certificate_id_that_is_another_consumers_id_does_not_land_on_that_con
     request = Request(list(signature.signed_headers(admin_consumer["id"], "key-1").items()))
     outcome = gateway.kong.handle(request, "by-username")
     assert outcome.status == 403 and request.consumer is None
-    gateway.kong.configure("by-username-optional", {"consumer_by": ["username"], "consumer_optional": True})
+    gateway.kong.configure(
+        "by-username-optional", {"consumer_by": ["username"], "consumer_optional": True}
+    )
     request = Request(list(signature.signed_headers(admin_consumer["id"], "key-1").items()))
-    assert gateway.kong.handle(request, "by-username-optional").status == 200 and request.consumer is None
+    assert (
+        gateway.kong.handle(request, "by-username-optional").status == 200
+        and request.consumer is None
+    )
 
 
 # -- 8. identity headers are cleared on a preflight let through ---------------------------------
 
+
 def test_a_preflight_let_through_unauthenticated_carries_no_forged_identity(database_url):
-    gateway = start_gateway(ROOT / "customer_verification.py", "customer_verification",
-                            env={"DATABASE_URL": database_url}, fail_closed=FailClosedRule(),
-                            config={"run_on_preflight": False})
+    gateway = start_gateway(
+        ROOT / "customer_verification.py",
+        "customer_verification",
+        env={"DATABASE_URL": database_url},
+        fail_closed=FailClosedRule(),
+        config={"run_on_preflight": False},
+    )
     try:
-        forged_lines = [("Access-Control-Request-Method", "POST"), ("X-Consumer-ID", "forged"),
-                        ("X-Consumer-Username", "forged"), ("X-Credential-Identifier", "forged"),
-                        ("X-Consumer-Custom-ID", "forged"), ("X-Anonymous-Consumer", "true"),
-                        ("X-Customer-Id", "forged")]
+        forged_lines = [
+            ("Access-Control-Request-Method", "POST"),
+            ("X-Consumer-ID", "forged"),
+            ("X-Consumer-Username", "forged"),
+            ("X-Credential-Identifier", "forged"),
+            ("X-Consumer-Custom-ID", "forged"),
+            ("X-Anonymous-Consumer", "true"),
+            ("X-Customer-Id", "forged"),
+        ]
         outcome = gateway.send(forged_lines, method="OPTIONS")
         assert outcome.status == 200
-        assert not {"x-consumer-id", "x-consumer-username", "x-credential-identifier", "x-consumer-custom-id",
-                    "x-anonymous-consumer", "x-customer-id"} & set(outcome.upstream)
+        assert not {
+            "x-consumer-id",
+            "x-consumer-username",
+            "x-credential-identifier",
+            "x-consumer-custom-id",
+            "x-anonymous-consumer",
+            "x-customer-id",
+        } & set(outcome.upstream)
     finally:
         gateway.cleanup()
 
@@ -192,33 +256,55 @@ def test_a_preflight_let_through_unauthenticated_carries_no_forged_identity(data
 # -- 11. every setting is checked as DATABASE_URL is ---------------------------------------------
 
 BAD_SETTINGS = {
-    "CUSTOMER_VERIFICATION_POOL_SIZE=abc": ({"CUSTOMER_VERIFICATION_POOL_SIZE": "abc"}, "POOL_SIZE"),
-    "CUSTOMER_VERIFICATION_DB_TIMEOUT=2s": ({"CUSTOMER_VERIFICATION_DB_TIMEOUT": "2s"}, "DB_TIMEOUT"),
+    "CUSTOMER_VERIFICATION_POOL_SIZE=abc": (
+        {"CUSTOMER_VERIFICATION_POOL_SIZE": "abc"},
+        "POOL_SIZE",
+    ),
+    "CUSTOMER_VERIFICATION_DB_TIMEOUT=2s": (
+        {"CUSTOMER_VERIFICATION_DB_TIMEOUT": "2s"},
+        "DB_TIMEOUT",
+    ),
     "CUSTOMER_VERIFICATION_DB_TIMEOUT=0": ({"CUSTOMER_VERIFICATION_DB_TIMEOUT": "0"}, "DB_TIMEOUT"),
-    "a missing CUSTOMER_VERIFICATION_ENV_FILE": ({"CUSTOMER_VERIFICATION_ENV_FILE": "/nonexistent/cv.env"},
-                                                 "ENV_FILE"),
+    "a missing CUSTOMER_VERIFICATION_ENV_FILE": (
+        {"CUSTOMER_VERIFICATION_ENV_FILE": "/nonexistent/cv.env"},
+        "ENV_FILE",
+    ),
 }
 
 
 @pytest.mark.parametrize("setting", list(BAD_SETTINGS))
-def test_a_bad_setting_answers_503_and_says_so_in_kongs_log_at_its_default_level(database_url, customers, setting):
+def test_a_bad_setting_answers_503_and_says_so_in_kongs_log_at_its_default_level(
+    database_url, customers, setting
+):
     env, name = BAD_SETTINGS[setting]
     customers.add("cert-1", "key-1")
-    gateway = start_gateway(ROOT / "customer_verification.py", "customer_verification",
-                            env={"DATABASE_URL": database_url, **env})
+    gateway = start_gateway(
+        ROOT / "customer_verification.py",
+        "customer_verification",
+        env={"DATABASE_URL": database_url, **env},
+    )
     try:
-        outcomes = [gateway.send(list(signature.signed_headers("cert-1", "key-1").items())) for _ in range(3)]
-        assert {(o.status, o.message) for o in outcomes} == {(503, "Authentication is temporarily unavailable")}
+        outcomes = [
+            gateway.send(list(signature.signed_headers("cert-1", "key-1").items()))
+            for _ in range(3)
+        ]
+        assert {(o.status, o.message) for o in outcomes} == {
+            (503, "Authentication is temporarily unavailable")
+        }
         assert all(o.upstream is None for o in outcomes)
         kept = "\n".join(text for level, text in gateway.kong.error_log.lines() if level != "info")
         assert f"CUSTOMER_VERIFICATION_{name}" in kept and "Traceback" not in gateway.server.log()
-        assert database_url.split("@")[0] not in gateway.kong.error_log.text()  # never the URL's user:password
+        assert (
+            database_url.split("@")[0] not in gateway.kong.error_log.text()
+        )  # never the URL's user:password
     finally:
         gateway.cleanup()
 
 
 @pytest.mark.parametrize("setting", list(BAD_SETTINGS))
-def test_a_bad_setting_makes_the_cli_exit_2_with_the_same_words(database_url, setting, monkeypatch, capsys):
+def test_a_bad_setting_makes_the_cli_exit_2_with_the_same_words(
+    database_url, setting, monkeypatch, capsys
+):
     from customer_auth import admin
 
     env, name = BAD_SETTINGS[setting]

@@ -1,5 +1,6 @@
 """Revocation, re-keying and deletion reach a running plugin server within a second, through
 LISTEN/NOTIFY, for plain SQL changes, also after the listener's connection was killed."""
+
 import threading
 import time
 
@@ -114,7 +115,8 @@ def test_a_new_customer_replaces_a_cached_unknown_within_a_second(live, customer
 def test_changes_are_seen_after_the_listener_connection_was_killed(live, customers):
     killed = customers.execute(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-        "WHERE application_name = 'customer_verification listener'")
+        "WHERE application_name = 'customer_verification listener'"
+    )
     assert killed == [(True,)]
     # Changed while the listener is down: its notification is lost, the reconnect must cover it.
     customers.set_authentication("cert-live", revoked_at=time.time())

@@ -1,24 +1,35 @@
 """Kong consumers: every verified request is authenticated in Kong (credential, and the mapped
 consumer), identity headers are set or cleared as Kong's auth plugins do, `anonymous` gives
 Kong's logical OR, and the fail-closed rule holds; through the real plugin server."""
+
 import time
 import uuid
 
 import pytest
-
 from conftest import ROOT, start_gateway
+
 from customer_auth import signature
 from devtools.kong_standin import FailClosedRule, Request
 
-FORGED = [("X-Consumer-ID", "forged"), ("X-Consumer-Username", "forged"), ("X-Consumer-Custom-ID", "forged"),
-          ("X-Credential-Identifier", "forged"), ("X-Anonymous-Consumer", "true"), ("X-Customer-Id", "forged")]
+FORGED = [
+    ("X-Consumer-ID", "forged"),
+    ("X-Consumer-Username", "forged"),
+    ("X-Consumer-Custom-ID", "forged"),
+    ("X-Credential-Identifier", "forged"),
+    ("X-Anonymous-Consumer", "true"),
+    ("X-Customer-Id", "forged"),
+]
 ANONYMOUS = {"id": str(uuid.uuid4()), "username": "anonymous-users"}
 
 
 @pytest.fixture(scope="module")
 def gateway(database_url):
-    gateway = start_gateway(ROOT / "customer_verification.py", "customer_verification",
-                            env={"DATABASE_URL": database_url}, fail_closed=FailClosedRule())
+    gateway = start_gateway(
+        ROOT / "customer_verification.py",
+        "customer_verification",
+        env={"DATABASE_URL": database_url},
+        fail_closed=FailClosedRule(),
+    )
     yield gateway
     gateway.cleanup()
 
@@ -44,10 +55,23 @@ def test_a_verified_request_is_authenticated_in_kong_by_its_credential(gateway, 
     gateway.kong.configure("plain")
     request = Request(list(signature.signed_headers("alice-cert", "alice-key").items()) + FORGED)
     outcome = gateway.kong.handle(request, "plain")
-    assert outcome.status == 200 and request.credential == {"id": kong_consumers["alice"]} and request.consumer is None
+    assert (
+        outcome.status == 200
+        and request.credential == {"id": kong_consumers["alice"]}
+        and request.consumer is None
+    )
     upstream = outcome.upstream
-    assert upstream["x-customer-id"] == upstream["x-credential-identifier"] == [kong_consumers["alice"]]
-    for forged in ("x-consumer-id", "x-consumer-username", "x-consumer-custom-id", "x-anonymous-consumer"):
+    assert (
+        upstream["x-customer-id"]
+        == upstream["x-credential-identifier"]
+        == [kong_consumers["alice"]]
+    )
+    for forged in (
+        "x-consumer-id",
+        "x-consumer-username",
+        "x-consumer-custom-id",
+        "x-anonymous-consumer",
+    ):
         assert forged not in upstream  # cleared: a client can never supply them
 
 
@@ -55,12 +79,21 @@ def test_a_verified_request_is_authenticated_in_kong_by_its_credential(gateway, 
 def test_customers_map_to_kong_consumers_by_username_or_id(gateway, kong_consumers, consumer_by):
     plugin_id = "map-" + "-".join(consumer_by)
     gateway.kong.configure(plugin_id, {"consumer_by": consumer_by, "consumer_optional": True})
-    alice_request = Request(list(signature.signed_headers("alice-cert", "alice-key").items()) + FORGED)
+    alice_request = Request(
+        list(signature.signed_headers("alice-cert", "alice-key").items()) + FORGED
+    )
     alice = gateway.kong.handle(alice_request, plugin_id)
-    assert alice_request.consumer["username"] == "alice-cert" and alice_request.credential["id"] == kong_consumers["alice"]
-    assert alice.upstream["x-consumer-username"] == ["alice-cert"] and alice.upstream["x-consumer-custom-id"] == ["crm-17"]
+    assert (
+        alice_request.consumer["username"] == "alice-cert"
+        and alice_request.credential["id"] == kong_consumers["alice"]
+    )
+    assert alice.upstream["x-consumer-username"] == ["alice-cert"] and alice.upstream[
+        "x-consumer-custom-id"
+    ] == ["crm-17"]
     bob = send(gateway, plugin_id, "bob-cert", "bob-key")
-    assert bob.upstream.get("x-consumer-id") == ([kong_consumers["bob"]] if "id" in consumer_by else None)
+    assert bob.upstream.get("x-consumer-id") == (
+        [kong_consumers["bob"]] if "id" in consumer_by else None
+    )
 
 
 def test_a_cached_customer_costs_no_consumer_lookup(gateway, kong_consumers):
@@ -70,12 +103,17 @@ def test_a_cached_customer_costs_no_consumer_lookup(gateway, kong_consumers):
     assert (first.round_trips, again.round_trips) == (5, 4)  # load_consumer once, then remembered
 
 
-def test_a_verified_customer_without_a_consumer_gets_403_and_an_operator_line(gateway, kong_consumers, customers):
+def test_a_verified_customer_without_a_consumer_gets_403_and_an_operator_line(
+    gateway, kong_consumers, customers
+):
     customers.add("carol-cert", "carol-key")
     gateway.kong.configure("strict", {"consumer_by": ["username"]})
     outcome = send(gateway, "strict", "carol-cert", "carol-key")
     assert (outcome.status, outcome.upstream) == (403, None)
-    assert any("has no Kong consumer" in text and level == "warn" for level, text in gateway.kong.error_log.lines())
+    assert any(
+        "has no Kong consumer" in text and level == "warn"
+        for level, text in gateway.kong.error_log.lines()
+    )
     gateway.kong.configure("optional", {"consumer_by": ["username"], "consumer_optional": True})
     assert send(gateway, "optional", "carol-cert", "carol-key").status == 200
 
@@ -92,12 +130,20 @@ def test_anonymous_lets_failed_checks_in_as_the_anonymous_consumer(gateway, kong
     for lines in ([], list(signature.signed_headers("alice-cert", "wrong").items())):
         request = Request(lines + FORGED)
         outcome = gateway.kong.handle(request, "anon")
-        assert outcome.status == 200 and request.consumer == ANONYMOUS and request.credential is None
+        assert (
+            outcome.status == 200 and request.consumer == ANONYMOUS and request.credential is None
+        )
         assert outcome.upstream["x-anonymous-consumer"] == ["true"]
         assert outcome.upstream["x-consumer-username"] == ["anonymous-users"]
-        assert "x-customer-id" not in outcome.upstream and "x-credential-identifier" not in outcome.upstream
+        assert (
+            "x-customer-id" not in outcome.upstream
+            and "x-credential-identifier" not in outcome.upstream
+        )
     verified = send(gateway, "anon", "alice-cert", "alice-key")
-    assert verified.upstream["x-customer-id"] == [kong_consumers["alice"]] and "x-anonymous-consumer" not in verified.upstream
+    assert (
+        verified.upstream["x-customer-id"] == [kong_consumers["alice"]]
+        and "x-anonymous-consumer" not in verified.upstream
+    )
 
 
 def test_a_request_another_auth_plugin_authenticated_is_left_alone(gateway, kong_consumers):
@@ -105,15 +151,23 @@ def test_a_request_another_auth_plugin_authenticated_is_left_alone(gateway, kong
     request = Request([("X-Consumer-Username", "set-by-key-auth")])
     request.credential = {"id": "key-auth-credential"}  # key-auth ran first
     outcome = gateway.kong.handle(request, "or")
-    assert outcome.status == 200 and outcome.round_trips == 3  # HandleEvent, get_headers, get_credential
+    assert (
+        outcome.status == 200 and outcome.round_trips == 3
+    )  # HandleEvent, get_headers, get_credential
     assert outcome.upstream["x-consumer-username"] == ["set-by-key-auth"]
 
 
 def test_a_failing_store_is_never_turned_into_anonymous_access(database_url, kong_consumers):
-    broken = start_gateway(ROOT / "customer_verification.py", "customer_verification",
-                           env={"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
-                                "CUSTOMER_VERIFICATION_DB_TIMEOUT": "1"},
-                           config={"anonymous": ANONYMOUS["username"]}, fail_closed=FailClosedRule())
+    broken = start_gateway(
+        ROOT / "customer_verification.py",
+        "customer_verification",
+        env={
+            "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+            "CUSTOMER_VERIFICATION_DB_TIMEOUT": "1",
+        },
+        config={"anonymous": ANONYMOUS["username"]},
+        fail_closed=FailClosedRule(),
+    )
     try:
         broken.kong.consumers = [ANONYMOUS]
         outcome = broken.send(list(signature.signed_headers("alice-cert", "alice-key").items()))
@@ -125,20 +179,35 @@ def test_a_failing_store_is_never_turned_into_anonymous_access(database_url, kon
 def test_an_anonymous_that_names_no_consumer_is_kongs_500_and_a_log_line(gateway, kong_consumers):
     gateway.kong.configure("bad-anon", {"anonymous": "nobody-by-that-name"})
     outcome = gateway.kong.handle(Request([]), "bad-anon")
-    assert (outcome.status, outcome.message, outcome.upstream) == (500, "An unexpected error occurred", None)
-    assert any("anonymous consumer 'nobody-by-that-name' does not exist" in text
-               for level, text in gateway.kong.error_log.lines() if level == "error")
+    assert (outcome.status, outcome.message, outcome.upstream) == (
+        500,
+        "An unexpected error occurred",
+        None,
+    )
+    assert any(
+        "anonymous consumer 'nobody-by-that-name' does not exist" in text
+        for level, text in gateway.kong.error_log.lines()
+        if level == "error"
+    )
 
 
-def test_the_fail_closed_rule_still_answers_503_with_the_plugin_server_down(database_url, kong_consumers):
-    down = start_gateway(ROOT / "customer_verification.py", "customer_verification",
-                         env={"DATABASE_URL": database_url}, config={"anonymous": ANONYMOUS["username"]},
-                         fail_closed=FailClosedRule())
+def test_the_fail_closed_rule_still_answers_503_with_the_plugin_server_down(
+    database_url, kong_consumers
+):
+    down = start_gateway(
+        ROOT / "customer_verification.py",
+        "customer_verification",
+        env={"DATABASE_URL": database_url},
+        config={"anonymous": ANONYMOUS["username"]},
+        fail_closed=FailClosedRule(),
+    )
     try:
         down.kong.consumers = [ANONYMOUS]
         assert down.send([]).status == 200  # anonymous, where it is configured
         down.server.stop()
-        outcome = down.send(list(signature.signed_headers("alice-cert", "alice-key").items()) + FORGED)
+        outcome = down.send(
+            list(signature.signed_headers("alice-cert", "alice-key").items()) + FORGED
+        )
         assert (outcome.status, outcome.upstream) == (503, None)
     finally:
         down.cleanup()
@@ -164,4 +233,7 @@ def test_kong_raises_when_authenticate_gets_neither_consumer_nor_credential():
         in_process_kong(request, lua_style=False).client.authenticate(None, None)
     with pytest.raises(KongRaised):
         in_process_kong(request, lua_style=False).client.load_consumer("not-a-uuid", False)
-    assert in_process_kong(request, lua_style=False).client.load_consumer(str(uuid.uuid4()), False) is None
+    assert (
+        in_process_kong(request, lua_style=False).client.load_consumer(str(uuid.uuid4()), False)
+        is None
+    )

@@ -1,5 +1,7 @@
 """Static checks of the deployment kit (no Docker engine runs here), and its SQL and init script
-run for real against the test Postgres, with the demo customer verified through the Kong stand-in."""
+run for real against the test Postgres, with the demo customer verified through the Kong
+stand-in."""
+
 import json
 import os
 import re
@@ -10,10 +12,10 @@ import sys
 import psycopg2
 import pytest
 import yaml
-
-from customer_auth import signature
-import customer_verification
 from conftest import ROOT, SERVER_MODES, execute, start_gateway
+
+import customer_verification
+from customer_auth import signature
 
 BIN = os.path.dirname(sys.executable)
 
@@ -41,16 +43,26 @@ def dockerfile():
 
 
 def env_file(name):
-    return dict(line.split("=", 1) for line in (ROOT / name).read_text().splitlines()
-                if line and not line.startswith("#"))
+    return dict(
+        line.split("=", 1)
+        for line in (ROOT / name).read_text().splitlines()
+        if line and not line.startswith("#")
+    )
 
 
 def passed_variables():
     """The variables nginx keeps for its workers, hence for the plugin server (kong.conf)."""
     include = kong_conf()["nginx_main_include"]
-    assert include == "/etc/kong/plugin-server-env.conf" and "plugin-server-env.conf /etc/kong/" in dockerfile()
+    assert (
+        include == "/etc/kong/plugin-server-env.conf"
+        and "plugin-server-env.conf /etc/kong/" in dockerfile()
+    )
     lines = [line.strip() for line in (ROOT / "plugin-server-env.conf").read_text().splitlines()]
-    return {re.fullmatch(r"env (\w+);", line).group(1) for line in lines if line and not line.startswith("#")}
+    return {
+        re.fullmatch(r"env (\w+);", line).group(1)
+        for line in lines
+        if line and not line.startswith("#")
+    }
 
 
 def variables_the_runtime_reads():
@@ -60,31 +72,56 @@ def variables_the_runtime_reads():
     for path in [ROOT / "customer_verification.py", *(ROOT / "customer_auth").glob("*.py")]:
         text = path.read_text()
         names |= set(re.findall(r"""os\.environ(?:\.get\(|\[)\s*["']([A-Z0-9_]+)["']""", text))
-        names |= set(re.findall(r"""["'](CUSTOMER_VERIFICATION_[A-Z0-9_]+)["']""", text))  # named by a constant
+        names |= set(
+            re.findall(r"""["'](CUSTOMER_VERIFICATION_[A-Z0-9_]+)["']""", text)
+        )  # named by a constant
     return names
 
 
 def test_every_variable_the_runtime_reads_reaches_the_plugin_server_through_nginx():
     read = variables_the_runtime_reads()
-    assert {"DATABASE_URL", "CUSTOMER_VERIFICATION_POOL_SIZE", "CUSTOMER_VERIFICATION_METRICS_PORT", "PGHOST"} <= read
+    assert {
+        "DATABASE_URL",
+        "CUSTOMER_VERIFICATION_POOL_SIZE",
+        "CUSTOMER_VERIFICATION_METRICS_PORT",
+        "PGHOST",
+    } <= read
     assert read - passed_variables() == set()
 
 
 def test_compose_file_validates_against_the_compose_specification():
-    result = subprocess.run([os.path.join(BIN, "check-jsonschema"), "--builtin-schema", "vendor.compose-spec",
-                             str(ROOT / "docker-compose.yml")], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            os.path.join(BIN, "check-jsonschema"),
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(ROOT / "docker-compose.yml"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_dockerfile_passes_hadolint_at_warning_level():
-    result = subprocess.run([os.path.join(BIN, "hadolint"), "--failure-threshold", "warning",
-                             str(ROOT / "Dockerfile-Kong")], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            os.path.join(BIN, "hadolint"),
+            "--failure-threshold",
+            "warning",
+            str(ROOT / "Dockerfile-Kong"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_dockerfile_respects_the_kong_image_facts():
     text = dockerfile()
-    assert re.search(r"^FROM kong:3\.\d+\.\d+", text, re.M), "a current Kong 3.x image, pinned by tag"
+    assert re.search(r"^FROM kong:3\.\d+\.\d+", text, re.M), (
+        "a current Kong 3.x image, pinned by tag"
+    )
     assert "apk " not in text and "chmod 777" not in text
     assert "python3 -m venv" in text  # Ubuntu refuses system-wide pip installs
     assert re.findall(r"^USER (\S+)", text, re.M)[-1] == "kong"
@@ -129,7 +166,10 @@ def test_paths_and_ports_agree_across_files():
     for volume in services["postgres"]["volumes"] + services["kong"]["volumes"]:
         source = volume.split(":")[0]
         assert source in compose()["volumes"] or (ROOT / source.removeprefix("./")).exists()
-    assert re.match(r"^[\w.-]+:[\w.-]+$", services["postgres"]["image"]) and services["echo"]["image"].count(":") == 1
+    assert (
+        re.match(r"^[\w.-]+:[\w.-]+$", services["postgres"]["image"])
+        and services["echo"]["image"].count(":") == 1
+    )
 
 
 def test_declarative_config_enables_the_plugin_with_valid_options():
@@ -164,8 +204,13 @@ def test_fail_closed_rule_is_present_and_global():
 def test_query_command_prints_only_the_json_kong_parses():
     conf = kong_conf()
     query = shlex.split(conf["pluginserver_customer_verification_query_cmd"])
-    output = subprocess.run([sys.executable, *query[1:]], capture_output=True, check=True, cwd=ROOT,
-                            env={**os.environ, "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}).stdout
+    output = subprocess.run(
+        [sys.executable, *query[1:]],
+        capture_output=True,
+        check=True,
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"},
+    ).stdout
     info = json.loads(output)[0]
     assert info["Name"] == "customer_verification" and info["Phases"] == ["access"]
     assert info["Priority"] == customer_verification.priority
@@ -176,11 +221,22 @@ def run_init_script(admin_dsn, database, database_url):
     from devtools.throwaway_postgres import POSTGRES_BIN_PATH
 
     params = psycopg2.extensions.parse_dsn(admin_dsn)
-    subprocess.run(["bash", str(ROOT / "postgres-init.sh")], check=True, capture_output=True, env={
-        **os.environ, "PATH": f"{POSTGRES_BIN_PATH}:{os.environ['PATH']}", "SCHEMA_DIR": str(ROOT),
-        "POSTGRES_USER": params.get("user", "postgres"), "POSTGRES_DB": database,
-        "PGHOST": params["host"], "PGPORT": str(params.get("port", 5432)), "PGPASSWORD": params.get("password", ""),
-        "DATABASE_URL": database_url})
+    subprocess.run(
+        ["bash", str(ROOT / "postgres-init.sh")],
+        check=True,
+        capture_output=True,
+        env={
+            **os.environ,
+            "PATH": f"{POSTGRES_BIN_PATH}:{os.environ['PATH']}",
+            "SCHEMA_DIR": str(ROOT),
+            "POSTGRES_USER": params.get("user", "postgres"),
+            "POSTGRES_DB": database,
+            "PGHOST": params["host"],
+            "PGPORT": str(params.get("port", 5432)),
+            "PGPASSWORD": params.get("password", ""),
+            "DATABASE_URL": database_url,
+        },
+    )
 
 
 @pytest.fixture
@@ -194,7 +250,8 @@ def deployed_database(postgres):
     params = psycopg2.extensions.parse_dsn(dsn)
     run_init_script(dsn, name, env_file("kong.env")["DATABASE_URL"])
     # kong.env's URL, pointed at this server and database
-    yield f"postgresql://customer_verification:change-me-plugin-password@{params['host']}:{params.get('port', 5432)}/{name}"
+    host, port = params["host"], params.get("port", 5432)
+    yield f"postgresql://customer_verification:change-me-plugin-password@{host}:{port}/{name}"
     execute(dsn, f"DROP DATABASE {name} WITH (FORCE)")
     execute(dsn, "DROP ROLE IF EXISTS customer_verification")
 
@@ -212,12 +269,17 @@ def test_the_plugin_role_can_only_read_the_customer_table(deployed_database):
 
 
 def test_the_demo_customer_verifies_through_the_kong_standin(deployed_database):
-    gateway = start_gateway(ROOT / "customer_verification.py", "customer_verification",
-                            env={"DATABASE_URL": deployed_database},
-                            config=declarative()["services"][0]["plugins"][0]["config"])
+    gateway = start_gateway(
+        ROOT / "customer_verification.py",
+        "customer_verification",
+        env={"DATABASE_URL": deployed_database},
+        config=declarative()["services"][0]["plugins"][0]["config"],
+    )
     try:
         gateway.kong.consumers = declarative()["consumers"]
-        outcome = gateway.send(list(signature.signed_headers("demo-certificate", "demo-client-key").items()))
+        outcome = gateway.send(
+            list(signature.signed_headers("demo-certificate", "demo-client-key").items())
+        )
         assert outcome.upstream["x-customer-id"] == ["6f1d8d2e-3b1a-4c52-9a57-0d7e2f6b9c41"]
         assert outcome.upstream["x-consumer-username"] == ["demo-certificate"]
     finally:
@@ -225,24 +287,38 @@ def test_the_demo_customer_verifies_through_the_kong_standin(deployed_database):
 
 
 def test_the_init_script_takes_a_percent_encoded_plugin_password():
-    """On a server that checks passwords: '@', ':', '%' and '/' in the password, encoded in kong.env."""
+    """On a server that checks passwords: '@', ':', '%' and '/' in the password, encoded in
+    kong.env."""
     from devtools.throwaway_postgres import ThrowawayPostgres
 
     with ThrowawayPostgres(password="admin-secret") as server:
         execute(server.dsn, "CREATE DATABASE customers")
-        run_init_script(server.dsn, "customers",
-                        "postgresql://customer_verification:p%40ss%3Aw%25rd%2F%5Cx@postgres:5432/customers")
-        conn = psycopg2.connect(host="127.0.0.1", port=server.port, dbname="customers",
-                                user="customer_verification", password="p@ss:w%rd/\\x")
+        run_init_script(
+            server.dsn,
+            "customers",
+            "postgresql://customer_verification:p%40ss%3Aw%25rd%2F%5Cx@postgres:5432/customers",
+        )
+        conn = psycopg2.connect(
+            host="127.0.0.1",
+            port=server.port,
+            dbname="customers",
+            user="customer_verification",
+            password="p@ss:w%rd/\\x",
+        )
         conn.close()
 
 
 def documented_commands(prefix):
-    return [line.strip() for line in (ROOT / "docs" / "getting-started.md").read_text().splitlines()
-            if line.startswith("    " + prefix)]
+    return [
+        line.strip()
+        for line in (ROOT / "docs" / "getting-started.md").read_text().splitlines()
+        if line.startswith("    " + prefix)
+    ]
 
 
-def test_the_documented_customer_commands_for_the_compose_deployment_work(deployed_database, postgres):
+def test_the_documented_customer_commands_for_the_compose_deployment_work(
+    deployed_database, postgres
+):
     """The same command lines, with the compose host name pointed at the test server."""
     dsn, _ = postgres
     params = psycopg2.extensions.parse_dsn(dsn)
@@ -252,10 +328,22 @@ def test_the_documented_customer_commands_for_the_compose_deployment_work(deploy
     for command in commands:
         words = shlex.split(command)
         assert words[:5] == ["docker", "compose", "exec", "-e", words[4]] and words[5] == "kong"
-        url = words[4].split("=", 1)[1].replace("${POSTGRES_PASSWORD:-change-me-admin-password}", params.get("password", "x"))
-        url = url.replace("@postgres:5432/customers", f"@{params['host']}:{params.get('port', 5432)}/cv_deploy_test")
-        result = subprocess.run([os.path.join(BIN, words[6]), *words[7:]], capture_output=True, text=True, timeout=60,
-                                env={**os.environ, "DATABASE_URL": url})
+        url = (
+            words[4]
+            .split("=", 1)[1]
+            .replace("${POSTGRES_PASSWORD:-change-me-admin-password}", params.get("password", "x"))
+        )
+        url = url.replace(
+            "@postgres:5432/customers",
+            f"@{params['host']}:{params.get('port', 5432)}/cv_deploy_test",
+        )
+        result = subprocess.run(
+            [os.path.join(BIN, words[6]), *words[7:]],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "DATABASE_URL": url},
+        )
         assert result.returncode == 0, result.stderr
         outputs.append(result.stdout)
     assert "demo-certificate\trevoked" in outputs[-1] and "my-first-customer\tactive" in outputs[-1]
@@ -269,17 +357,35 @@ def test_the_readmes_password_change_works_on_a_running_database(deployed_databa
     (command,) = documented_commands("docker compose exec postgres psql")
     words = shlex.split(command)[4:]
     words[words.index("-d") + 1] = "cv_deploy_test"
-    subprocess.run([POSTGRES_BIN_PATH / words[0], "-h", params["host"], "-p", str(params.get("port", 5432)),
-                    "-v", "ON_ERROR_STOP=1", *words[1:]], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            POSTGRES_BIN_PATH / words[0],
+            "-h",
+            params["host"],
+            "-p",
+            str(params.get("port", 5432)),
+            "-v",
+            "ON_ERROR_STOP=1",
+            *words[1:],
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     rows = psycopg2.connect(dsn).cursor()
-    rows.execute("SELECT rolpassword IS NOT NULL FROM pg_authid WHERE rolname = 'customer_verification'")
+    rows.execute(
+        "SELECT rolpassword IS NOT NULL FROM pg_authid WHERE rolname = 'customer_verification'"
+    )
     assert rows.fetchone() == (True,)
     rows.connection.close()
 
 
 def test_postgres_keeps_customers_in_a_named_volume_and_is_checked_over_tcp():
     postgres = compose()["services"]["postgres"]
-    assert "customer-data:/var/lib/postgresql/data" in postgres["volumes"] and "customer-data" in compose()["volumes"]
+    assert (
+        "customer-data:/var/lib/postgresql/data" in postgres["volumes"]
+        and "customer-data" in compose()["volumes"]
+    )
     check = " ".join(postgres["healthcheck"]["test"])
     assert "pg_isready" in check and "-h 127.0.0.1" in check
 
@@ -294,8 +400,11 @@ def test_kongs_healthcheck_covers_the_plugin_server():
 def test_the_image_build_context_holds_only_what_ships():
     import fnmatch
 
-    rules = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-             if line.strip() and not line.startswith("#")]
+    rules = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
 
     def sent(path):
         included = True
@@ -305,12 +414,22 @@ def test_the_image_build_context_holds_only_what_ships():
                 included = negated
         return included
 
-    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    candidates = tracked + [".venv/bin/python", ".git/config", ".env", "benchmark-results/results.json"]
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    candidates = tracked + [
+        ".venv/bin/python",
+        ".git/config",
+        ".env",
+        "benchmark-results/results.json",
+    ]
     copied = set(re.findall(r"^COPY (.+) \S+$", dockerfile(), re.M))
     needed = {name for line in copied for name in line.split()}
     assert {path for path in candidates if sent(path)} == {
-        path for path in tracked if path in needed or path.split("/")[0] in needed and path.endswith(".py")}
+        path
+        for path in tracked
+        if path in needed or path.split("/")[0] in needed and path.endswith(".py")
+    }
 
 
 def test_monitoring_uses_only_metrics_the_plugin_exports():
@@ -318,17 +437,27 @@ def test_monitoring_uses_only_metrics_the_plugin_exports():
 
     import customer_auth.metrics  # noqa: F401  (registers them)
 
-    exported = {sample.name for family in prometheus_client.REGISTRY.collect()
-                if family.name.startswith("customer_verification")
-                for sample in family.samples} | {f"{name}_bucket" for name in ("customer_verification_store_lookup_seconds",)}
-    dashboard = json.loads((ROOT / "monitoring/grafana/dashboards/customer-verification.json").read_text())
+    exported = {
+        sample.name
+        for family in prometheus_client.REGISTRY.collect()
+        if family.name.startswith("customer_verification")
+        for sample in family.samples
+    } | {f"{name}_bucket" for name in ("customer_verification_store_lookup_seconds",)}
+    dashboard = json.loads(
+        (ROOT / "monitoring/grafana/dashboards/customer-verification.json").read_text()
+    )
     expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
     rules = yaml.safe_load((ROOT / "monitoring/alerts.yml").read_text())
     expressions += [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
-    used = {name for expression in expressions for name in re.findall(r"customer_verification_\w+", expression)}
+    used = {
+        name
+        for expression in expressions
+        for name in re.findall(r"customer_verification_\w+", expression)
+    }
     assert used and used <= exported, used - exported
     assert {"CustomerVerification503s", "CustomerVerificationListenerDown"} == {
-        rule["alert"] for group in rules["groups"] for rule in group["rules"]}
+        rule["alert"] for group in rules["groups"] for rule in group["rules"]
+    }
     scrape = yaml.safe_load((ROOT / "monitoring/prometheus.yml").read_text())
     port = compose()["services"]["kong"]["environment"]["CUSTOMER_VERIFICATION_METRICS_PORT"]
     assert scrape["scrape_configs"][0]["static_configs"][0]["targets"] == [f"kong:{port}"]

@@ -1,29 +1,38 @@
 """The documentation: the MkDocs site builds strictly (no broken link or missing page), the
 configuration reference is what the code says, the README stays short, and the code passes ruff
 and mypy (strict on the public API)."""
+
 import os
 import re
 import subprocess
 import sys
 
 from conftest import ROOT
+from test_deployment import variables_the_runtime_reads
+
 from customer_auth import schema
 from devtools import config_reference
-from test_deployment import variables_the_runtime_reads
 
 BIN = os.path.dirname(sys.executable)
 
 
 def test_the_documentation_site_builds_strictly(tmp_path):
-    result = subprocess.run([os.path.join(BIN, "mkdocs"), "build", "--strict", "--site-dir", str(tmp_path / "site")],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [os.path.join(BIN, "mkdocs"), "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "site" / "configuration" / "index.html").exists()
 
 
 def test_the_configuration_reference_is_generated_from_the_schema():
-    assert config_reference.rewritten(config_reference.PAGE.read_text()) == config_reference.PAGE.read_text(), \
-        "docs/configuration.md is stale: run python -m devtools.config_reference"
+    assert (
+        config_reference.rewritten(config_reference.PAGE.read_text())
+        == config_reference.PAGE.read_text()
+    ), "docs/configuration.md is stale: run python -m devtools.config_reference"
 
 
 def test_every_variable_the_runtime_reads_has_a_row_and_every_row_is_read():
@@ -49,10 +58,14 @@ def test_the_readme_is_short_and_its_links_lead_somewhere():
 
 def test_ruff_finds_nothing():
     for command in (["check", "."], ["format", "--check", "."]):
-        result = subprocess.run([os.path.join(BIN, "ruff"), *command], cwd=ROOT, capture_output=True, text=True)
+        result = subprocess.run(
+            [os.path.join(BIN, "ruff"), *command], cwd=ROOT, capture_output=True, text=True
+        )
         assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_mypy_strict_passes_on_the_public_api():
-    result = subprocess.run([os.path.join(BIN, "mypy")], cwd=ROOT, capture_output=True, text=True, timeout=280)
+    result = subprocess.run(
+        [os.path.join(BIN, "mypy")], cwd=ROOT, capture_output=True, text=True, timeout=280
+    )
     assert result.returncode == 0, result.stdout + result.stderr

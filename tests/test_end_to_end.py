@@ -1,12 +1,13 @@
 """The real plugin server process behind the Kong stand-in, against a real Postgres, in the shipped
 mode (gevent, Python-style returns) and in kong-pdk's defaults (threads, Lua-style returns)."""
+
 import concurrent.futures
 import time
 
 import pytest
+from conftest import ROOT, start_gateway
 
 from customer_auth import signature
-from conftest import ROOT, start_gateway
 
 KEY = "e2e-key"
 
@@ -28,27 +29,47 @@ def test_verified_request_reaches_upstream_with_only_the_verified_customer_id(ga
     assert outcome.round_trips == 4  # HandleEvent, get_headers, authenticate, set_headers
 
 
-@pytest.mark.parametrize("header_lines, status", [
-    ([], 400),
-    (signed()[:2], 400),
-    (signed() + [(signature.REQUEST_TIME_HEADER, "1")], 400),
-    ([(n, "12.5" if n == signature.REQUEST_TIME_HEADER else v) for n, v in signed()], 400),
-    ([(n, "xyz" if n == signature.SIGNATURE_HEADER else v) for n, v in signed()], 400),
-    (signed("cert-nobody"), 403),
-    (signed(client_key="wrong"), 403),
-    (signed(now=time.time() - 3600), 403),
-], ids=["no headers", "no signature", "time twice", "time not integer", "signature not hex",
-        "unknown certificate", "wrong signature", "stale time"])
-def test_rejections_are_answered_by_the_plugin_in_two_round_trips(gateway, customer_id, header_lines, status):
+@pytest.mark.parametrize(
+    "header_lines, status",
+    [
+        ([], 400),
+        (signed()[:2], 400),
+        (signed() + [(signature.REQUEST_TIME_HEADER, "1")], 400),
+        ([(n, "12.5" if n == signature.REQUEST_TIME_HEADER else v) for n, v in signed()], 400),
+        ([(n, "xyz" if n == signature.SIGNATURE_HEADER else v) for n, v in signed()], 400),
+        (signed("cert-nobody"), 403),
+        (signed(client_key="wrong"), 403),
+        (signed(now=time.time() - 3600), 403),
+    ],
+    ids=[
+        "no headers",
+        "no signature",
+        "time twice",
+        "time not integer",
+        "signature not hex",
+        "unknown certificate",
+        "wrong signature",
+        "stale time",
+    ],
+)
+def test_rejections_are_answered_by_the_plugin_in_two_round_trips(
+    gateway, customer_id, header_lines, status
+):
     outcome = gateway.send(header_lines + [("X-Customer-Id", "forged")])
     assert outcome.status == status and outcome.message and outcome.upstream is None
     assert outcome.round_trips == 2 and not outcome.errors
 
 
 def test_store_unreachable_is_503(server_mode, customer_id):
-    gateway = start_gateway(ROOT / "customer_verification.py", "customer_verification", server_mode,
-                            env={"DATABASE_URL": "postgresql://plugin:hunter2@127.0.0.1:1/none",
-                                 "CUSTOMER_VERIFICATION_DB_TIMEOUT": "1"})
+    gateway = start_gateway(
+        ROOT / "customer_verification.py",
+        "customer_verification",
+        server_mode,
+        env={
+            "DATABASE_URL": "postgresql://plugin:hunter2@127.0.0.1:1/none",
+            "CUSTOMER_VERIFICATION_DB_TIMEOUT": "1",
+        },
+    )
     try:
         outcome = gateway.send(signed())
         assert (outcome.status, outcome.upstream) == (503, None)
@@ -100,10 +121,16 @@ def test_ten_thousand_rejections_leave_threads_descriptors_and_memory_bounded(ga
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         assert set(pool.map(reject, range(500))) == {400, 403}  # warm up
-        threads, rss, fds = gateway.server.threads(), gateway.server.rss_kib(), gateway.server.file_descriptors()
+        threads, rss, fds = (
+            gateway.server.threads(),
+            gateway.server.rss_kib(),
+            gateway.server.file_descriptors(),
+        )
         assert set(pool.map(reject, range(10_000))) == {400, 403}
     time.sleep(0.5)
     assert gateway.server.threads() <= threads + 4
-    assert gateway.server.file_descriptors() <= fds  # the stand-in's pool keeps at most 16 connections busy
+    assert (
+        gateway.server.file_descriptors() <= fds
+    )  # the stand-in's pool keeps at most 16 connections busy
     # Leaking one handler per request costs several KiB each: 10,000 would add tens of MiB.
     assert gateway.server.rss_kib() - rss < 15 * 1024

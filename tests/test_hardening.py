@@ -1,19 +1,19 @@
 """Weaknesses found by an adversarial review, each reproduced through the real parts: a malformed
 DATABASE_URL, keys that are not strings, a silently dead listener connection, a flood of unknown
 certificates, and the CLI given values that cannot work."""
+
 import io
 import json
 import time
 
 import psycopg2
 import pytest
-
 from conftest import ROOT, start_gateway
-from customer_auth import admin
+
+from customer_auth import admin, signature
 from customer_auth.cache import CredentialCache
 from customer_auth.connection import Settings, StoreUnavailable
 from customer_auth.lookup import CustomerStore
-from customer_auth import signature
 from devtools.tcp_proxy import FreezableProxy
 
 # The four shapes libpq quotes in its errors, each with a password whose pieces must never show.
@@ -45,8 +45,11 @@ def test_a_malformed_url_is_named_without_any_of_its_secrets_by_the_store(shape)
 
 @pytest.mark.parametrize("shape", list(MALFORMED_URLS))
 def test_a_malformed_url_is_named_without_any_of_its_secrets_by_the_plugin_server(shape):
-    gateway = start_gateway(ROOT / "customer_verification.py", "customer_verification",
-                            env={"DATABASE_URL": MALFORMED_URLS[shape], "CUSTOMER_VERIFICATION_DB_TIMEOUT": "1"})
+    gateway = start_gateway(
+        ROOT / "customer_verification.py",
+        "customer_verification",
+        env={"DATABASE_URL": MALFORMED_URLS[shape], "CUSTOMER_VERIFICATION_DB_TIMEOUT": "1"},
+    )
     try:
         outcome = gateway.send(signed("cert-1", "key"))
         assert outcome.status == 503
@@ -54,8 +57,10 @@ def test_a_malformed_url_is_named_without_any_of_its_secrets_by_the_plugin_serve
         log = gateway.server.log()
         assert "DATABASE_URL is not a valid connection URL" in log
         kong_log = gateway.kong.error_log  # what the operator reads, at Kong's default level
-        assert any("DATABASE_URL is not a valid connection URL" in text and level == "warn"
-                   for level, text in kong_log.lines())
+        assert any(
+            "DATABASE_URL is not a valid connection URL" in text and level == "warn"
+            for level, text in kong_log.lines()
+        )
         assert_no_secret(log + outcome.body + kong_log.text())
     finally:
         gateway.cleanup()
@@ -74,7 +79,9 @@ def test_percent_encoded_passwords_and_multi_host_urls_are_accepted(monkeypatch)
     from customer_auth.connection import check_dsn
 
     monkeypatch.setenv("PGHOST", "db.internal")
-    check_dsn("postgresql://cv:p%40ss%2Fw%3Ard%25@h1:5432,h2:5433/db?target_session_attrs=read-write")
+    check_dsn(
+        "postgresql://cv:p%40ss%2Fw%3Ard%25@h1:5432,h2:5433/db?target_session_attrs=read-write"
+    )
     check_dsn("host=h1,h2 port=5432, dbname=db")
     check_dsn("")  # libpq's PG* variables
 
@@ -86,44 +93,73 @@ def store(database_url):
     store.close()
 
 
-@pytest.mark.parametrize("stored", [False, True, 0, 1, {}, [], None, "", " ", "\t\n", ["key"], {"k": "v"}],
-                         ids=repr)
+@pytest.mark.parametrize(
+    "stored", [False, True, 0, 1, {}, [], None, "", " ", "\t\n", ["key"], {"k": "v"}], ids=repr
+)
 def test_only_a_non_blank_json_string_is_a_client_key(store, customers, stored, caplog):
-    customers.execute("INSERT INTO customer (certificate, authentication) VALUES ('cert-odd', %s)",
-                      json.dumps({"client_key": stored}))
+    customers.execute(
+        "INSERT INTO customer (certificate, authentication) VALUES ('cert-odd', %s)",
+        json.dumps({"client_key": stored}),
+    )
     assert store.fetch("cert-odd") is None
     assert "certificate 'cert-odd': authentication.client_key" in caplog.text
 
 
 @pytest.mark.parametrize("stored", [False, 0, {}, " "], ids=repr)
 def test_a_previous_key_that_is_not_a_string_refuses_the_customer_only_during_its_grace_period(
-        store, customers, stored, caplog):
-    customers.add("cert-grace", "new-key", previous_client_key=stored, previous_key_expires_at=time.time() + 600)
-    customers.add("cert-done", "new-key", previous_client_key=stored, previous_key_expires_at=time.time() - 600)
+    store, customers, stored, caplog
+):
+    customers.add(
+        "cert-grace",
+        "new-key",
+        previous_client_key=stored,
+        previous_key_expires_at=time.time() + 600,
+    )
+    customers.add(
+        "cert-done",
+        "new-key",
+        previous_client_key=stored,
+        previous_key_expires_at=time.time() - 600,
+    )
     assert store.fetch("cert-grace") is None
     assert "certificate 'cert-grace': authentication.previous_client_key" in caplog.text
     assert store.fetch("cert-done").keys_valid_at(time.time()) == ("new-key",)
 
 
 def test_an_infinite_grace_period_written_by_hand_does_not_keep_the_old_key(store, customers):
-    customers.execute("""INSERT INTO customer (certificate, authentication) VALUES ('cert-inf',
-        '{"client_key": "new", "previous_client_key": "old", "previous_key_expires_at": "Infinity"}')""")
+    authentication = {
+        "client_key": "new",
+        "previous_client_key": "old",
+        "previous_key_expires_at": "Infinity",
+    }
+    customers.execute(
+        "INSERT INTO customer (certificate, authentication) VALUES ('cert-inf', %s)",
+        json.dumps(authentication),
+    )
     assert store.fetch("cert-inf").keys_valid_at(time.time()) == ("new",)
 
 
-def test_a_silently_dead_listener_connection_is_replaced_and_a_revocation_holds_within_10_s(postgres, customers):
+def test_a_silently_dead_listener_connection_is_replaced_and_a_revocation_holds_within_10_s(
+    postgres, customers
+):
     """The proxy stops forwarding on every open connection without closing any, as a NAT that
     forgot them would; new connections go through."""
     params = psycopg2.extensions.parse_dsn(customers.url)
     proxy = FreezableProxy(params["host"], int(params["port"]))
     url = psycopg2.extensions.make_dsn(customers.url, host="127.0.0.1", port=proxy.port)
-    gateway = start_gateway(ROOT / "customer_verification.py", "customer_verification",
-                            env={"DATABASE_URL": url}, config={"cache_ttl": 3600})
+    gateway = start_gateway(
+        ROOT / "customer_verification.py",
+        "customer_verification",
+        env={"DATABASE_URL": url},
+        config={"cache_ttl": 3600},
+    )
     try:
         customers.add("cert-quiet", "key-1")
         assert gateway.send(signed("cert-quiet", "key-1")).status == 200  # cached for an hour
         proxy.freeze()
-        customers.set_authentication("cert-quiet", revoked_at=time.time())  # announced into the void
+        customers.set_authentication(
+            "cert-quiet", revoked_at=time.time()
+        )  # announced into the void
         revoked_at = time.monotonic()
         while gateway.send(signed("cert-quiet", "key-1")).status == 200:
             assert time.monotonic() - revoked_at < 10, "the revocation was not seen within 10 s"
@@ -135,7 +171,9 @@ def test_a_silently_dead_listener_connection_is_replaced_and_a_revocation_holds_
         proxy.close()
 
 
-def test_a_flood_of_unknown_certificates_leaves_known_customers_cached(store, customers, table_gone):
+def test_a_flood_of_unknown_certificates_leaves_known_customers_cached(
+    store, customers, table_gone
+):
     for i in range(5):
         customers.add(f"cert-{i}", f"key-{i}")
     cache = CredentialCache(store.fetch, ttl=60, negative_ttl=60, stale_ttl=300, max_entries=5)
@@ -161,24 +199,35 @@ def cli(database_url, monkeypatch, customers):
 
 
 @pytest.mark.parametrize("grace", ["inf", "-inf", "nan", "-1", "1e300", "9999999999", "soon"])
-def test_rotate_refuses_a_grace_period_that_cannot_work_and_stores_nothing(cli, customers, grace, capsys):
+def test_rotate_refuses_a_grace_period_that_cannot_work_and_stores_nothing(
+    cli, customers, grace, capsys
+):
     cli("add", "cert-r")
     before = customers.execute("SELECT authentication FROM customer WHERE certificate = 'cert-r'")
     assert cli("rotate", "cert-r", "--grace", grace)[0] == 2
     assert "--grace" in capsys.readouterr().err
-    assert customers.execute("SELECT authentication FROM customer WHERE certificate = 'cert-r'") == before
+    assert (
+        customers.execute("SELECT authentication FROM customer WHERE certificate = 'cert-r'")
+        == before
+    )
 
 
-@pytest.mark.parametrize("certificate_id", ["", "with space", "bell\x07", "esc\x1b[31mred", "é", "x" * 257])
+@pytest.mark.parametrize(
+    "certificate_id", ["", "with space", "bell\x07", "esc\x1b[31mred", "é", "x" * 257]
+)
 def test_add_refuses_a_certificate_id_the_plugin_could_never_verify(cli, customers, certificate_id):
     assert cli("add", certificate_id)[0] == 2
     assert customers.execute("SELECT count(*) FROM customer") == [(0,)]
 
 
-def test_list_shows_whatever_is_stored_without_crashing_or_writing_control_characters(cli, customers):
+def test_list_shows_whatever_is_stored_without_crashing_or_writing_control_characters(
+    cli, customers
+):
     customers.add("esc\x1b[2Jcert", "k")
     for expiry in (1e308, "Infinity", "NaN", "tomorrow", -1e308):
-        customers.add(f"odd-{expiry}", "k", previous_client_key="old", previous_key_expires_at=expiry)
+        customers.add(
+            f"odd-{expiry}", "k", previous_client_key="old", previous_key_expires_at=expiry
+        )
     code, output = cli("list")
     assert code == 0
     assert "\x1b" not in output and "esc\\x1b[2Jcert" in output

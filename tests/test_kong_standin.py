@@ -1,19 +1,23 @@
 """The Kong stand-in's own behaviour, against a tiny plugin of the tests' own, so that a harness
 bug cannot hide a plugin bug."""
+
 import json
 import pathlib
 
 import pytest
-
 from conftest import SERVER_MODES, ServerMode, start_gateway
+
 from devtools.kong_standin import Request, in_process_kong
 
 TINY = pathlib.Path(__file__).with_name("tiny_plugin.py")
 
 
 # The tiny plugin is written Python-style, so kong-pdk's threads run with --no-lua-style too.
-TINY_MODES = {"lean": SERVER_MODES["lean"], "kong-pdk": SERVER_MODES["kong-pdk"],
-              "threading": ServerMode(["--no-lua-style"])}
+TINY_MODES = {
+    "lean": SERVER_MODES["lean"],
+    "kong-pdk": SERVER_MODES["kong-pdk"],
+    "threading": ServerMode(["--no-lua-style"]),
+}
 
 
 @pytest.fixture(params=list(TINY_MODES))
@@ -40,7 +44,9 @@ def test_round_trips_are_counted_as_rpc_calls(tiny):
     tiny.send([])  # starts the instance
     before = tiny.kong.calls
     outcome = tiny.send([])
-    assert outcome.round_trips == tiny.kong.calls - before == 5  # HandleEvent, get_headers, authenticate, 2 set_header
+    assert (
+        outcome.round_trips == tiny.kong.calls - before == 5
+    )  # HandleEvent, get_headers, authenticate, 2 set_header
 
 
 def test_exit_and_error_end_the_request_without_an_answer(tiny):
@@ -99,7 +105,9 @@ def test_in_process_kong_answers_like_the_wire():
     assert kong.request.get_header("A") == ("1", None)
     assert kong.service.request.set_header("x", {"bad": 1})[1]
     assert kong.log.err("seen") == (None, None) and request.logs == [("err", ["seen"])]
-    assert kong.nginx.get_var("x")[1].startswith("could not find pdk method")  # not modeled: says so
+    assert kong.nginx.get_var("x")[1].startswith(
+        "could not find pdk method"
+    )  # not modeled: says so
     assert kong.response.exit(403, {"message": "no"}) is None  # returns at once, as kong-pdk does
     assert request.response == (403, '{"message": "no"}')
 
@@ -133,7 +141,9 @@ def test_headers_set_by_a_plugin_are_what_later_plugins_read():
     assert request.get_header("x-customer-id") is None and request.upstream == {}
 
 
-def test_the_error_log_keeps_what_kongs_default_level_keeps_and_the_servers_output_is_info(tmp_path):
+def test_the_error_log_keeps_what_kongs_default_level_keeps_and_the_servers_output_is_info(
+    tmp_path,
+):
     from devtools.kong_standin import ErrorLog
 
     output = tmp_path / "server.log"
@@ -146,7 +156,9 @@ def test_the_error_log_keeps_what_kongs_default_level_keeps_and_the_servers_outp
     assert ("error", "at err") in log.lines()
     verbose = ErrorLog(level="info")
     verbose.follow(output)
-    assert verbose.lines() == [("info", "Traceback (most recent call last): boom")]  # whole lines only
+    assert verbose.lines() == [
+        ("info", "Traceback (most recent call last): boom")
+    ]  # whole lines only
 
 
 def test_kong_log_calls_of_a_plugin_are_recorded_at_their_level():
@@ -168,7 +180,15 @@ def test_without_a_plugin_instance_kong_answers_500_before_the_fail_closed_rule_
     try:
         tiny.server.stop()
         outcome = tiny.send([("x-config", "forged")])
-        assert (outcome.status, outcome.upstream, outcome.message) == (500, None, "An unexpected error occurred")
-        assert any("starting instance" in text for level, text in tiny.kong.error_log.lines() if level == "error")
+        assert (outcome.status, outcome.upstream, outcome.message) == (
+            500,
+            None,
+            "An unexpected error occurred",
+        )
+        assert any(
+            "starting instance" in text
+            for level, text in tiny.kong.error_log.lines()
+            if level == "error"
+        )
     finally:
         tiny.cleanup()

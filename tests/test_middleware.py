@@ -1,6 +1,7 @@
 """WSGI and ASGI middleware in real servers with real frameworks: Flask and Bottle under gunicorn
 (two pre-forked workers), Django under gunicorn, FastAPI under uvicorn, against the real Postgres,
 driven over HTTP by the package's own SignedRequestAuth and by hostile requests."""
+
 import hashlib
 import json
 import os
@@ -11,8 +12,8 @@ import time
 
 import pytest
 import requests
-
 from conftest import ROOT
+
 from customer_auth.client import SignedRequestAuth
 
 BIN = os.path.dirname(sys.executable)
@@ -33,12 +34,23 @@ def free_port():
 @pytest.fixture(scope="module", params=list(APPS))
 def service(request, database_url):
     port = free_port()
-    command = APPS[request.param] + (["-b", f"127.0.0.1:{port}"] if "gunicorn" in APPS[request.param][0]
-                                     else ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"])
-    env = {**os.environ, "DATABASE_URL": database_url,
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "apps"), str(ROOT)])}
-    process = subprocess.Popen(command, cwd=ROOT / "tests" / "apps", env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    command = APPS[request.param] + (
+        ["-b", f"127.0.0.1:{port}"]
+        if "gunicorn" in APPS[request.param][0]
+        else ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    )
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "apps"), str(ROOT)]),
+    }
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT / "tests" / "apps",
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -46,7 +58,9 @@ def service(request, database_url):
             requests.get(base + "/health", timeout=1)
             break
         except requests.ConnectionError:
-            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read().decode()
+            assert process.poll() is None and time.monotonic() < deadline, (
+                process.stderr.read().decode()
+            )
             time.sleep(0.1)
     yield base
     process.terminate()
@@ -60,46 +74,86 @@ def customer(customers, service):
     customer_id = customers.add("svc-cert", "svc-key")
     deadline = time.monotonic() + 3
     auth = SignedRequestAuth("svc-cert", "svc-key", scheme="v1")
-    while {requests.get(service + "/whoami", auth=auth, timeout=10).json().get("customer_id")
-           for _ in range(4)} != {customer_id}:
+    while {
+        requests.get(service + "/whoami", auth=auth, timeout=10).json().get("customer_id")
+        for _ in range(4)
+    } != {customer_id}:
         assert time.monotonic() < deadline, "the service did not hear of the new customer"
         time.sleep(0.05)
     return customer_id
 
 
 def test_v1_and_rfc9421_clients_reach_the_app_with_their_customer_id(service, customer):
-    for auth in (SignedRequestAuth("svc-cert", "svc-key"), SignedRequestAuth("svc-cert", "svc-key", scheme="v1")):
-        answer = requests.get(service + "/whoami?x=1", auth=auth, headers={"X-Customer-Id": "forged"}, timeout=10)
+    for auth in (
+        SignedRequestAuth("svc-cert", "svc-key"),
+        SignedRequestAuth("svc-cert", "svc-key", scheme="v1"),
+    ):
+        answer = requests.get(
+            service + "/whoami?x=1", auth=auth, headers={"X-Customer-Id": "forged"}, timeout=10
+        )
         assert answer.status_code == 200, answer.text
         assert answer.json()["customer_id"] == customer and answer.json()["header"] is None
 
 
 def test_a_signed_body_reaches_the_app_unchanged(service, customer):
     body = bytes(range(256)) * 10  # not UTF-8, 2560 bytes
-    answer = requests.post(service + "/echo", data=body, auth=SignedRequestAuth("svc-cert", "svc-key"), timeout=10)
+    answer = requests.post(
+        service + "/echo", data=body, auth=SignedRequestAuth("svc-cert", "svc-key"), timeout=10
+    )
     assert answer.status_code == 200, answer.text
-    assert answer.json() == {"customer_id": customer, "size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    assert answer.json() == {
+        "customer_id": customer,
+        "size": len(body),
+        "sha256": hashlib.sha256(body).hexdigest(),
+    }
 
 
 def test_unsigned_wrongly_signed_and_replayed_requests_get_the_plugins_answers(service, customer):
     unsigned = requests.get(service + "/whoami", timeout=10)
     assert unsigned.status_code == 400 and unsigned.json()["message"].startswith("Missing")
-    wrong = requests.get(service + "/whoami", auth=SignedRequestAuth("svc-cert", "wrong"), timeout=10)
-    assert (wrong.status_code, wrong.json()) == (403, {"message": "Request signature could not be verified"})
-    signed = requests.Request("GET", service + "/whoami?a=1", auth=SignedRequestAuth("svc-cert", "svc-key")).prepare()
+    wrong = requests.get(
+        service + "/whoami", auth=SignedRequestAuth("svc-cert", "wrong"), timeout=10
+    )
+    assert (wrong.status_code, wrong.json()) == (
+        403,
+        {"message": "Request signature could not be verified"},
+    )
+    signed = requests.Request(
+        "GET", service + "/whoami?a=1", auth=SignedRequestAuth("svc-cert", "svc-key")
+    ).prepare()
     replayed = requests.get(service + "/whoami?a=2", headers=dict(signed.headers), timeout=10)
     assert replayed.status_code == 403
-    policy = requests.get(service + "/whoami", headers={"Signature-Input": 'sig1=("@method");created=1;keyid="svc-cert"',
-                                                        "Signature": "sig1=:AAAA:"}, timeout=10)
+    policy = requests.get(
+        service + "/whoami",
+        headers={
+            "Signature-Input": 'sig1=("@method");created=1;keyid="svc-cert"',
+            "Signature": "sig1=:AAAA:",
+        },
+        timeout=10,
+    )
     assert policy.status_code == 400 and "Accept-Signature" in policy.headers
 
 
-@pytest.mark.parametrize("hostile", [
-    {"Signature-Input": "((((", "Signature": "sig1=:AAAA:"},
-    {"Signature-Input": 'sig1=("@method" "@path" "@query");created="x";keyid="svc-cert"', "Signature": "sig1=:AAAA:"},
-    {"client-certificate-id": "svc cert", "client-request-time": "1", "client-request-signature": "00"},
-    {"client-certificate-id": "svc-cert", "client-request-time": "9" * 40, "client-request-signature": "ab" * 32},
-])
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        {"Signature-Input": "((((", "Signature": "sig1=:AAAA:"},
+        {
+            "Signature-Input": 'sig1=("@method" "@path" "@query");created="x";keyid="svc-cert"',
+            "Signature": "sig1=:AAAA:",
+        },
+        {
+            "client-certificate-id": "svc cert",
+            "client-request-time": "1",
+            "client-request-signature": "00",
+        },
+        {
+            "client-certificate-id": "svc-cert",
+            "client-request-time": "9" * 40,
+            "client-request-signature": "ab" * 32,
+        },
+    ],
+)
 def test_hostile_headers_get_a_400_or_403_json_answer(service, customer, hostile):
     answer = requests.get(service + "/whoami", headers=hostile, timeout=10)
     assert answer.status_code in (400, 403) and isinstance(answer.json()["message"], str)
@@ -112,25 +166,43 @@ def test_exempt_routes_stay_open_and_lose_a_forged_customer_id(service, customer
 
 def test_a_body_over_max_body_size_is_413_also_chunked(service, customer):
     big = b"x" * 5000
-    assert requests.post(service + "/echo", data=big, auth=SignedRequestAuth("svc-cert", "svc-key"),
-                         timeout=10).status_code == 413
-    signed = requests.Request("POST", service + "/echo", data=big, auth=SignedRequestAuth("svc-cert", "svc-key")).prepare()
-    headers = {name: value for name, value in signed.headers.items() if name.lower() != "content-length"}
-    chunked = requests.post(service + "/echo", data=iter([big[:2500], big[2500:]]), headers=headers, timeout=10)
+    assert (
+        requests.post(
+            service + "/echo", data=big, auth=SignedRequestAuth("svc-cert", "svc-key"), timeout=10
+        ).status_code
+        == 413
+    )
+    signed = requests.Request(
+        "POST", service + "/echo", data=big, auth=SignedRequestAuth("svc-cert", "svc-key")
+    ).prepare()
+    headers = {
+        name: value for name, value in signed.headers.items() if name.lower() != "content-length"
+    }
+    chunked = requests.post(
+        service + "/echo", data=iter([big[:2500], big[2500:]]), headers=headers, timeout=10
+    )
     assert chunked.status_code == 413
 
 
 def test_a_client_that_stops_mid_body_gets_no_5xx_and_the_service_goes_on(service, customer):
-    signed = requests.Request("POST", service + "/echo", data=b"y" * 3000,
-                              auth=SignedRequestAuth("svc-cert", "svc-key")).prepare()
+    signed = requests.Request(
+        "POST", service + "/echo", data=b"y" * 3000, auth=SignedRequestAuth("svc-cert", "svc-key")
+    ).prepare()
     host, port = service.removeprefix("http://").split(":")
     head = "".join(f"{name}: {value}\r\n" for name, value in signed.headers.items())
     with socket.create_connection((host, int(port)), timeout=10) as connection:
-        connection.sendall(f"POST /echo HTTP/1.1\r\nHost: {host}\r\n{head}\r\n".encode() + b"y" * 1000)
+        connection.sendall(
+            f"POST /echo HTTP/1.1\r\nHost: {host}\r\n{head}\r\n".encode() + b"y" * 1000
+        )
         connection.shutdown(socket.SHUT_WR)
         answer = connection.recv(65536)
     assert not answer.startswith(b"HTTP/1.1 5")
-    assert requests.get(service + "/whoami", auth=SignedRequestAuth("svc-cert", "svc-key"), timeout=10).status_code == 200
+    assert (
+        requests.get(
+            service + "/whoami", auth=SignedRequestAuth("svc-cert", "svc-key"), timeout=10
+        ).status_code
+        == 200
+    )
 
 
 def test_a_revocation_reaches_the_running_app_within_a_second(service, customer, customers):
@@ -141,7 +213,9 @@ def test_a_revocation_reaches_the_running_app_within_a_second(service, customer,
     deadline = time.monotonic() + 1.0
     statuses = set()
     while time.monotonic() < deadline or len(statuses) == 0:
-        statuses = {requests.get(service + "/whoami", auth=auth, timeout=10).status_code for _ in range(4)}
+        statuses = {
+            requests.get(service + "/whoami", auth=auth, timeout=10).status_code for _ in range(4)
+        }
         if statuses == {403}:
             break
     assert statuses == {403}
@@ -149,10 +223,16 @@ def test_a_revocation_reaches_the_running_app_within_a_second(service, customer,
 
 def test_each_serving_process_has_its_own_listener(service, customer, customers):
     """gunicorn forks its workers from one master: each must have built its own store."""
-    listeners = customers.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = "
-                                  "'customer_verification listener'")[0][0]
-    pids = {requests.get(service + "/whoami", auth=SignedRequestAuth("svc-cert", "svc-key"), timeout=10).json()["pid"]
-            for _ in range(20)}
+    listeners = customers.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+        "'customer_verification listener'"
+    )[0][0]
+    pids = {
+        requests.get(
+            service + "/whoami", auth=SignedRequestAuth("svc-cert", "svc-key"), timeout=10
+        ).json()["pid"]
+        for _ in range(20)
+    }
     assert listeners >= len(pids) >= 1
 
 
@@ -162,11 +242,14 @@ FORGED_BODY = b'{"to": "attacker", "amount": 1000000}'
 
 
 def raw_request(service, request_line, header_lines, body=b""):
-    """Sends bytes exactly as given (no client library fixes the framing); returns the status and body."""
+    """Sends bytes exactly as given (no client library fixes the framing); returns the status and
+    body."""
     host, port = service.removeprefix("http://").split(":")
     head = "".join(f"{name}: {value}\r\n" for name, value in header_lines)
     with socket.create_connection((host, int(port)), timeout=10) as connection:
-        connection.sendall(f"{request_line}\r\nHost: {host}\r\nConnection: close\r\n{head}\r\n".encode() + body)
+        connection.sendall(
+            f"{request_line}\r\nHost: {host}\r\nConnection: close\r\n{head}\r\n".encode() + body
+        )
         answer = b""
         while chunk := connection.recv(65536):
             answer += chunk
@@ -175,19 +258,31 @@ def raw_request(service, request_line, header_lines, body=b""):
 
 
 def captured_get(service, path="/whoami?x=1"):
-    signed = requests.Request("GET", service + path, auth=SignedRequestAuth("svc-cert", "svc-key")).prepare()
-    return [(name, value) for name, value in signed.headers.items() if name.lower() != "content-length"]
+    signed = requests.Request(
+        "GET", service + path, auth=SignedRequestAuth("svc-cert", "svc-key")
+    ).prepare()
+    return [
+        (name, value) for name, value in signed.headers.items() if name.lower() != "content-length"
+    ]
 
 
-@pytest.mark.parametrize("framing", [
-    [("Content-Length", str(len(FORGED_BODY)).zfill(20))],  # gunicorn and h11 read the number
-    [("Transfer-Encoding", "chunked")],
-])
+@pytest.mark.parametrize(
+    "framing",
+    [
+        [("Content-Length", str(len(FORGED_BODY)).zfill(20))],  # gunicorn and h11 read the number
+        [("Transfer-Encoding", "chunked")],
+    ],
+)
 def test_a_forged_body_under_a_bodiless_signature_never_reaches_the_app(service, customer, framing):
-    body = FORGED_BODY if framing[0][0] == "Content-Length" else b"%x\r\n%s\r\n0\r\n\r\n" % (len(FORGED_BODY),
-                                                                                             FORGED_BODY)
+    body = (
+        FORGED_BODY
+        if framing[0][0] == "Content-Length"
+        else b"%x\r\n%s\r\n0\r\n\r\n" % (len(FORGED_BODY), FORGED_BODY)
+    )
     assert raw_request(service, "GET /whoami?x=1 HTTP/1.1", captured_get(service))[0] == 200
-    status, answer = raw_request(service, "GET /whoami?x=1 HTTP/1.1", captured_get(service) + framing, body)
+    status, answer = raw_request(
+        service, "GET /whoami?x=1 HTTP/1.1", captured_get(service) + framing, body
+    )
     assert status == 400 and b"does not cover content-digest" in answer
 
 
@@ -201,43 +296,75 @@ def test_a_bodiless_get_that_covers_the_digest_of_nothing_is_verified(service, c
         def resolve_private_key(self, key_id):
             return b"svc-key"
 
-    message = types.SimpleNamespace(method="GET", url=service + "/whoami", headers=CaseInsensitiveDict())
+    message = types.SimpleNamespace(
+        method="GET", url=service + "/whoami", headers=CaseInsensitiveDict()
+    )
     HTTPMessageSigner(signature_algorithm=algorithms.HMAC_SHA256, key_resolver=Key()).sign(
-        message, key_id="svc-cert", label="sig1", body=b"",
-        covered_component_ids=("@method", "@path", "@query", "content-digest"))
+        message,
+        key_id="svc-cert",
+        label="sig1",
+        body=b"",
+        covered_component_ids=("@method", "@path", "@query", "content-digest"),
+    )
     assert "Content-Digest" in message.headers
     answer = requests.get(service + "/whoami", headers=dict(message.headers.items()), timeout=10)
     assert answer.status_code == 200 and answer.json()["customer_id"] == customer
 
 
 def test_a_garbage_signature_for_a_known_certificate_is_403(service, customer):
-    headers = {"Signature-Input": 'sig1=("@method" "@path" "@query");created=%d;keyid="svc-cert"' % time.time(),
-               "Signature": "sig1=:" + "A" * 86 + "==:"}
+    headers = {
+        "Signature-Input": 'sig1=("@method" "@path" "@query");created=%d;keyid="svc-cert"'
+        % time.time(),
+        "Signature": "sig1=:" + "A" * 86 + "==:",
+    }
     answer = requests.get(service + "/whoami", headers=headers, timeout=10)
-    assert (answer.status_code, answer.json()) == (403, {"message": "Request signature could not be verified"})
+    assert (answer.status_code, answer.json()) == (
+        403,
+        {"message": "Request signature could not be verified"},
+    )
 
 
 def test_a_signature_header_sent_twice_is_read_as_both_lines(service, customer):
     lines = captured_get(service)
     signature_input = next(value for name, value in lines if name.lower() == "signature-input")
-    status, answer = raw_request(service, "GET /whoami?x=1 HTTP/1.1", lines + [("Signature-Input", signature_input)])
-    assert (status, json.loads(answer)) == (400, {"message": "Malformed Signature-Input header: a label appears twice"})
-    status, answer = raw_request(service, "GET /whoami HTTP/1.1", [
-        *SignedRequestAuth("svc-cert", "svc-key", scheme="v1")(requests.Request("GET", service).prepare())
-        .headers.items(), ("client-certificate-id", "other-cert")])
-    assert status == 400 and json.loads(answer) == {"message": "Header client-certificate-id must be sent once"}
+    status, answer = raw_request(
+        service, "GET /whoami?x=1 HTTP/1.1", lines + [("Signature-Input", signature_input)]
+    )
+    assert (status, json.loads(answer)) == (
+        400,
+        {"message": "Malformed Signature-Input header: a label appears twice"},
+    )
+    status, answer = raw_request(
+        service,
+        "GET /whoami HTTP/1.1",
+        [
+            *SignedRequestAuth("svc-cert", "svc-key", scheme="v1")(
+                requests.Request("GET", service).prepare()
+            ).headers.items(),
+            ("client-certificate-id", "other-cert"),
+        ],
+    )
+    assert status == 400 and json.loads(answer) == {
+        "message": "Header client-certificate-id must be sent once"
+    }
 
 
 def test_an_exempt_prefix_covers_whole_path_segments_only(service, customer):
     assert requests.get(service + "/health", timeout=10).status_code == 200
     for path in ("/healthcare/records", "/health-x", "/health/../whoami"):
-        assert requests.get(service + path, timeout=10).status_code == 400, path  # verified: unsigned
+        assert requests.get(service + path, timeout=10).status_code == 400, (
+            path
+        )  # verified: unsigned
 
 
 def test_exempt_prefixes_match_segments():
     from customer_auth.service_verification import _under
 
-    assert _under("/health", "/health") and _under("/health/live", "/health") and _under("/health/", "/health/")
+    assert (
+        _under("/health", "/health")
+        and _under("/health/live", "/health")
+        and _under("/health/", "/health/")
+    )
     assert not _under("/healthcare", "/health") and not _under("/health-x", "/health")
     assert _under("/anything", "/") and not _under("/health/../admin", "/health")
 
@@ -252,19 +379,34 @@ def test_a_websocket_handshake_is_verified_as_the_get_it_is(service, customer, r
     with pytest.raises(InvalidStatus) as refused:
         connect(url, additional_headers={"X-Customer-Id": "forged"}, open_timeout=10)
     assert refused.value.response.status_code in (400, 403)
-    signed = requests.Request("GET", service + "/ws", auth=SignedRequestAuth("svc-cert", "svc-key")).prepare()
-    headers = {name: value for name, value in signed.headers.items() if name.lower() != "content-length"}
-    with connect(url, additional_headers={**headers, "X-Customer-Id": "forged"}, open_timeout=10) as websocket:
+    signed = requests.Request(
+        "GET", service + "/ws", auth=SignedRequestAuth("svc-cert", "svc-key")
+    ).prepare()
+    headers = {
+        name: value for name, value in signed.headers.items() if name.lower() != "content-length"
+    }
+    with connect(
+        url, additional_headers={**headers, "X-Customer-Id": "forged"}, open_timeout=10
+    ) as websocket:
         assert json.loads(websocket.recv(timeout=10)) == {"customer_id": customer, "header": None}
 
 
-
-@pytest.mark.parametrize("extensions, expected", [
-    ({}, [{"type": "websocket.close", "code": 1008}]),  # closed before accept: the server answers 403
-    ({"websocket.http.response": {}}, ["websocket.http.response.start", "websocket.http.response.body"]),
-])
-def test_an_unsigned_websocket_handshake_is_refused_before_it_is_accepted(database_url, monkeypatch, extensions,
-                                                                          expected):
+@pytest.mark.parametrize(
+    "extensions, expected",
+    [
+        (
+            {},
+            [{"type": "websocket.close", "code": 1008}],
+        ),  # closed before accept: the server answers 403
+        (
+            {"websocket.http.response": {}},
+            ["websocket.http.response.start", "websocket.http.response.body"],
+        ),
+    ],
+)
+def test_an_unsigned_websocket_handshake_is_refused_before_it_is_accepted(
+    database_url, monkeypatch, extensions, expected
+):
     import asyncio
 
     from customer_auth.middleware import ASGIMiddleware
@@ -282,9 +424,18 @@ def test_an_unsigned_websocket_handshake_is_refused_before_it_is_accepted(databa
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "websocket", "path": "/ws", "raw_path": b"/ws", "query_string": b"", "scheme": "ws",
-             "headers": [(b"host", b"svc"), (b"x-customer-id", b"forged")], "extensions": extensions}
+    scope = {
+        "type": "websocket",
+        "path": "/ws",
+        "raw_path": b"/ws",
+        "query_string": b"",
+        "scheme": "ws",
+        "headers": [(b"host", b"svc"), (b"x-customer-id", b"forged")],
+        "extensions": extensions,
+    }
     asyncio.run(ASGIMiddleware(app)(scope, receive, send))
     assert [message if not extensions else message["type"] for message in sent] == expected
     if extensions:
-        assert sent[0]["status"] == 400 and json.loads(sent[1]["body"])["message"].startswith("Missing")
+        assert sent[0]["status"] == 400 and json.loads(sent[1]["body"])["message"].startswith(
+            "Missing"
+        )

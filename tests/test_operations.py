@@ -1,5 +1,6 @@
 """What an operator sees: problems in Kong's error log at its default level (notice), rate-limited
 and without secrets; Prometheus metrics and /health served by the plugin server."""
+
 import contextlib
 import json
 import logging
@@ -9,9 +10,9 @@ import time
 import urllib.error
 import urllib.request
 
+from conftest import ROOT, start_gateway
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ROOT, start_gateway
 from customer_auth import signature
 from customer_auth.operator_log import OperatorLog
 from customer_verification import DEFAULTS, Plugin
@@ -33,8 +34,11 @@ def free_port():
 @contextlib.contextmanager
 def gateway_on(url, **env):
     """The real plugin server behind the stand-in, on ``url``, for the ``with`` block."""
-    gateway = start_gateway(ROOT / "customer_verification.py", "customer_verification",
-                            env={"DATABASE_URL": url, "CUSTOMER_VERIFICATION_DB_TIMEOUT": "1", **env})
+    gateway = start_gateway(
+        ROOT / "customer_verification.py",
+        "customer_verification",
+        env={"DATABASE_URL": url, "CUSTOMER_VERIFICATION_DB_TIMEOUT": "1", **env},
+    )
     try:
         yield gateway
     finally:
@@ -47,6 +51,7 @@ def operator_lines(gateway):
 
 
 # -- the rate-limited queue ---------------------------------------------------------------
+
 
 class Clock:
     now = 100.0
@@ -65,7 +70,10 @@ def test_one_line_per_kind_per_interval_saying_how_many_were_left_out():
     for attempt in range(5):
         log.handle(record("store failed: %s", f"attempt {attempt}"))
     log.handle(record("listener lost (%s)", "x", level=logging.ERROR))
-    assert log.take() == ("kong.log.warn", "customer_verification: store failed: attempt 0 (+4 more like this not logged)")
+    assert log.take() == (
+        "kong.log.warn",
+        "customer_verification: store failed: attempt 0 (+4 more like this not logged)",
+    )
     assert log.take() == ("kong.log.err", "customer_verification: listener lost (x)")
     assert log.take() is None and not log
     clock.now += 5
@@ -73,14 +81,19 @@ def test_one_line_per_kind_per_interval_saying_how_many_were_left_out():
     assert not log  # within the interval: counted, not logged
     clock.now += 5
     log.handle(record("store failed: %s", "attempt 6"))
-    assert log.take() == ("kong.log.warn", "customer_verification: store failed: attempt 6 (+1 more like this not logged)")
+    assert log.take() == (
+        "kong.log.warn",
+        "customer_verification: store failed: attempt 6 (+1 more like this not logged)",
+    )
 
 
 def test_client_mistakes_logged_at_info_never_reach_the_operator_log():
     log = OperatorLog()
     logging.getLogger("customer_verification").addHandler(log)
     try:
-        logging.getLogger("customer_verification").info("rejected with %d: %s", 403, "wrong signature")
+        logging.getLogger("customer_verification").info(
+            "rejected with %d: %s", 403, "wrong signature"
+        )
     finally:
         logging.getLogger("customer_verification").removeHandler(log)
     assert log.take() is None
@@ -88,7 +101,10 @@ def test_client_mistakes_logged_at_info_never_reach_the_operator_log():
 
 # -- through the plugin ---------------------------------------------------------------------
 
-def test_an_unexpected_exception_reaches_kongs_log_once_as_an_error(credentials, customers, operator_log):
+
+def test_an_unexpected_exception_reaches_kongs_log_once_as_an_error(
+    credentials, customers, operator_log
+):
     customers.add("cert-1", "key-1")
     plugin = Plugin(dict(DEFAULTS), credentials)
     plugin.credentials.get = lambda certificate_id: 1 / 0
@@ -96,8 +112,14 @@ def test_an_unexpected_exception_reaches_kongs_log_once_as_an_error(credentials,
     for request in requests:
         plugin.access(in_process_kong(request, lua_style=False))
         assert request.response[0] == 503
-    assert requests[0].logs == [("err", ["customer_verification: unexpected ZeroDivisionError while verifying a request"])]
-    assert requests[0].pdk_calls == ["kong.request.get_headers", "kong.log.err", "kong.response.exit"]
+    assert requests[0].logs == [
+        ("err", ["customer_verification: unexpected ZeroDivisionError while verifying a request"])
+    ]
+    assert requests[0].pdk_calls == [
+        "kong.request.get_headers",
+        "kong.log.err",
+        "kong.response.exit",
+    ]
     assert requests[1].logs == requests[2].logs == []  # rate-limited: one extra round trip, once
 
 
@@ -105,8 +127,11 @@ def test_verified_requests_cost_no_extra_round_trip_when_nothing_is_wrong(creden
     customers.add("cert-1", "key-1")
     request = Request(signed("cert-1", "key-1"))
     Plugin(dict(DEFAULTS), credentials).access(in_process_kong(request, lua_style=False))
-    assert request.pdk_calls == ["kong.request.get_headers", "kong.service.request.set_headers",
-                                 "kong.client.authenticate"]
+    assert request.pdk_calls == [
+        "kong.request.get_headers",
+        "kong.service.request.set_headers",
+        "kong.client.authenticate",
+    ]
 
 
 def test_an_unreachable_store_is_in_kongs_log_at_the_default_level_without_secrets():
@@ -116,7 +141,10 @@ def test_an_unreachable_store_is_in_kongs_log_at_the_default_level_without_secre
         lines = operator_lines(gateway)
         store_lines = [(level, text) for level, text in lines if "answering 503" in text]
         assert store_lines and all(level == "warn" for level, _ in store_lines)
-        assert "credential store failed" in store_lines[0][1] and "Connection refused" in store_lines[0][1]
+        assert (
+            "credential store failed" in store_lines[0][1]
+            and "Connection refused" in store_lines[0][1]
+        )
         assert len(lines) <= 6, lines  # rate-limited: 300 failing requests, a handful of lines
         assert "Hunter7Tail9x" not in gateway.kong.error_log.text() + gateway.server.log()
 
@@ -136,8 +164,10 @@ def test_the_listener_losing_and_regaining_its_connection_is_in_kongs_log(databa
     customers.add("cert-1", "key-1")
     with gateway_on(database_url) as gateway:
         assert gateway.send(signed("cert-1", "key-1")).status == 200
-        customers.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                          "WHERE application_name = 'customer_verification listener'")
+        customers.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'customer_verification listener'"
+        )
         deadline = time.monotonic() + 10
         texts = ""
         while "change listener reconnected" not in texts:
@@ -158,11 +188,15 @@ def test_a_missing_database_url_is_in_kongs_log():
 
 # -- metrics and health ---------------------------------------------------------------------
 
+
 def scrape(port):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def health(port):
@@ -183,12 +217,26 @@ def test_metrics_count_every_answer_the_cache_and_the_store(database_url, custom
         assert gateway.send(signed("nobody", "key")).status == 403
         assert gateway.send([]).status == 400
         samples = scrape(port)
-        requests = {labels[0][1]: value for (name, labels), value in samples.items()
-                    if name == "customer_verification_requests_total"}
-        assert requests == {"verified": 5, "malformed": 1, "unverified": 2, "too_large": 0, "unavailable": 0, "error": 0,
-                            "anonymous": 0, "skipped": 0}
-        cache = {labels[0][1]: value for (name, labels), value in samples.items()
-                 if name == "customer_verification_cache_lookups_total"}
+        requests = {
+            labels[0][1]: value
+            for (name, labels), value in samples.items()
+            if name == "customer_verification_requests_total"
+        }
+        assert requests == {
+            "verified": 5,
+            "malformed": 1,
+            "unverified": 2,
+            "too_large": 0,
+            "unavailable": 0,
+            "error": 0,
+            "anonymous": 0,
+            "skipped": 0,
+        }
+        cache = {
+            labels[0][1]: value
+            for (name, labels), value in samples.items()
+            if name == "customer_verification_cache_lookups_total"
+        }
         assert cache["miss"] == 2 and cache["hit"] >= 4 and cache["stale"] == 0  # cert-1 and nobody
         assert samples[("customer_verification_store_lookup_seconds_count", ())] >= 2
         assert samples[("customer_verification_store_lookups_failed_total", ())] == 0
@@ -207,7 +255,10 @@ def test_health_is_ok_with_the_store_and_503_without_store_or_cache(database_url
         assert (status, body) == (200, {"status": "up"})
     with gateway_on(UNREACHABLE, CUSTOMER_VERIFICATION_METRICS_PORT=str(port)):
         status, body = health(port)
-        assert (status, body) == (503, {"status": "down"})  # nothing about the database: not its host nor role
+        assert (status, body) == (
+            503,
+            {"status": "down"},
+        )  # nothing about the database: not its host nor role
         assert urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).status == 200
 
 
@@ -221,7 +272,9 @@ def test_health_stays_ok_while_cached_customers_can_be_served(database_url, cust
             assert gateway.send(signed("cert-1", "key-1")).status == 200  # from the stale window
             status, body = health(port)
             assert (status, body) == (200, {"status": "degraded"})
-        assert scrape(port)[("customer_verification_cache_lookups_total", (("result", "stale"),))] == 1
+        assert (
+            scrape(port)[("customer_verification_cache_lookups_total", (("result", "stale"),))] == 1
+        )
 
 
 def test_without_a_port_nothing_listens(database_url):

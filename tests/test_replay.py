@@ -2,6 +2,7 @@
 certificate across the cluster, claimed on the primary; in-process against the real Postgres,
 through two real plugin server processes as two Kong nodes, with the primary stopped, and in
 the WSGI middleware under gunicorn with several workers."""
+
 import concurrent.futures
 import json
 import logging
@@ -15,9 +16,9 @@ import types
 import psycopg2
 import pytest
 import requests
+from conftest import ROOT, SCHEMA, Customers, execute, start_gateway
 from http_message_signatures.structures import CaseInsensitiveDict
 
-from conftest import ROOT, SCHEMA, Customers, execute, start_gateway
 from customer_auth import client, nonces
 from customer_auth.connection import Settings, StoreUnavailable
 from customer_auth.credentials import Credentials
@@ -31,12 +32,25 @@ PROTECTED = {**DEFAULTS, "replay_protection": True}
 
 def signed_post(nonce=True, body=b'{"pay": 10}', certificate_id="cert-1", key=SECRET):
     """The stand-in's Request arguments of a POST signed by the package's client."""
-    message = types.SimpleNamespace(method="POST", url="http://api.test/payments?x=1",
-                                    headers=CaseInsensitiveDict({"Content-Length": str(len(body))}))
-    client.sign_message(message, certificate_id, client_key=key, body=body, nonce=nonce,
-                        covered_components=("@method", "@path", "@query"))
-    return dict(header_lines=[("Host", "api.test"), *message.headers.items()], method="POST",
-                target="/payments?x=1", body=body)
+    message = types.SimpleNamespace(
+        method="POST",
+        url="http://api.test/payments?x=1",
+        headers=CaseInsensitiveDict({"Content-Length": str(len(body))}),
+    )
+    client.sign_message(
+        message,
+        certificate_id,
+        client_key=key,
+        body=body,
+        nonce=nonce,
+        covered_components=("@method", "@path", "@query"),
+    )
+    return dict(
+        header_lines=[("Host", "api.test"), *message.headers.items()],
+        method="POST",
+        target="/payments?x=1",
+        body=body,
+    )
 
 
 def run(plugin, request_arguments):
@@ -62,7 +76,10 @@ def test_a_request_sent_twice_is_accepted_once(credentials, keyed, caplog):
     plugin = Plugin(PROTECTED, credentials)
     request = signed_post()
     assert answer(run(plugin, request)) == (200, keyed)
-    assert answer(run(plugin, request)) == (403, "Request signature could not be verified")  # the usual message
+    assert answer(run(plugin, request)) == (
+        403,
+        "Request signature could not be verified",
+    )  # the usual message
     assert "replayed" in caplog.text
     assert answer(run(plugin, signed_post())) == (200, keyed)  # a new nonce is a new request
 
@@ -78,7 +95,9 @@ def test_a_replay_is_refused_by_another_node_and_after_a_restart(database_url, k
     first = Credentials(Settings(dsn=database_url, pool_size=2, timeout=2.0))
     assert answer(run(Plugin(PROTECTED, first), request))[0] == 200
     first.close()
-    restarted = Credentials(Settings(dsn=database_url, pool_size=2, timeout=2.0))  # nothing in memory
+    restarted = Credentials(
+        Settings(dsn=database_url, pool_size=2, timeout=2.0)
+    )  # nothing in memory
     try:
         assert answer(run(Plugin(PROTECTED, restarted), request))[0] == 403
         assert restarted.nonces.claims == 1  # the primary said so
@@ -106,8 +125,14 @@ def test_a_signature_without_a_nonce_is_told_what_to_sign(credentials, keyed):
 def test_v1_requests_get_400_on_a_protected_route(credentials, keyed):
     from customer_auth import signature
 
-    request = run(Plugin(PROTECTED, credentials), dict(header_lines=list(signature.signed_headers("cert-1", SECRET).items())))
-    assert answer(request) == (400, "This route requires HTTP Message Signatures (RFC 9421) with a nonce")
+    request = run(
+        Plugin(PROTECTED, credentials),
+        dict(header_lines=list(signature.signed_headers("cert-1", SECRET).items())),
+    )
+    assert answer(request) == (
+        400,
+        "This route requires HTTP Message Signatures (RFC 9421) with a nonce",
+    )
     assert request.response_headers["Accept-Signature"].endswith(";nonce")
 
 
@@ -129,10 +154,14 @@ def test_a_flood_of_fresh_nonces_stays_bounded_and_evicts_no_customer(credential
     plugin = Plugin(PROTECTED, credentials)
     run(plugin, signed_post())
     queries = credentials.store.queries
-    assert answer(run(plugin, signed_post()))[0] == 200 and credentials.store.queries == queries  # still cached
+    assert (
+        answer(run(plugin, signed_post()))[0] == 200 and credentials.store.queries == queries
+    )  # still cached
 
 
-def test_each_protected_request_costs_one_statement_on_the_primary_and_nothing_more(credentials, keyed):
+def test_each_protected_request_costs_one_statement_on_the_primary_and_nothing_more(
+    credentials, keyed
+):
     plugin = Plugin(PROTECTED, credentials)
     run(plugin, signed_post())  # the customer is cached from here on
     claims, lookups = credentials.nonces.claims, credentials.store.queries
@@ -142,36 +171,52 @@ def test_each_protected_request_costs_one_statement_on_the_primary_and_nothing_m
 
 def test_claims_expire_old_rows_so_the_table_needs_no_cron(credentials, keyed):
     old = Customers(credentials.store.settings.dsn)  # as the table's owner
-    old.execute("INSERT INTO customer_nonce SELECT 'old', 'n-' || n, now() - interval '1 hour' "
-                "FROM generate_series(1, 10) n")
+    old.execute(
+        "INSERT INTO customer_nonce SELECT 'old', 'n-' || n, now() - interval '1 hour' "
+        "FROM generate_series(1, 10) n"
+    )
     for number in range(5):
         credentials.nonces.claim("cert-1", f"fresh-{number:010d}", time.time() + 300)
-    assert old.execute("SELECT count(*) FROM customer_nonce WHERE certificate = 'old'") == [(0,)]  # two a claim
+    assert old.execute("SELECT count(*) FROM customer_nonce WHERE certificate = 'old'") == [
+        (0,)
+    ]  # two a claim
     assert old.execute("SELECT count(*) FROM customer_nonce") == [(5,)]  # nothing else is stored
     old.conn.close()
 
 
 def test_the_roles_may_claim_nonces_and_nothing_more(database_url, keyed):
-    execute(database_url, """DO $$ BEGIN
+    execute(
+        database_url,
+        """DO $$ BEGIN
         IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'cv_plugin') THEN
-            CREATE ROLE cv_plugin LOGIN PASSWORD 'plugin-pw' IN ROLE customer_reader, customer_nonce_claimer;
-        END IF; END $$""")
+            CREATE ROLE cv_plugin LOGIN PASSWORD 'plugin-pw'
+                IN ROLE customer_reader, customer_nonce_claimer;
+        END IF; END $$""",
+    )
     plugin_dsn = psycopg2.extensions.make_dsn(database_url, user="cv_plugin", password="plugin-pw")
     conn = psycopg2.connect(plugin_dsn)
     conn.autocommit = True
     with conn.cursor() as cursor:
-        cursor.execute("SELECT customer_nonce_claim('cert-1', 'role-test-nonce-1', %s)", (time.time() + 60,))
+        cursor.execute(
+            "SELECT customer_nonce_claim('cert-1', 'role-test-nonce-1', %s)", (time.time() + 60,)
+        )
         assert cursor.fetchone() == (True,)
-        for statement in ("SELECT * FROM customer_nonce", "DELETE FROM customer_nonce",
-                          "INSERT INTO customer_nonce VALUES ('a', 'b', now())", "UPDATE customer SET certificate = 'x'",
-                          "INSERT INTO customer (certificate, authentication) VALUES ('x', '{}')"):
+        for statement in (
+            "SELECT * FROM customer_nonce",
+            "DELETE FROM customer_nonce",
+            "INSERT INTO customer_nonce VALUES ('a', 'b', now())",
+            "UPDATE customer SET certificate = 'x'",
+            "INSERT INTO customer (certificate, authentication) VALUES ('x', '{}')",
+        ):
             with pytest.raises(psycopg2.errors.InsufficientPrivilege):
                 cursor.execute(statement)
     conn.close()
 
 
 def test_the_primary_unreachable_is_503_on_a_protected_route(keyed):
-    unreachable = Credentials(Settings(dsn="postgresql://u:hunter2@127.0.0.1:1/x", pool_size=1, timeout=1))
+    unreachable = Credentials(
+        Settings(dsn="postgresql://u:hunter2@127.0.0.1:1/x", pool_size=1, timeout=1)
+    )
     nonce_store = unreachable.nonces
     with pytest.raises(StoreUnavailable):
         nonce_store.claim("cert-1", "a-nonce-of-16-chars", time.time() + 60)
@@ -180,10 +225,18 @@ def test_the_primary_unreachable_is_503_on_a_protected_route(keyed):
 
 # -- two Kong nodes ---------------------------------------------------------------------------
 
+
 @pytest.fixture
 def two_nodes(database_url, keyed):
-    nodes = [start_gateway(ROOT / "customer_verification.py", "customer_verification",
-                           env={"DATABASE_URL": database_url}, config={"replay_protection": True}) for _ in range(2)]
+    nodes = [
+        start_gateway(
+            ROOT / "customer_verification.py",
+            "customer_verification",
+            env={"DATABASE_URL": database_url},
+            config={"replay_protection": True},
+        )
+        for _ in range(2)
+    ]
     for node in nodes:
         assert node.send([]).status == 400  # the instances have started
     yield nodes
@@ -195,8 +248,14 @@ def test_a_request_sent_to_two_nodes_at_the_same_moment_gets_exactly_one_2xx(two
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         for _ in range(40):
             request = signed_post()
-            statuses = sorted(pool.map(lambda node: node.kong.handle(Request(**request), "plugin").status,
-                                       two_nodes + two_nodes))
+            statuses = sorted(
+                pool.map(
+                    lambda node, request=request: (
+                        node.kong.handle(Request(**request), "plugin").status
+                    ),
+                    two_nodes + two_nodes,
+                )
+            )
             assert statuses == [200, 403, 403, 403], statuses
 
 
@@ -211,6 +270,7 @@ def test_a_replay_after_a_node_restarts_is_refused(two_nodes):
 
 # -- the primary down: protected routes closed, the others served from the standby --------------
 
+
 def test_with_the_primary_down_protected_routes_get_503_and_the_others_keep_working():
     primary = ThrowawayPostgres(extra_options="-c full_page_writes=on").start()
     execute(primary.dsn, SCHEMA)
@@ -220,20 +280,32 @@ def test_with_the_primary_down_protected_routes_get_503_and_the_others_keep_work
     node = None
     try:
         url = f"postgresql://postgres@127.0.0.1:{standby.port},127.0.0.1:{primary.port}/postgres"
-        node = start_gateway(ROOT / "customer_verification.py", "customer_verification",
-                             env={"DATABASE_URL": url, "CUSTOMER_VERIFICATION_DB_TIMEOUT": "1"},
-                             config={"cache_ttl": 0, "negative_cache_ttl": 0, "stale_ttl": 0})
-        node.kong.configure("protected", {"replay_protection": True, "cache_ttl": 0, "negative_cache_ttl": 0,
-                                          "stale_ttl": 0})
+        node = start_gateway(
+            ROOT / "customer_verification.py",
+            "customer_verification",
+            env={"DATABASE_URL": url, "CUSTOMER_VERIFICATION_DB_TIMEOUT": "1"},
+            config={"cache_ttl": 0, "negative_cache_ttl": 0, "stale_ttl": 0},
+        )
+        node.kong.configure(
+            "protected",
+            {"replay_protection": True, "cache_ttl": 0, "negative_cache_ttl": 0, "stale_ttl": 0},
+        )
         deadline = time.monotonic() + 10
-        while node.kong.handle(Request(**signed_post()), "plugin").status != 200:  # the standby has replayed
+        while (
+            node.kong.handle(Request(**signed_post()), "plugin").status != 200
+        ):  # the standby has replayed
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert node.kong.handle(Request(**signed_post()), "protected").status == 200
         primary.stop()
         protected = node.kong.handle(Request(**signed_post()), "protected")
-        assert (protected.status, protected.message) == (503, "Authentication is temporarily unavailable")
-        assert node.kong.handle(Request(**signed_post()), "plugin").status == 200  # from the standby
+        assert (protected.status, protected.message) == (
+            503,
+            "Authentication is temporarily unavailable",
+        )
+        assert (
+            node.kong.handle(Request(**signed_post()), "plugin").status == 200
+        )  # from the standby
     finally:
         customers.conn.close()
         if node:
@@ -246,21 +318,49 @@ def test_with_the_primary_down_protected_routes_get_503_and_the_others_keep_work
 
 BIN = os.path.dirname(sys.executable)
 SERVICES = {  # several worker processes each: a request and its copy may reach two of them
-    "flask+gunicorn": lambda port: [os.path.join(BIN, "gunicorn"), "-w", "3", "-b", f"127.0.0.1:{port}", "flask_app:app"],
-    "fastapi+uvicorn": lambda port: [os.path.join(BIN, "uvicorn"), "--workers", "2", "--host", "127.0.0.1", "--port",
-                                     str(port), "--log-level", "warning", "fastapi_app:app"],
+    "flask+gunicorn": lambda port: [
+        os.path.join(BIN, "gunicorn"),
+        "-w",
+        "3",
+        "-b",
+        f"127.0.0.1:{port}",
+        "flask_app:app",
+    ],
+    "fastapi+uvicorn": lambda port: [
+        os.path.join(BIN, "uvicorn"),
+        "--workers",
+        "2",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "fastapi_app:app",
+    ],
 }
 
 
 @pytest.mark.parametrize("server", list(SERVICES))
-def test_the_middleware_accepts_a_request_sent_three_times_at_once_exactly_once(database_url, keyed, server):
+def test_the_middleware_accepts_a_request_sent_three_times_at_once_exactly_once(
+    database_url, keyed, server
+):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "DATABASE_URL": database_url, "REPLAY_PROTECTION": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "apps"), str(ROOT)])}
-    process = subprocess.Popen(SERVICES[server](port), cwd=ROOT / "tests" / "apps", env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REPLAY_PROTECTION": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "apps"), str(ROOT)]),
+    }
+    process = subprocess.Popen(
+        SERVICES[server](port),
+        cwd=ROOT / "tests" / "apps",
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -269,14 +369,22 @@ def test_the_middleware_accepts_a_request_sent_three_times_at_once_exactly_once(
                 requests.get(base + "/health", timeout=1)
                 break
             except requests.ConnectionError:
-                assert process.poll() is None and time.monotonic() < deadline, process.stderr.read().decode()
+                assert process.poll() is None and time.monotonic() < deadline, (
+                    process.stderr.read().decode()
+                )
                 time.sleep(0.1)
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
             for _ in range(20):
                 prepared = requests.Request("POST", base + "/echo", data=b'{"pay": 10}').prepare()
                 client.SignedRequestAuth("cert-1", SECRET)(prepared)
-                statuses = sorted(pool.map(lambda _: requests.Session().send(prepared, timeout=10).status_code,
-                                           range(3)))
+                statuses = sorted(
+                    pool.map(
+                        lambda _, prepared=prepared: (
+                            requests.Session().send(prepared, timeout=10).status_code
+                        ),
+                        range(3),
+                    )
+                )
                 assert statuses == [200, 403, 403], statuses
         without_nonce = requests.Request("POST", base + "/echo", data=b"{}").prepare()
         client.SignedRequestAuth("cert-1", SECRET, nonce=False)(without_nonce)

@@ -3,12 +3,13 @@ plugin server processes as three Kong nodes sharing one multi-host DATABASE_URL,
 
 Every test builds its own primary and standby (pg_basebackup of the embedded server), since it
 stops, pauses or promotes them."""
+
 import time
 
 import psycopg2
 import pytest
-
 from conftest import ROOT, SCHEMA, Customers, execute, start_gateway
+
 from customer_auth import signature
 from customer_auth.changes import WAL_POSITION
 from devtools.throwaway_pgbouncer import PGBOUNCER, ThrowawayPgBouncer
@@ -21,7 +22,9 @@ NO_CACHE = {"cache_ttl": 0, "negative_cache_ttl": 0, "stale_ttl": 0}  # every re
 
 class Cluster:
     def __init__(self):
-        self.primary = ThrowawayPostgres(extra_options="-c full_page_writes=on").start()  # pg_basebackup needs it
+        self.primary = ThrowawayPostgres(
+            extra_options="-c full_page_writes=on"
+        ).start()  # pg_basebackup needs it
         execute(self.primary.dsn, SCHEMA)
         self.standby = self.primary.standby()
         self.customers = Customers(self.primary.dsn)
@@ -38,7 +41,9 @@ class Cluster:
         standby = Customers(self.standby.dsn)
         try:
             deadline = time.monotonic() + 10
-            while not standby.execute("SELECT pg_last_wal_replay_lsn() - '0/0' >= %s", target)[0][0]:
+            while not standby.execute("SELECT pg_last_wal_replay_lsn() - '0/0' >= %s", target)[0][
+                0
+            ]:
                 assert time.monotonic() < deadline, "the standby does not replay"
                 time.sleep(0.02)
         finally:
@@ -68,9 +73,12 @@ def kong_nodes(url, config, **env):
     nodes = []
     try:
         for _ in range(NODES):
-            node = start_gateway(ROOT / "customer_verification.py", "customer_verification",
-                                 env={"DATABASE_URL": url, "CUSTOMER_VERIFICATION_DB_TIMEOUT": "1", **env},
-                                 config=config)
+            node = start_gateway(
+                ROOT / "customer_verification.py",
+                "customer_verification",
+                env={"DATABASE_URL": url, "CUSTOMER_VERIFICATION_DB_TIMEOUT": "1", **env},
+                config=config,
+            )
             nodes.append(node)
         return nodes
     except BaseException:
@@ -100,7 +108,9 @@ def until_every_node_answers(nodes, header_lines, expected, within):
     started = time.monotonic()
     for node in nodes:
         while node.send(header_lines).status != expected:
-            assert time.monotonic() - started < within, f"not every node answered {expected} within {within} s"
+            assert time.monotonic() - started < within, (
+                f"not every node answered {expected} within {within} s"
+            )
             time.sleep(0.02)
     return time.monotonic() - started
 
@@ -118,21 +128,29 @@ def connections(server, application_name):
     conn = psycopg2.connect(server.dsn)
     try:
         with conn.cursor() as cursor:
-            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (application_name,))
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                (application_name,),
+            )
             return cursor.fetchone()[0]
     finally:
         conn.close()
 
 
 @pytest.mark.parametrize("primary_first", [True, False], ids=["primary-first", "standby-first"])
-def test_lookups_go_to_the_standby_and_every_listener_to_the_primary(cluster, close_nodes, primary_first):
-    order = (cluster.primary, cluster.standby) if primary_first else (cluster.standby, cluster.primary)
+def test_lookups_go_to_the_standby_and_every_listener_to_the_primary(
+    cluster, close_nodes, primary_first
+):
+    order = (
+        (cluster.primary, cluster.standby) if primary_first else (cluster.standby, cluster.primary)
+    )
     for i in range(5):
         cluster.customers.add(f"cert-{i}", f"key-{i}")
     cluster.wait_for_replay()
     close_nodes += kong_nodes(cluster.url(*order), NO_CACHE)
     wait_until_listening(close_nodes)
-    cluster.wait_for_replay()  # past the WAL position each listener noted: the standby's answers count
+    # past the WAL position each listener noted: the standby's answers count
+    cluster.wait_for_replay()
     for i in range(5):
         assert statuses(close_nodes, signed(f"cert-{i}", f"key-{i}")) == [200] * NODES
     assert connections(cluster.standby, "customer_verification") >= NODES
@@ -141,13 +159,17 @@ def test_lookups_go_to_the_standby_and_every_listener_to_the_primary(cluster, cl
     assert connections(cluster.standby, "customer_verification listener") == 0
 
 
-def test_revocation_reaches_every_node_within_a_second_while_the_standby_replay_is_paused(cluster, close_nodes):
+def test_revocation_reaches_every_node_within_a_second_while_the_standby_replay_is_paused(
+    cluster, close_nodes
+):
     cluster.customers.add("cert-live", "key-1")
     cluster.customers.add("cert-rekeyed", "old-key")
     cluster.wait_for_replay()
     close_nodes += kong_nodes(cluster.url(cluster.standby, cluster.primary), LONG_TTL)
     wait_until_listening(close_nodes)
-    assert statuses(close_nodes, signed("cert-live", "key-1")) == [200] * NODES  # cached for an hour
+    assert (
+        statuses(close_nodes, signed("cert-live", "key-1")) == [200] * NODES
+    )  # cached for an hour
     assert statuses(close_nodes, signed("cert-rekeyed", "old-key")) == [200] * NODES
     cluster.on_standby("SELECT pg_wal_replay_pause()")
     try:
@@ -156,7 +178,9 @@ def test_revocation_reaches_every_node_within_a_second_while_the_standby_replay_
         until_every_node_answers(close_nodes, signed("cert-live", "key-1"), 403, within=1.0)
         until_every_node_answers(close_nodes, signed("cert-rekeyed", "new-key"), 200, within=1.0)
         # The standby still holds the old rows: no node may take its word for them again.
-        assert cluster.on_standby("SELECT count(*) FROM customer WHERE authentication->>'revoked_at' IS NULL") == [(2,)]
+        assert cluster.on_standby(
+            "SELECT count(*) FROM customer WHERE authentication->>'revoked_at' IS NULL"
+        ) == [(2,)]
         deadline = time.monotonic() + 1.5
         while time.monotonic() < deadline:
             assert statuses(close_nodes, signed("cert-live", "key-1")) == [403] * NODES
@@ -169,13 +193,17 @@ def test_a_standby_going_down_costs_no_verified_request(cluster, close_nodes):
     cluster.customers.add("cert-1", "key-1")
     cluster.wait_for_replay()
     close_nodes += kong_nodes(cluster.url(cluster.standby, cluster.primary), NO_CACHE)
-    assert statuses(close_nodes, signed("cert-1", "key-1")) == [200] * NODES  # pooled on the standby
+    assert (
+        statuses(close_nodes, signed("cert-1", "key-1")) == [200] * NODES
+    )  # pooled on the standby
     cluster.standby.stop()
     for _ in range(5):
         assert statuses(close_nodes, signed("cert-1", "key-1")) == [200] * NODES
 
 
-def test_the_primary_going_down_leaves_lookups_on_the_standby_working_with_one_warning(cluster, close_nodes):
+def test_the_primary_going_down_leaves_lookups_on_the_standby_working_with_one_warning(
+    cluster, close_nodes
+):
     cluster.customers.add("cert-1", "key-1")
     cluster.wait_for_replay()
     close_nodes += kong_nodes(cluster.url(cluster.primary, cluster.standby), NO_CACHE)
@@ -185,7 +213,9 @@ def test_the_primary_going_down_leaves_lookups_on_the_standby_working_with_one_w
         assert statuses(close_nodes, signed("cert-1", "key-1")) == [200] * NODES
         time.sleep(0.05)
     for node in close_nodes:
-        warnings = [text for level, text in node.kong.error_log.lines() if "change listener" in text]
+        warnings = [
+            text for level, text in node.kong.error_log.lines() if "change listener" in text
+        ]
         assert len(warnings) == 1 and "lost its database connection" in warnings[0], warnings
 
 
@@ -214,7 +244,9 @@ def test_a_promoted_standby_is_found_by_every_listener_without_a_restart(cluster
     until_every_node_answers(close_nodes, signed("cert-1", "key-1"), 403, within=1.0)
 
 
-needs_pgbouncer = pytest.mark.skipif(PGBOUNCER is None, reason="PgBouncer is not installed (Debian package pgbouncer)")
+needs_pgbouncer = pytest.mark.skipif(
+    PGBOUNCER is None, reason="PgBouncer is not installed (Debian package pgbouncer)"
+)
 
 
 @pytest.fixture
@@ -226,10 +258,13 @@ def bouncer(cluster):
 @needs_pgbouncer
 @pytest.mark.parametrize("listener", ["direct", "session"])
 def test_lookups_through_a_transaction_pool_and_the_listener_direct_or_in_session_mode(
-        cluster, bouncer, close_nodes, listener):
+    cluster, bouncer, close_nodes, listener
+):
     cluster.customers.add("cert-1", "key-1")
     listener_url = cluster.url(cluster.primary) if listener == "direct" else bouncer.url("session")
-    close_nodes += kong_nodes(bouncer.url("transaction"), LONG_TTL, CUSTOMER_VERIFICATION_LISTENER_URL=listener_url)
+    close_nodes += kong_nodes(
+        bouncer.url("transaction"), LONG_TTL, CUSTOMER_VERIFICATION_LISTENER_URL=listener_url
+    )
     wait_until_listening(close_nodes)
     assert statuses(close_nodes, signed("cert-1", "key-1")) == [200] * NODES
     cluster.customers.set_authentication("cert-1", revoked_at=time.time())
@@ -244,7 +279,10 @@ def test_a_listener_pointed_at_a_transaction_pool_is_a_clear_warning(cluster, bo
     assert statuses(close_nodes, signed("cert-1", "key-1")) == [200] * NODES  # lookups work
     for node in close_nodes:
         deadline = time.monotonic() + 10
-        while not any("pool_mode=transaction" in text and level == "warn" for level, text in node.kong.error_log.lines()):
+        while not any(
+            "pool_mode=transaction" in text and level == "warn"
+            for level, text in node.kong.error_log.lines()
+        ):
             assert time.monotonic() < deadline, node.kong.error_log.text()
             node.send(signed("cert-1", "key-1"))
             time.sleep(0.1)

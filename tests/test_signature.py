@@ -10,8 +10,18 @@ from customer_auth.client import SignedRequestAuth
 
 # Computed independently with: printf 'cert-1|key-1|1700000000' | sha256sum
 VECTORS = [
-    ("cert-1", "key-1", "1700000000", "4efcfa9ef5e05beeb527856dfd97331b40c6eba9a43db0c5a4da4d8753faf68b"),
-    ("ABC-123", "s3cr3t/+=", "0001700000000", "9f7bf8f2caff6c50adc76df7ca547eb24c66db82b546e0f3e3b1b0b5b8bc540c"),
+    (
+        "cert-1",
+        "key-1",
+        "1700000000",
+        "4efcfa9ef5e05beeb527856dfd97331b40c6eba9a43db0c5a4da4d8753faf68b",
+    ),
+    (
+        "ABC-123",
+        "s3cr3t/+=",
+        "0001700000000",
+        "9f7bf8f2caff6c50adc76df7ca547eb24c66db82b546e0f3e3b1b0b5b8bc540c",
+    ),
     ("cert-é", "clé", "1", "abc8e4c85fe60adb96919b1fd1c2180ac9c9269d7636dc93ff6f8c47386fedcd"),
 ]
 
@@ -37,8 +47,11 @@ def test_verify_accepts_upper_case_hex_after_parsing():
 
 def test_verify_rejects_other_key_time_or_certificate():
     good = signature.parse_signature(VECTORS[0][3])
-    for args in (("cert-1", "1700000000", ["key-2"]), ("cert-1", "1700000001", ["key-1"]),
-                 ("cert-2", "1700000000", ["key-1"])):
+    for args in (
+        ("cert-1", "1700000000", ["key-2"]),
+        ("cert-1", "1700000001", ["key-1"]),
+        ("cert-2", "1700000000", ["key-1"]),
+    ):
         with pytest.raises(signature.BadSignature):
             signature.verify(good, *args)
 
@@ -52,7 +65,9 @@ def test_verify_accepts_any_of_several_keys():
 
 def test_the_time_is_signed_as_sent_not_as_a_number():
     with pytest.raises(signature.BadSignature):
-        signature.verify(signature.parse_signature(VECTORS[1][3]), "ABC-123", "1700000000", ["s3cr3t/+="])
+        signature.verify(
+            signature.parse_signature(VECTORS[1][3]), "ABC-123", "1700000000", ["s3cr3t/+="]
+        )
 
 
 @pytest.mark.parametrize("text", ["", "12.5", "-1", "1e9", " 1", "1" * 13, "１２３", "0x10"])
@@ -61,8 +76,21 @@ def test_malformed_request_times(text):
         signature.parse_request_time(text)
 
 
-@pytest.mark.parametrize("text", ["", "a" * 63, "a" * 65, "g" * 64, " " + "a" * 63, "é" * 64,
-                                  "a" * 62 + "  ", "ab " * 21 + "a", "０" * 64, "0x" + "a" * 62])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "a" * 63,
+        "a" * 65,
+        "g" * 64,
+        " " + "a" * 63,
+        "é" * 64,
+        "a" * 62 + "  ",
+        "ab " * 21 + "a",
+        "０" * 64,
+        "0x" + "a" * 62,
+    ],
+)
 def test_malformed_signatures(text):
     with pytest.raises(signature.MalformedSignature):
         signature.parse_signature(text)
@@ -81,8 +109,12 @@ GRAMMAR = {
     signature.parse_request_time: re.compile(r"[0-9]{1,12}"),
     signature.parse_signature: re.compile(r"[0-9a-fA-F]{64}"),
 }
-HEADER_TEXT = st.one_of(st.text(max_size=300), st.text(alphabet="0123456789abcdefABCDEF \t\n", min_size=60, max_size=66),
-                        st.text(alphabet="0123456789٣１ +-", max_size=14), st.text(st.characters(max_codepoint=0xff)))
+HEADER_TEXT = st.one_of(
+    st.text(max_size=300),
+    st.text(alphabet="0123456789abcdefABCDEF \t\n", min_size=60, max_size=66),
+    st.text(alphabet="0123456789٣１ +-", max_size=14),
+    st.text(st.characters(max_codepoint=0xFF)),
+)
 
 
 @given(text=HEADER_TEXT)
@@ -134,7 +166,9 @@ def test_auth_signs_requests_made_with_httpx():
 
     seen = []
     transport = httpx.MockTransport(lambda request: seen.append(request) or httpx.Response(200))
-    with httpx.Client(transport=transport, auth=SignedRequestAuth("cert-1", "key-1", scheme="v1")) as client:
+    with httpx.Client(
+        transport=transport, auth=SignedRequestAuth("cert-1", "key-1", scheme="v1")
+    ) as client:
         client.get("http://gateway.invalid/echo")
     assert_signed(seen[0].headers)
 
@@ -143,7 +177,9 @@ def test_importable_without_kong_pdk():
     import subprocess
     import sys
 
-    code = ("import sys; sys.modules['kong_pdk'] = None; from customer_auth import signature; "
-            "print(signature.sign('a', 'b', '1'))")
+    code = (
+        "import sys; sys.modules['kong_pdk'] = None; from customer_auth import signature; "
+        "print(signature.sign('a', 'b', '1'))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == hashlib.sha256(b"a|b|1").hexdigest()

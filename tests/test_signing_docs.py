@@ -1,6 +1,7 @@
 """The signing guide's worked example and recipes (docs/signing.md: openssl and curl, JavaScript
 with Node's crypto and with the npm package), checked against the plugin and the reference
 library: what the guide shows is what works."""
+
 import base64
 import hashlib
 import hmac
@@ -11,8 +12,8 @@ import shutil
 import subprocess
 
 import pytest
-
 from conftest import ROOT
+
 from customer_auth import message_signatures
 from customer_verification import DEFAULTS, Plugin
 from devtools.kong_standin import Request, in_process_kong
@@ -22,7 +23,7 @@ GUIDE = (ROOT / "docs" / "signing.md").read_text()
 
 def indented_block_after(heading_text):
     """The first indented block after the line containing ``heading_text``."""
-    lines = GUIDE[GUIDE.index(heading_text):].splitlines()
+    lines = GUIDE[GUIDE.index(heading_text) :].splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("    "))
     block = []
     for number, line in enumerate(lines[start:], start):
@@ -34,7 +35,10 @@ def indented_block_after(heading_text):
 
 
 def example():
-    headers = dict(line.split(": ", 1) for line in indented_block_after("`POST https://api.example.com/orders?id=7`"))
+    headers = dict(
+        line.split(": ", 1)
+        for line in indented_block_after("`POST https://api.example.com/orders?id=7`")
+    )
     base = "\n".join(indented_block_after("of this signature base"))
     return headers, base
 
@@ -42,10 +46,17 @@ def example():
 def test_the_worked_examples_signature_base_and_signature_are_what_the_plugin_computes():
     headers, base = example()
     parsed = message_signatures.parse_signature_input([headers["Signature-Input"]])
-    chosen = message_signatures.choose(parsed, message_signatures.parse_signature([headers["Signature"]]),
-                                       DEFAULTS["required_components"])
-    message = message_signatures.Message(lambda: "POST", lambda: "/orders?id=7", lambda: "https",
-                                         {name.lower(): [value] for name, value in headers.items()})
+    chosen = message_signatures.choose(
+        parsed,
+        message_signatures.parse_signature([headers["Signature"]]),
+        DEFAULTS["required_components"],
+    )
+    message = message_signatures.Message(
+        lambda: "POST",
+        lambda: "/orders?id=7",
+        lambda: "https",
+        {name.lower(): [value] for name, value in headers.items()},
+    )
     assert message_signatures.signature_base(message, chosen).decode() == base
     expected = hmac.new(b"my-client-key", base.encode(), hashlib.sha256).digest()
     assert headers["Signature"] == f"sig1=:{base64.b64encode(expected).decode()}:"
@@ -62,8 +73,13 @@ def test_the_worked_example_verifies_through_the_plugin(credentials, customers, 
     customers.execute("DELETE FROM customer_nonce")
     monkeypatch.setattr("customer_auth.verification.time.time", lambda: 1700000000)
     monkeypatch.setattr("customer_auth.nonces.time.time", lambda: 1700000000)
-    request = Request([("Host", "api.example.com"), ("Content-Length", "10"), *headers.items()],
-                      method="POST", target="/orders?id=7", scheme="https", body=b'{"qty": 1}')
+    request = Request(
+        [("Host", "api.example.com"), ("Content-Length", "10"), *headers.items()],
+        method="POST",
+        target="/orders?id=7",
+        scheme="https",
+        body=b'{"qty": 1}',
+    )
     Plugin(PROTECTED, credentials).access(in_process_kong(request, lua_style=False))
     assert request.upstream["x-customer-id"] == [customer_id]
 
@@ -71,19 +87,36 @@ def test_the_worked_example_verifies_through_the_plugin(credentials, customers, 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 def test_the_javascript_recipe_signs_what_the_plugin_verifies(credentials, customers):
     recipe = "\n".join(indented_block_after("In JavaScript"))
-    script = recipe + """
-const headers = signedHeaders({ certificateId: "my-certificate", clientKey: "my-client-key", method: "POST",
-                                path: "/orders", query: "?id=7", body: '{"qty": 1}' });
+    script = (
+        recipe
+        + """
+const headers = signedHeaders({ certificateId: "my-certificate", clientKey: "my-client-key",
+                                method: "POST", path: "/orders", query: "?id=7",
+                                body: '{"qty": 1}' });
 process.stdout.write(JSON.stringify(headers));
 """
-    headers = json.loads(subprocess.run(["node", "-e", script], capture_output=True, text=True, check=True).stdout)
+    )
+    headers = json.loads(
+        subprocess.run(["node", "-e", script], capture_output=True, text=True, check=True).stdout
+    )
     customer_id = customers.add("my-certificate", "my-client-key")
-    request = Request([("Host", "api.example.com"), ("Content-Length", "10"), *headers.items()],
-                      method="POST", target="/orders?id=7", scheme="https", body=b'{"qty": 1}')
+    request = Request(
+        [("Host", "api.example.com"), ("Content-Length", "10"), *headers.items()],
+        method="POST",
+        target="/orders?id=7",
+        scheme="https",
+        body=b'{"qty": 1}',
+    )
     plugin = Plugin(PROTECTED, credentials)
     plugin.access(in_process_kong(request, lua_style=False))
     assert request.upstream["x-customer-id"] == [customer_id]
-    again = Request(request.header_lines, method="POST", target="/orders?id=7", scheme="https", body=b'{"qty": 1}')
+    again = Request(
+        request.header_lines,
+        method="POST",
+        target="/orders?id=7",
+        scheme="https",
+        body=b'{"qty": 1}',
+    )
     plugin.access(in_process_kong(again, lua_style=False))
     assert again.response[0] == 403  # its nonce is spent
 
@@ -92,17 +125,34 @@ process.stdout.write(JSON.stringify(headers));
 def test_the_openssl_recipe_signs_what_the_plugin_verifies(credentials, customers):
     recipe = indented_block_after("With nothing but openssl and curl")
     assert recipe[-1].startswith("curl ")
-    script = "\n".join(recipe[:-1]) + '\nprintf "%s\\n%s\\n%s\\n%s" "$digest" "$params" "$signature" "$created"'
+    script = (
+        "\n".join(recipe[:-1])
+        + '\nprintf "%s\\n%s\\n%s\\n%s" "$digest" "$params" "$signature" "$created"'
+    )
     customers.execute("DELETE FROM customer_nonce")
     digest, params, signature, created = subprocess.run(
-        ["bash", "-c", script], capture_output=True, text=True, check=True, env={"PATH": os.environ["PATH"]}
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": os.environ["PATH"]},
     ).stdout.splitlines()
     customer_id = customers.add("my-certificate", "my-client-key")
     assert re.fullmatch(r"\d+", created)
-    request = Request([("Host", "api.example.com"), ("Content-Type", "application/json"), ("Content-Length", "10"),
-                       ("Content-Digest", digest), ("Signature-Input", f"sig1={params}"),
-                       ("Signature", f"sig1=:{signature}:")],
-                      method="POST", target="/orders?id=7", scheme="https", body=b'{"qty": 1}')
+    request = Request(
+        [
+            ("Host", "api.example.com"),
+            ("Content-Type", "application/json"),
+            ("Content-Length", "10"),
+            ("Content-Digest", digest),
+            ("Signature-Input", f"sig1={params}"),
+            ("Signature", f"sig1=:{signature}:"),
+        ],
+        method="POST",
+        target="/orders?id=7",
+        scheme="https",
+        body=b'{"qty": 1}',
+    )
     Plugin(PROTECTED, credentials).access(in_process_kong(request, lua_style=False))
     assert request.upstream["x-customer-id"] == [customer_id]
 
@@ -114,24 +164,42 @@ def npm_package(tmp_path_factory):
     if shutil.which("npm") is None or shutil.which("node") is None:
         pytest.skip("node and npm are not installed")
     directory = tmp_path_factory.mktemp("npm")
-    installed = subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund", "http-message-signatures@1"],
-                               cwd=directory, capture_output=True, text=True, timeout=180)
+    installed = subprocess.run(
+        ["npm", "install", "--silent", "--no-audit", "--no-fund", "http-message-signatures@1"],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     if installed.returncode != 0:
         pytest.skip(f"npm could not install http-message-signatures: {installed.stderr[-300:]}")
     return directory
 
 
-def test_the_npm_librarys_recipe_signs_what_the_plugin_verifies(credentials, customers, npm_package):
+def test_the_npm_librarys_recipe_signs_what_the_plugin_verifies(
+    credentials, customers, npm_package
+):
     recipe = "\n".join(indented_block_after("With the npm package"))
-    script = recipe + """
+    script = (
+        recipe
+        + """
 signedRequest({ certificateId: "my-certificate", clientKey: "my-client-key", method: "POST",
                 url: "https://api.example.com/orders?id=7", body: '{"qty": 1}' })
   .then((request) => process.stdout.write(JSON.stringify(request.headers)));
 """
-    headers = json.loads(subprocess.run(["node", "-e", script], cwd=npm_package, capture_output=True, text=True,
-                                        check=True).stdout)
+    )
+    headers = json.loads(
+        subprocess.run(
+            ["node", "-e", script], cwd=npm_package, capture_output=True, text=True, check=True
+        ).stdout
+    )
     customer_id = customers.add("my-certificate", "my-client-key")
-    request = Request([("Host", "api.example.com"), ("Content-Length", "10"), *headers.items()],
-                      method="POST", target="/orders?id=7", scheme="https", body=b'{"qty": 1}')
+    request = Request(
+        [("Host", "api.example.com"), ("Content-Length", "10"), *headers.items()],
+        method="POST",
+        target="/orders?id=7",
+        scheme="https",
+        body=b'{"qty": 1}',
+    )
     Plugin(PROTECTED, credentials).access(in_process_kong(request, lua_style=False))
     assert request.upstream["x-customer-id"] == [customer_id]

@@ -1,4 +1,5 @@
 """The credential store and its cache against a real Postgres."""
+
 import concurrent.futures
 import threading
 import time
@@ -45,7 +46,9 @@ def test_fetch_is_parameterized(store, customers):
 
 def test_revoked_customers_and_customers_without_key_are_not_returned(store, customers):
     customers.add("cert-r", "key", revoked_at=1)
-    customers.execute("INSERT INTO customer (certificate, authentication) VALUES ('cert-nokey', '{}')")
+    customers.execute(
+        "INSERT INTO customer (certificate, authentication) VALUES ('cert-nokey', '{}')"
+    )
     assert store.fetch("cert-r") is None and store.fetch("cert-nokey") is None
 
 
@@ -75,7 +78,9 @@ def test_a_locked_table_times_out_as_unavailable(store, customers):
 
 
 def test_unreachable_database_is_unavailable_without_the_password():
-    store = CustomerStore(Settings(dsn="postgresql://u:hunter2@127.0.0.1:1/db", pool_size=1, timeout=1))
+    store = CustomerStore(
+        Settings(dsn="postgresql://u:hunter2@127.0.0.1:1/db", pool_size=1, timeout=1)
+    )
     with pytest.raises(StoreUnavailable) as error:
         store.fetch("cert-1")
     assert "hunter2" not in str(error.value)
@@ -84,15 +89,22 @@ def test_unreachable_database_is_unavailable_without_the_password():
 def test_connections_are_bounded_by_the_pool(store, customers):
     customers.add("cert-1", "key-1")
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
-        assert all(c.client_key == "key-1" for c in pool.map(lambda _: store.fetch("cert-1"), range(200)))
-    count = customers.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'customer_verification'")
+        assert all(
+            c.client_key == "key-1" for c in pool.map(lambda _: store.fetch("cert-1"), range(200))
+        )
+    count = customers.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'customer_verification'"
+    )
     assert count[0][0] <= 3
 
 
 def test_a_killed_connection_is_replaced_without_failing_the_lookup(store, customers):
     customers.add("cert-1", "key-1")
     store.fetch("cert-1")
-    customers.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'customer_verification'")
+    customers.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = "
+        "'customer_verification'"
+    )
     assert store.fetch("cert-1").client_key == "key-1"
 
 
@@ -123,7 +135,9 @@ def test_concurrent_misses_for_one_certificate_make_one_query(store, customers):
     cache = cache_on(store, Clock())
     locker = psycopg2.connect(customers.url)
     with locker.cursor() as cursor:
-        cursor.execute("LOCK TABLE customer IN ACCESS EXCLUSIVE MODE")  # the first miss waits; the rest queue on it
+        cursor.execute(
+            "LOCK TABLE customer IN ACCESS EXCLUSIVE MODE"
+        )  # the first miss waits; the rest queue on it
         with concurrent.futures.ThreadPoolExecutor(20) as pool:
             results = [pool.submit(cache.get, "cert-1") for _ in range(20)]
             time.sleep(0.2)
@@ -196,7 +210,10 @@ def test_a_verified_request_is_recalled_only_while_its_very_credential_is_fresh(
     cache.verified.remember(SIGNED, cache.get("cert-1"), AT, now=AT)
     assert cache.verified.recall(SIGNED, AT, clock_skew=300) == customer_id
     assert cache.verified.recall(("cert-1", "1700000000", "cd" * 32), AT, 300) is None
-    assert cache.verified.recall(SIGNED, AT + 301, 300) is None and cache.verified.recall(SIGNED, AT - 301, 300) is None
+    assert (
+        cache.verified.recall(SIGNED, AT + 301, 300) is None
+        and cache.verified.recall(SIGNED, AT - 301, 300) is None
+    )
     assert cache.verified.recall(SIGNED, AT + 301, 600) == customer_id  # the skew is the caller's
     cache.evict("cert-1")  # a change was announced
     assert cache.verified.recall(SIGNED, AT, 300) is None
@@ -209,7 +226,9 @@ def test_a_verified_request_is_recalled_only_while_its_very_credential_is_fresh(
 
 
 def test_a_request_verified_during_a_grace_period_is_recalled_only_until_it_ends(store, customers):
-    customer_id = customers.add("cert-1", "new-key", previous_client_key="old-key", previous_key_expires_at=AT + 60)
+    customer_id = customers.add(
+        "cert-1", "new-key", previous_client_key="old-key", previous_key_expires_at=AT + 60
+    )
     cache = cache_on(store, Clock())
     cache.verified.remember(SIGNED, cache.get("cert-1"), AT, now=AT)
     assert cache.verified.recall(SIGNED, AT + 59, 300) == customer_id

@@ -1,5 +1,6 @@
 """A tiny plugin of the tests' own, to test the Kong stand-in and the transports themselves
 (test_kong_standin.py, test_plugin_server.py). The action is the request's ``x-action`` header."""
+
 import json
 import os
 import sys
@@ -12,13 +13,16 @@ if "-g" in sys.argv:
 import gevent
 
 from customer_auth import plugin_server
-from customer_auth.plugin_server import start_dedicated_server  # the transport CUSTOMER_VERIFICATION_TRANSPORT names
+from customer_auth.plugin_server import (
+    start_dedicated_server,
+)  # the transport CUSTOMER_VERIFICATION_TRANSPORT names
 
 version = "0.1.0"
 priority = 10
 Schema = ({"greeting": {"type": "string", "default": "hello"}},)
 
-AFTER_EXIT = []  # what PDK calls made after kong.response.exit gave back (the "stats" action shows them)
+# What PDK calls made after kong.response.exit gave back (the "stats" action shows them).
+AFTER_EXIT = []
 
 
 class Plugin:
@@ -27,49 +31,60 @@ class Plugin:
 
     def access(self, kong):
         headers = kong.request.get_headers()
-        action = headers.get("x-action", ["pass"])[0]
-        if action == "exit":
-            kong.response.exit(418, {"message": "teapot"})
-            return
-        if action == "error":
-            kong.response.error(429, "slow down")
-            return
-        if action == "raise":
-            raise RuntimeError("boom")
-        if action == "bad-header":
-            try:
-                kong.service.request.set_header("x-bad", {"not": "a header"})
-            except Exception as error:  # --no-lua-style: a StepError arrives as PDKException
-                kong.service.request.set_header("x-step-error", str(error))
-            return
-        if action == "call-after-exit":
-            kong.response.exit(403, {"message": "no"})
-            try:
-                AFTER_EXIT.append(repr(kong.service.request.set_header("x-late", "1")))
-            except Exception as error:
-                AFTER_EXIT.append(str(error))
-            return
-        if action == "timeout":  # a gevent Timeout fires during each PDK call named, then the handler exits
-            for name in headers["x-calls"][0].split(","):
-                try:
-                    with gevent.Timeout(float(headers["x-seconds"][0])):
-                        getattr(kong.node, name)()
-                except gevent.Timeout:
-                    pass
-            gevent.sleep(float(headers.get("x-after", ["0"])[0]))
-            kong.response.exit(504, {"message": "timed out"})
-            return
-        if action == "hang":
-            gevent.sleep(3600)
-        if action == "big":  # an answer larger than the socket's buffer: sent in parts
-            kong.service.request.set_header("x-big", "b" * int(headers["x-size"][0]))
-            return
-        if action == "stats":
-            kong.response.exit(200, {"message": "stats", **stats()})
-            return
-        kong.client.authenticate(None, {"id": "tiny"})  # as an auth plugin: the fail-closed rule's test
-        kong.service.request.set_header("x-config", json.dumps(self.config, sort_keys=True))
-        kong.service.request.set_header("x-multi-count", str(len(headers.get("x-multi", []))))
+        ACTIONS.get(headers.get("x-action", ["pass"])[0], let_in)(self, kong, headers)
+
+
+def let_in(plugin, kong, headers):
+    kong.client.authenticate(None, {"id": "tiny"})  # as an auth plugin: the fail-closed rule's test
+    kong.service.request.set_header("x-config", json.dumps(plugin.config, sort_keys=True))
+    kong.service.request.set_header("x-multi-count", str(len(headers.get("x-multi", []))))
+
+
+def step_error(plugin, kong, headers):
+    try:
+        kong.service.request.set_header("x-bad", {"not": "a header"})
+    except Exception as error:  # --no-lua-style: a StepError arrives as PDKException
+        kong.service.request.set_header("x-step-error", str(error))
+
+
+def call_after_exit(plugin, kong, headers):
+    kong.response.exit(403, {"message": "no"})
+    try:
+        AFTER_EXIT.append(repr(kong.service.request.set_header("x-late", "1")))
+    except Exception as error:
+        AFTER_EXIT.append(str(error))
+
+
+def time_out(plugin, kong, headers):
+    """A gevent Timeout fires during each PDK call named, then the handler exits."""
+    for name in headers["x-calls"][0].split(","):
+        try:
+            with gevent.Timeout(float(headers["x-seconds"][0])):
+                getattr(kong.node, name)()
+        except gevent.Timeout:
+            pass
+    gevent.sleep(float(headers.get("x-after", ["0"])[0]))
+    kong.response.exit(504, {"message": "timed out"})
+
+
+def boom(plugin, kong, headers):
+    raise RuntimeError("boom")
+
+
+ACTIONS = {
+    "exit": lambda plugin, kong, headers: kong.response.exit(418, {"message": "teapot"}),
+    "error": lambda plugin, kong, headers: kong.response.error(429, "slow down"),
+    "raise": boom,
+    "bad-header": step_error,
+    "call-after-exit": call_after_exit,
+    "timeout": time_out,
+    "hang": lambda plugin, kong, headers: gevent.sleep(3600),
+    # an answer larger than the socket's buffer: sent in parts
+    "big": lambda plugin, kong, headers: kong.service.request.set_header(
+        "x-big", "b" * int(headers["x-size"][0])
+    ),
+    "stats": lambda plugin, kong, headers: kong.response.exit(200, {"message": "stats", **stats()}),
+}
 
 
 def stats():
@@ -80,8 +95,14 @@ def stats():
 
     with open("/proc/self/status") as status:
         rss = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
-    return {"greenlets": sum(1 for o in gc.get_objects() if isinstance(o, greenlet.greenlet) and not o.dead),
-            "fds": len(os.listdir("/proc/self/fd")), "rss_kib": rss, "after_exit": AFTER_EXIT[-3:]}
+    return {
+        "greenlets": sum(
+            1 for o in gc.get_objects() if isinstance(o, greenlet.greenlet) and not o.dead
+        ),
+        "fds": len(os.listdir("/proc/self/fd")),
+        "rss_kib": rss,
+        "after_exit": AFTER_EXIT[-3:],
+    }
 
 
 if __name__ == "__main__":
