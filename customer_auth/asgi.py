@@ -1,65 +1,82 @@
 """The verification as ASGI 3 middleware, websockets included; see customer_auth/middleware.py."""
 
+from __future__ import annotations
+
 import asyncio
 import urllib.parse
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
 
 from customer_auth.service_verification import (
     SAFE_IN_PATH,
+    Answer,
     BodyNeeded,
     StoreNeeded,
     Verification,
     decide,
 )
-from customer_auth.verification import BodyIncomplete, BodyTooLarge
+from customer_auth.verification import BodyIncomplete, BodyTooLarge, Customer
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from customer_auth.service_verification import Options
+
+# ASGI 3 (as Starlette types it): a connection's scope, its messages, and the application.
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class _ASGIRequest:
     """An HTTP request or websocket handshake (a GET, no body), every header line kept; the body
     is received only when the verifier asks about it (BodyNeeded, then ``receive``)."""
 
-    def __init__(self, scope):
+    def __init__(self, scope: Scope) -> None:
         self.scope = scope
-        self.headers = {}
+        self.headers: dict[str, list[str]] = {}
         for name, value in scope["headers"]:
             self.headers.setdefault(name.decode("latin-1").lower(), []).append(
                 value.decode("latin-1")
             )
-        self.messages = []  # what was received, to replay to the app
+        self.messages: list[Message] = []  # what was received, to replay to the app
         self._size = 0
         self._ended = scope["type"] == "websocket"  # a handshake has no body
-        self._problem = None  # BodyTooLarge or BodyIncomplete, once found
+        self._problem: Exception | None = None  # BodyTooLarge or BodyIncomplete, once found
 
-    def method(self):
-        return self.scope.get("method", "GET")
+    def method(self) -> str:
+        return str(self.scope.get("method", "GET"))
 
-    def target(self):
+    def target(self) -> str:
         raw = self.scope.get("raw_path")
-        path = (
+        path: str = (
             raw.decode("latin-1")
             if raw
             else urllib.parse.quote(self.scope["path"], safe=SAFE_IN_PATH)
         )
-        query = self.scope.get("query_string", b"").decode("latin-1")
+        query: str = self.scope.get("query_string", b"").decode("latin-1")
         return f"{path}?{query}" if query else path
 
-    def scheme(self):
-        return self.scope.get("scheme", "http")
+    def scheme(self) -> str:
+        return str(self.scope.get("scheme", "http"))
 
-    def has_body(self):
+    def has_body(self) -> bool:
         if self._size or self._problem:
             return True
         if not self._ended:
             raise BodyNeeded(whole=False)
         return False
 
-    def body(self, limit):
+    def body(self, limit: int) -> bytes:
         if not self._ended and not self._problem:
             raise BodyNeeded(whole=True)
         if self._problem:
             raise self._problem
         return b"".join(message.get("body", b"") for message in self.messages)
 
-    async def receive(self, receive, whole, limit):
+    async def receive(self, receive: Receive, whole: bool, limit: int) -> None:
         """Receives the body (``whole``) or its first message, never more than ``limit`` bytes."""
         while not self._ended and not self._problem:
             message = await receive()
@@ -80,11 +97,11 @@ class ASGIMiddleware:
     runs; lifespan scopes pass through. A cache hit is answered on the event loop; a lookup in the
     store runs off it. See the module."""
 
-    def __init__(self, app, **options):
+    def __init__(self, app: ASGIApp, **options: Unpack[Options]) -> None:
         self.app = app
         self._verification = Verification(options)
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         verification = self._verification
@@ -99,12 +116,15 @@ class ASGIMiddleware:
         customer, answer = await self._decide(request, receive)
         if answer is not None:
             return await _refuse(scope, send, *answer)
+        assert customer is not None  # decide gives one or the other
         scope.setdefault("state", {})["customer_id"] = customer.customer_id
         await self.app(
             scope, _replay(request.messages, receive) if request.messages else receive, send
         )
 
-    async def _decide(self, request, receive):
+    async def _decide(
+        self, request: _ASGIRequest, receive: Receive
+    ) -> tuple[Customer | None, Answer | None]:
         """The core's decision, asked again when it needs what is not here yet: the body (received
         on the loop) or a credential not in memory (looked up off the loop)."""
         verifier, memory_verifier = self._verification.verifiers()
@@ -121,7 +141,9 @@ class ASGIMiddleware:
                 await request.receive(receive, needed.whole, limit)
 
 
-async def _refuse(scope, send, status, headers, payload):
+async def _refuse(
+    scope: Scope, send: Send, status: str, headers: list[tuple[str, str]], payload: bytes
+) -> None:
     """The rejection as an HTTP answer; a websocket handshake is refused before it is accepted,
     with the answer itself where the server offers ``websocket.http.response``, else a close
     (which the server turns into a 403)."""
@@ -137,10 +159,10 @@ async def _refuse(scope, send, status, headers, payload):
         await send({"type": "websocket.close", "code": 1008})
 
 
-def _replay(messages, receive):
+def _replay(messages: list[Message], receive: Receive) -> Receive:
     pending = list(messages)
 
-    async def replayed():
+    async def replayed() -> Message:
         return pending.pop(0) if pending else await receive()
 
     return replayed

@@ -9,10 +9,20 @@ Every RFC 9421 signature carries a fresh random ``nonce`` unless told not to: a 
 ``replay_protection`` accepts each nonce once, and others ignore it.
 """
 
+from __future__ import annotations
+
 import base64
+import datetime
 import secrets
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from customer_auth import signature
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+Request = TypeVar("Request")  # a requests.PreparedRequest or an httpx.Request
 
 # What the gateway requires by default; Content-Digest is added when there is a body.
 COVERED_COMPONENTS = ("@method", "@path", "@query")
@@ -23,22 +33,22 @@ class StreamingBody(TypeError):
     """A request whose body is a stream cannot be signed: its digest needs every byte first."""
 
 
-def new_nonce():
+def new_nonce() -> str:
     """128 random bits in base64url without padding (22 characters)."""
     return secrets.token_urlsafe(16)
 
 
 def sign_message(
-    message,
-    certificate_id,
+    message: Any,
+    certificate_id: str,
     *,
-    client_key=None,
-    private_key=None,
-    body=None,
-    created=None,
-    covered_components=COVERED_COMPONENTS,
-    nonce=True,
-):
+    client_key: str | None = None,
+    private_key: Ed25519PrivateKey | None = None,
+    body: bytes | None = None,
+    created: datetime.datetime | None = None,
+    covered_components: Sequence[str] = COVERED_COMPONENTS,
+    nonce: str | bool = True,
+) -> None:
     """Adds ``Signature-Input`` and ``Signature`` (and ``Content-Digest`` for a body) to
     ``message``: anything with ``method``, an absolute ``url`` and ``headers``, such as a
     ``requests.PreparedRequest`` or an ``httpx.Request``. Exactly one of ``client_key`` (a shared
@@ -49,11 +59,13 @@ def sign_message(
     if (client_key is None) == (private_key is None):
         raise ValueError("give a client_key or a private_key")
 
-    class OneKey(HTTPSignatureKeyResolver):
-        def resolve_private_key(self, key_id):
-            return private_key if private_key is not None else client_key.encode("utf-8")
+    secret = private_key if private_key is not None else str(client_key).encode("utf-8")
 
-        def resolve_public_key(self, key_id):
+    class OneKey(HTTPSignatureKeyResolver):
+        def resolve_private_key(self, key_id: str) -> object:
+            return secret
+
+        def resolve_public_key(self, key_id: str) -> object:
             raise NotImplementedError("signing only")
 
     algorithm = algorithms.ED25519 if private_key is not None else algorithms.HMAC_SHA256
@@ -68,11 +80,12 @@ def sign_message(
     )
 
 
-def _body(request):
+def _body(request: Any) -> bytes | None:
     """The body bytes of a requests or httpx request; StreamingBody for a stream."""
     if hasattr(request, "content"):  # httpx
         try:
-            return request.content
+            content: bytes = request.content
+            return content
         except Exception as error:  # httpx.RequestNotRead
             raise StreamingBody(
                 f"cannot sign a streaming body ({type(error).__name__}): send bytes"
@@ -93,8 +106,14 @@ class SignedRequestAuth:
     """
 
     def __init__(
-        self, certificate_id, client_key=None, *, private_key=None, scheme="rfc9421", nonce=True
-    ):
+        self,
+        certificate_id: str,
+        client_key: str | None = None,
+        *,
+        private_key: Ed25519PrivateKey | None = None,
+        scheme: Literal["rfc9421", "v1"] = "rfc9421",
+        nonce: str | bool = True,
+    ) -> None:
         if scheme not in ("rfc9421", "v1"):
             raise ValueError("scheme is rfc9421 or v1")
         if scheme == "v1" and client_key is None:
@@ -105,9 +124,10 @@ class SignedRequestAuth:
         self._private_key = private_key
         self._nonce = nonce
 
-    def __call__(self, request):
+    def __call__(self, request: Request) -> Request:
         if self.scheme == "v1":
-            request.headers.update(signature.signed_headers(self.certificate_id, self._client_key))
+            headers = signature.signed_headers(self.certificate_id, str(self._client_key))
+            request.headers.update(headers)  # type: ignore[attr-defined]
         else:
             sign_message(
                 request,
@@ -119,11 +139,11 @@ class SignedRequestAuth:
             )
         return request
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"SignedRequestAuth(certificate_id={self.certificate_id!r}, scheme={self.scheme!r})"
 
 
-def load_public_key(text):
+def load_public_key(text: str) -> bytes:
     """The raw 32 bytes of an ed25519 public key given as PEM or as base64 of the raw key."""
     text = text.strip()
     if text.startswith("-----BEGIN"):
@@ -140,7 +160,7 @@ def load_public_key(text):
     return raw
 
 
-def load_private_key(text):
+def load_private_key(text: str) -> Ed25519PrivateKey:
     """An ed25519 private key from PEM (PKCS#8)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import hmac
 import re
+from collections.abc import Mapping
 
 from customer_auth.signature import (
     BadSignature,
@@ -218,7 +219,7 @@ def _signature_from_parsed(label, value, params):
     return value
 
 
-def choose(inputs, signatures, required_components, nonce_required=False):
+def choose(inputs, signatures, required_components, nonce_required=False) -> MessageSignature:
     """The first signature whose parameters meet the policy; PolicyViolation if none does.
 
     ``required_components`` must all be covered; ``created`` (an integer) and ``keyid`` (a
@@ -294,7 +295,7 @@ class Message:
     )
     target: object
     scheme: object
-    headers: dict  # lower-case name -> [value, ...] as received
+    headers: Mapping[str, list[str]]  # lower-case name -> [value, ...] as received
 
 
 def component_value(message, name):

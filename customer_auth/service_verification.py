@@ -1,41 +1,85 @@
 """The verification a Python service's middleware (customer_auth/wsgi.py, asgi.py) hands its
 requests to: the options and exempt routes, the process's verifiers, a rejection's answer."""
 
+from __future__ import annotations
+
 import http
 import json
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypedDict
 
 from customer_auth import metrics, schema
 from customer_auth.credentials import Credentials
-from customer_auth.verification import Rejection, Verifier, internal_error
+from customer_auth.verification import (
+    Customer,
+    Rejection,
+    RequestView,
+    Verifier,
+    internal_error,
+)
+
+if TYPE_CHECKING:
+    from customer_auth.cache import CredentialCache
+    from customer_auth.lookup import Credential
+    from customer_auth.nonces import NonceStore
 
 log = logging.getLogger("customer_verification")
 
 SAFE_IN_PATH = "/:@!$&'()*+,;=~-._"
 
+ExemptRule = str | Callable[[str], bool]  # a path prefix, or a predicate on the path
+Answer = tuple[str, list[tuple[str, str]], bytes]  # status line, headers, body
+
+
+class Options(TypedDict, total=False):
+    """The middleware's options: the plugin's (customer_auth/schema.py, same defaults) and
+    ``exempt`` (tests/test_docs.py holds the two lists to each other)."""
+
+    exempt: Sequence[ExemptRule]
+    signature_schemes: list[str]
+    required_components: list[str]
+    max_body_size: int
+    certificate_id_header: str
+    request_time_header: str
+    signature_header: str
+    customer_id_header: str
+    clock_skew: int
+    cache_ttl: float
+    negative_cache_ttl: float
+    stale_ttl: float
+    cache_size: int
+    hide_credentials: bool
+    consumer_by: list[str]
+    consumer_optional: bool
+    anonymous: str | None
+    run_on_preflight: bool
+    replay_protection: bool
+
 
 class Verification:
     """Options, exempt routes and, per process, the verifier over the process's credential cache."""
 
-    def __init__(self, options):
-        exempt = options.pop("exempt", ())
-        unknown = set(options) - set(schema.DEFAULTS)
+    def __init__(self, options: Options) -> None:
+        unknown = set(options) - set(schema.DEFAULTS) - {"exempt"}
         if unknown:
             raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
-        self.config = schema.with_defaults(options)
+        exempt = options.get("exempt", ())
+        self.config = schema.with_defaults({k: v for k, v in options.items() if k != "exempt"})
         self.customer_id_header = self.config["customer_id_header"].lower()
         self._prefixes = tuple(rule for rule in exempt if isinstance(rule, str))
         self._predicates = tuple(rule for rule in exempt if callable(rule))
-        self._pid = None
+        self._pid: int | None = None
+        self._verifiers: tuple[Verifier, Verifier]
 
-    def exempt(self, path):
+    def exempt(self, path: str) -> bool:
         return any(_under(path, rule) for rule in self._prefixes) or any(
             rule(path) for rule in self._predicates
         )
 
-    def verifiers(self):
+    def verifiers(self) -> tuple[Verifier, Verifier]:
         """``(verifier, memory_verifier)`` of this process (never inherited); the second answers
         only from the cache (a miss raises StoreNeeded)."""
         if self._pid != os.getpid():
@@ -55,7 +99,7 @@ class Verification:
         return self._verifiers
 
     @staticmethod
-    def rejected(rejection):
+    def rejected(rejection: Rejection) -> Answer:
         rejection.log()
         metrics.REQUESTS_BY_OUTCOME[rejection.outcome].inc()
         body = json.dumps({"message": rejection.message}).encode()
@@ -67,7 +111,7 @@ class Verification:
         return f"{rejection.status} {http.HTTPStatus(rejection.status).phrase}", headers, body
 
 
-def _under(path, prefix):
+def _under(path: str, prefix: str) -> bool:
     """Whether ``prefix`` covers ``path``: the prefix itself or a path below it, segment-wise."""
     if "/./" in path + "/" or "/../" in path + "/":
         return False  # a dot segment may lead the app's router out from under the prefix
@@ -82,36 +126,37 @@ class StoreNeeded(Exception):
 class BodyNeeded(Exception):
     """The verifier asked about a body not yet received (ASGI: receiving is awaited)."""
 
-    def __init__(self, whole):
+    def __init__(self, whole: bool) -> None:
         self.whole = whole  # all of it, or only enough to tell whether there is one
 
 
 class _MemoryOnly:
-    def __init__(self, cache):  # the cache's interface, answered from memory only
+    def __init__(self, cache: CredentialCache) -> None:  # the cache's interface, from memory only
         self._cache = cache
         self.verified = cache.verified
 
-    def get(self, certificate_id):
+    def get(self, certificate_id: str) -> Credential | None:
         hit, credential = self._cache.cached(certificate_id)
         if not hit:
             raise StoreNeeded()
-        return credential
+        found: Credential | None = credential
+        return found
 
 
 class _MemoryOnlyNonces:
     """The nonce store's interface, answered from memory only: a replay seen here is refused, a
     claim on the primary raises StoreNeeded."""
 
-    def __init__(self, nonces):
+    def __init__(self, nonces: NonceStore) -> None:
         self._nonces = nonces
 
-    def claim(self, certificate_id, nonce, fresh_until):
+    def claim(self, certificate_id: str, nonce: str, fresh_until: float) -> bool:
         if self._nonces.seen.recall((certificate_id, nonce), time.time()):
             return False
         raise StoreNeeded()
 
 
-def decide(verifier, request):
+def decide(verifier: Verifier, request: RequestView) -> tuple[Customer | None, Answer | None]:
     """The customer, or the answer ``(status line, headers, body)`` for a rejection."""
     try:
         customer = verifier.authenticate(request)

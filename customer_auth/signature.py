@@ -5,9 +5,12 @@ A client sends three headers; the signature is the hex SHA-256 of
 (Unix epoch seconds). Every check raises its own exception, which the plugin maps to a response.
 """
 
+from __future__ import annotations
+
 import hashlib
 import hmac
 import time
+from collections.abc import Iterable
 
 CERTIFICATE_ID_HEADER = "client-certificate-id"
 REQUEST_TIME_HEADER = "client-request-time"
@@ -34,15 +37,17 @@ class BadSignature(SignatureError):
     """The signature does not match any key the customer may sign with."""
 
 
-def sign(certificate_id, client_key, request_time):
+def sign(certificate_id: str, client_key: str, request_time: str) -> str:
     return _digest(certificate_id, client_key, request_time).hex()
 
 
-def _digest(certificate_id, client_key, request_time):
+def _digest(certificate_id: str, client_key: str, request_time: str) -> bytes:
     return hashlib.sha256(f"{certificate_id}|{client_key}|{request_time}".encode()).digest()
 
 
-def signed_headers(certificate_id, client_key, now=None):
+def signed_headers(
+    certificate_id: str, client_key: str, now: float | None = None
+) -> dict[str, str]:
     request_time = str(int(time.time() if now is None else now))
     return {
         CERTIFICATE_ID_HEADER: certificate_id,
@@ -51,7 +56,7 @@ def signed_headers(certificate_id, client_key, now=None):
     }
 
 
-def parse_certificate_id(text):
+def parse_certificate_id(text: str) -> str:
     # Visible ASCII only (printable ASCII is 0x20-0x7e, then no space): header values are Latin-1
     # on the wire, and a bound keeps hostile input away from the database and the logs. No comma:
     # a server may join two lines of a header with one (RFC 9110), and two ids must not pass as one.
@@ -68,13 +73,13 @@ def parse_certificate_id(text):
     return text
 
 
-def parse_request_time(text):
+def parse_request_time(text: str) -> str:
     if not (0 < len(text) <= MAX_REQUEST_TIME_DIGITS and text.isascii() and text.isdigit()):
         raise MalformedSignature("request time must be Unix epoch seconds")
     return text  # kept as sent: the signature covers the text, not the number
 
 
-def parse_signature(text):
+def parse_signature(text: str) -> bytes:
     """The SHA-256 digest the header carries as hex, in either case."""
     try:
         # fromhex skips spaces, so 64 characters give 32 bytes only if all are hex digits.
@@ -86,7 +91,7 @@ def parse_signature(text):
     return digest
 
 
-def check_fresh(request_time, clock_skew, now=None):
+def check_fresh(request_time: str, clock_skew: float, now: float | None = None) -> None:
     now = time.time() if now is None else now
     offset = now - int(request_time)
     if abs(offset) > clock_skew:
@@ -96,7 +101,9 @@ def check_fresh(request_time, clock_skew, now=None):
         )
 
 
-def verify(signature, certificate_id, request_time, client_keys):
+def verify(
+    signature: bytes, certificate_id: str, request_time: str, client_keys: Iterable[str]
+) -> None:
     """Accept if ``signature`` was made with any of ``client_keys``.
 
     ``signature`` is the digest ``parse_signature`` returns; ``request_time`` is the header text

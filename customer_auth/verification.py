@@ -9,12 +9,19 @@ framing, never a re-reading of the headers) and ``body(limit)`` (the raw body, B
 beyond ``limit`` bytes).
 """
 
-import collections
+from __future__ import annotations
+
 import logging
 import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 from customer_auth import message_signatures, signature
 from customer_auth.connection import StoreUnavailable
+
+if TYPE_CHECKING:
+    from customer_auth.cache import VerifiedRequests
+    from customer_auth.lookup import Credential
 
 log = logging.getLogger("customer_verification")
 
@@ -23,7 +30,43 @@ DIGEST = "content-digest"  # the component that binds the body
 V1_HEADERS = ("certificate_id_header", "request_time_header", "signature_header")  # config fields
 
 
-Customer = collections.namedtuple("Customer", "customer_id certificate_id")  # a verified caller
+Headers = Mapping[str, list[str]]  # lower-case name -> every value as received
+Config = Mapping[str, Any]  # the plugin's options (customer_auth/schema.py), defaults filled in
+
+
+class Customer(NamedTuple):
+    """A verified caller."""
+
+    customer_id: str
+    certificate_id: str
+
+
+class RequestView(Protocol):
+    """The request as the server that carries it passes it on (see the module)."""
+
+    @property
+    def headers(self) -> Headers: ...
+
+    def method(self) -> str: ...
+    def target(self) -> str: ...
+    def scheme(self) -> str: ...
+    def has_body(self) -> bool: ...
+    def body(self, limit: int) -> bytes: ...
+
+
+class CredentialSource(Protocol):
+    """The credential cache (customer_auth/cache.py), or a view of it answering from memory."""
+
+    @property
+    def verified(self) -> VerifiedRequests: ...
+
+    def get(self, certificate_id: str) -> Credential | None: ...
+
+
+class NonceClaims(Protocol):
+    """The nonce store of replay protection (customer_auth/nonces.py)."""
+
+    def claim(self, certificate_id: str, nonce: str, fresh_until: float) -> bool: ...
 
 
 class BodyTooLarge(Exception):
@@ -44,14 +87,21 @@ class Rejection(Exception):
         503: "unavailable",
     }  # by status
 
-    def __init__(self, status, message, reason, outcome=None, headers=None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        reason: str,
+        outcome: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(reason)
         self.status = status
         self.message = message
         self.outcome = outcome or self.OUTCOMES[status]  # the requests_total label
         self.headers = headers or {}  # response headers, e.g. Accept-Signature
 
-    def log(self):
+    def log(self) -> None:
         """A failing store is the operator's problem (a warning, which reaches Kong's error log);
         a client's mistake, or an error already logged where it happened, stays at INFO."""
         if self.outcome == "unavailable":
@@ -60,22 +110,22 @@ class Rejection(Exception):
             log.info("rejected with %d: %s", self.status, self)
 
 
-def missing(header, headers=None):
+def missing(header: str, headers: dict[str, str] | None = None) -> Rejection:
     return Rejection(400, f"Missing {header} header", f"no {header} header", headers=headers)
 
 
-def repeated(header):
+def repeated(header: str) -> Rejection:
     return Rejection(400, f"Header {header} must be sent once", f"{header} sent more than once")
 
 
-def too_many_headers(limit):
+def too_many_headers(limit: int) -> Rejection:
     # Verifying on a partial view could miss a second copy of a signed header, or the framing.
     return Rejection(
         400, f"Request has more than {limit} header lines", f"more than {limit} header lines"
     )
 
 
-def policy_violation(error, headers):
+def policy_violation(error: Exception, headers: dict[str, str]) -> Rejection:
     return Rejection(
         400,
         f"Signature does not meet this route's policy: {error}",
@@ -84,19 +134,21 @@ def policy_violation(error, headers):
     )
 
 
-def malformed(header, error, headers=None):
+def malformed(
+    header: str, error: Exception | str, headers: dict[str, str] | None = None
+) -> Rejection:
     return Rejection(
         400, f"Malformed {header} header: {error}", f"malformed {header}: {error}", headers=headers
     )
 
 
-def unverified(reason):
+def unverified(reason: str) -> Rejection:
     # One answer for unknown certificate, wrong signature, digest mismatch and stale time: the
     # client learns nothing about which certificates exist. The reason goes to the log only.
     return Rejection(403, "Request signature could not be verified", reason)
 
 
-def nonce_required(headers):
+def nonce_required(headers: dict[str, str]) -> Rejection:
     # A v1 signature cannot carry a nonce: it could be replayed within the clock skew.
     return Rejection(
         400,
@@ -106,7 +158,7 @@ def nonce_required(headers):
     )
 
 
-def scheme_required(schemes):
+def scheme_required(schemes: Sequence[str]) -> Rejection:
     return Rejection(
         403,
         f"This route requires {' or '.join(SCHEME_NAMES[name] for name in schemes)}",
@@ -114,15 +166,15 @@ def scheme_required(schemes):
     )
 
 
-def too_large(limit):
+def too_large(limit: int) -> Rejection:
     return Rejection(413, f"Request body is larger than {limit} bytes", "body over max_body_size")
 
 
-def unavailable(reason, outcome=None):
+def unavailable(reason: str, outcome: str | None = None) -> Rejection:
     return Rejection(503, "Authentication is temporarily unavailable", reason, outcome)
 
 
-def internal_error():
+def internal_error() -> Rejection:
     return unavailable("internal error", outcome="error")
 
 
@@ -132,7 +184,9 @@ SCHEME_NAMES = {V1: "the client-* signature headers", RFC9421: "HTTP Message Sig
 class Verifier:
     """The rules, for one configuration (the plugin's config fields) over a credential cache."""
 
-    def __init__(self, config, credentials, nonces=None):
+    def __init__(
+        self, config: Config, credentials: CredentialSource, nonces: NonceClaims | None = None
+    ) -> None:
         """``nonces``: the NonceStore that replay_protection claims nonces in."""
         self.config = config
         self.credentials = credentials
@@ -146,7 +200,7 @@ class Verifier:
         # Replay protection takes RFC 9421 signatures only: a v1 signature has no nonce.
         self.schemes = (RFC9421,) if self.replay_protection else tuple(config["signature_schemes"])
 
-    def authenticate(self, request):
+    def authenticate(self, request: RequestView) -> Customer:
         """The Customer of a correctly signed request; Rejection otherwise."""
         headers = request.headers
         if RFC9421 in self.schemes and ("signature-input" in headers or "signature" in headers):
@@ -163,7 +217,7 @@ class Verifier:
 
     # -- v1: the three client-* headers -----------------------------------------------------
 
-    def _v1(self, headers):
+    def _v1(self, headers: Headers) -> Customer:
         certificate_id_header, request_time_header, signature_header = self.v1_headers
         signed = (
             self._one_value(headers, certificate_id_header),
@@ -178,7 +232,7 @@ class Verifier:
             else Customer(customer_id, signed[0])
         )
 
-    def _verify_v1(self, signed, now):
+    def _verify_v1(self, signed: tuple[str, str, str], now: float) -> Customer:
         """Checks the three header values in full, and remembers them once verified."""
         names = self.v1_headers
         certificate_id = _parse(signed[0], names[0], signature.parse_certificate_id)
@@ -199,7 +253,7 @@ class Verifier:
         return Customer(credential.customer_id, certificate_id)
 
     @staticmethod
-    def _one_value(headers, name):
+    def _one_value(headers: Headers, name: str) -> str:
         values = headers.get(name)
         if not values:
             raise missing(name)
@@ -215,7 +269,7 @@ class Verifier:
 
     # -- RFC 9421 ---------------------------------------------------------------------------
 
-    def _rfc9421(self, request):
+    def _rfc9421(self, request: RequestView) -> Customer:
         """Parse, choose by policy, rebuild the base, check the clock, the credential and the
         signature; only a signature that verified gets its body read and digested (a forged one
         costs the server no body), and only such a signature learns anything about the body."""
@@ -263,7 +317,9 @@ class Verifier:
             self._claim_nonce(chosen, reference)
         return Customer(credential.customer_id, chosen.keyid)
 
-    def _choose(self, request, inputs, signatures, required):
+    def _choose(
+        self, request: RequestView, inputs: Any, signatures: Any, required: Sequence[str]
+    ) -> message_signatures.MessageSignature:
         """The signature that meets the route's policy. A signature without the body's digest
         meets it only when the server will forward no body (asked of the server, whatever the
         headers say: a digest of nothing proves nothing, and a body it does not bind is forged)."""
@@ -281,7 +337,7 @@ class Verifier:
                 violation = error
         raise policy_violation(violation, self._accept_signature())
 
-    def _check_body(self, request, headers, reference):
+    def _check_body(self, request: RequestView, headers: Headers, reference: str) -> None:
         limit = self.config["max_body_size"]
         try:
             body = request.body(limit)
@@ -298,12 +354,14 @@ class Verifier:
         except signature.MalformedSignature as error:
             raise malformed("Content-Digest", error) from None
 
-    def _claim_nonce(self, chosen, reference):
+    def _claim_nonce(self, chosen: message_signatures.MessageSignature, reference: str) -> None:
         """The last check, once all else holds (a forged or altered request burns no nonce): the
         nonce's first use for this certificate while the signature is fresh, on any node."""
         fresh_until = chosen.created + self.config["clock_skew"]
         if chosen.expires is not None:
             fresh_until = min(fresh_until, chosen.expires)
+        assert self.nonces is not None  # the constructor saw to it
+        assert chosen.nonce is not None  # and choose, since the route requires one
         try:
             claimed = self.nonces.claim(chosen.keyid, chosen.nonce, fresh_until)
         except StoreUnavailable as error:
@@ -313,7 +371,7 @@ class Verifier:
 
     # -- shared ------------------------------------------------------------------------------
 
-    def _accept_signature(self):
+    def _accept_signature(self) -> dict[str, str]:
         """The response header saying what to sign (built only for an answer that carries it)."""
         return {
             "Accept-Signature": message_signatures.accept_signature(
@@ -321,7 +379,7 @@ class Verifier:
             )
         }
 
-    def _credential(self, certificate_id):
+    def _credential(self, certificate_id: str) -> Credential:
         try:
             credential = self.credentials.get(certificate_id)
         except StoreUnavailable as error:
@@ -333,7 +391,10 @@ class Verifier:
         return credential
 
 
-def _parse(value, name, parse):
+Parsed = TypeVar("Parsed")
+
+
+def _parse(value: str, name: str, parse: Callable[[str], Parsed]) -> Parsed:
     try:
         return parse(value)
     except signature.MalformedSignature as error:

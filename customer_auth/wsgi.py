@@ -1,10 +1,20 @@
 """The verification as WSGI (PEP 3333) middleware; see customer_auth/middleware.py."""
 
+from __future__ import annotations
+
 import io
 import urllib.parse
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from customer_auth.service_verification import SAFE_IN_PATH, Verification, decide
 from customer_auth.verification import BodyIncomplete, BodyTooLarge
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from typing_extensions import Buffer, Unpack
+
+    from customer_auth.service_verification import Options
 
 CUSTOMER_ID_KEY = "customer_verification.customer_id"  # in the WSGI environ
 
@@ -12,9 +22,9 @@ CUSTOMER_ID_KEY = "customer_verification.customer_id"  # in the WSGI environ
 class _WSGIRequest:
     """A header sent twice arrives joined with a comma (gunicorn, wsgiref): RFC 9110's join."""
 
-    def __init__(self, environ):
+    def __init__(self, environ: WSGIEnvironment) -> None:
         self.environ = environ
-        self.headers = {
+        self.headers: dict[str, list[str]] = {
             key[5:].replace("_", "-").lower(): [value]
             for key, value in environ.items()
             if key.startswith("HTTP_")
@@ -23,15 +33,15 @@ class _WSGIRequest:
             if environ.get(key):
                 self.headers[key.replace("_", "-").lower()] = [environ[key]]
 
-    def method(self):
-        return self.environ["REQUEST_METHOD"]
+    def method(self) -> str:
+        return str(self.environ["REQUEST_METHOD"])
 
-    def target(self):
+    def target(self) -> str:
         """The raw target where the server gives it (gunicorn: RAW_URI, uWSGI: REQUEST_URI);
         else rebuilt from PEP 3333's decoded PATH_INFO, percent-encoding what must be."""
         raw = self.environ.get("RAW_URI") or self.environ.get("REQUEST_URI")
         if raw:
-            return raw
+            return str(raw)
         path = urllib.parse.quote(
             self.environ.get("SCRIPT_NAME", "") + self.environ.get("PATH_INFO", ""),
             safe=SAFE_IN_PATH,
@@ -40,10 +50,10 @@ class _WSGIRequest:
         query = self.environ.get("QUERY_STRING", "")
         return f"{path}?{query}" if query else path
 
-    def scheme(self):
-        return self.environ["wsgi.url_scheme"]
+    def scheme(self) -> str:
+        return str(self.environ["wsgi.url_scheme"])
 
-    def has_body(self):
+    def has_body(self) -> bool:
         """What the app would read: a server that frames the input (``wsgi.input_terminated``:
         gunicorn, werkzeug) is asked for a byte, kept for the app; else CONTENT_LENGTH's number."""
         if self.environ.get("wsgi.input_terminated"):
@@ -58,14 +68,16 @@ class _WSGIRequest:
         length = self.environ.get("CONTENT_LENGTH", "").strip()
         return (length.isdigit() and int(length) > 0) or "HTTP_TRANSFER_ENCODING" in self.environ
 
-    def body(self, limit):
+    def body(self, limit: int) -> bytes:
         """Reads the body as the server frames it, up to ``limit``; the app gets a fresh input."""
         length = self.environ.get("CONTENT_LENGTH", "").strip()
         declared = int(length) if length.isdigit() else None
         if declared is not None and declared > limit:
             raise BodyTooLarge()
         framed = declared is None or self.environ.get("wsgi.input_terminated")
-        wanted, chunks, size = limit + 1 if framed else declared, [], 0
+        wanted = limit + 1 if framed or declared is None else declared
+        chunks: list[bytes] = []
+        size = 0
         try:
             while size < wanted:
                 chunk = self.environ["wsgi.input"].read(wanted - size)
@@ -89,26 +101,28 @@ class _WSGIRequest:
 class _Prepended(io.RawIOBase):
     """A WSGI input with the byte already read put back in front (wrapped in a BufferedReader)."""
 
-    def __init__(self, head, stream):
+    def __init__(self, head: bytes, stream: Any) -> None:
         self._head, self._stream = head, stream
 
-    def readable(self):
+    def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer):
-        data, self._head = self._head or self._stream.read(len(buffer)), b""
-        buffer[: len(data)] = data
+    def readinto(self, buffer: Buffer) -> int:
+        view = memoryview(buffer)
+        data: bytes = self._head or self._stream.read(len(view))
+        self._head = b""
+        view[: len(data)] = data
         return len(data)
 
 
 class WSGIMiddleware:
     """Verifies every request before ``app`` (a PEP 3333 application) runs; see the module."""
 
-    def __init__(self, app, **options):
+    def __init__(self, app: WSGIApplication, **options: Unpack[Options]) -> None:
         self.app = app
         self._verification = Verification(options)
 
-    def __call__(self, environ, start_response):
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         verification = self._verification
         environ.pop("HTTP_" + verification.customer_id_header.upper().replace("-", "_"), None)
         if verification.exempt(environ.get("PATH_INFO", "")):
@@ -118,5 +132,6 @@ class WSGIMiddleware:
             status, headers, body = answer
             start_response(status, headers)
             return [body]
+        assert customer is not None  # decide gives one or the other
         environ[CUSTOMER_ID_KEY] = customer.customer_id
         return self.app(environ, start_response)

@@ -69,3 +69,9 @@ def test_mypy_strict_passes_on_the_public_api():
         [os.path.join(BIN, "mypy")], cwd=ROOT, capture_output=True, text=True, timeout=280
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_middlewares_typed_options_are_the_plugins():
+    from customer_auth.service_verification import Options
+
+    assert set(Options.__annotations__) == set(schema.DEFAULTS) | {"exempt"}
