@@ -119,9 +119,8 @@ class KongRequest:
 
     def _raw_body(self, limit):
         try:
-            body = pdk_value(
-                self._kong.request.get_raw_body(limit)
-            )  # also a body Kong put in a file
+            # also a body Kong put in a file
+            body = pdk_value(self._kong.request.get_raw_body(limit))
         except (
             Exception
         ) as error:  # PDKError, or kong-pdk's PDKException: "request body file too big"
@@ -205,9 +204,8 @@ class Plugin:
         ):
             # Unauthenticated, so no identity header the client sent may pass on.
             pdk_value(kong.service.request.set_headers(self.upstream_headers(None, None)))
-            pdk_value(
-                kong.ctx.shared.set(PREFLIGHT_MARK, True)
-            )  # for the fail-closed rule (kong.yml)
+            # for the fail-closed rule (kong.yml)
+            pdk_value(kong.ctx.shared.set(PREFLIGHT_MARK, True))
             return True
         return self.anonymous is not None and pdk_value(kong.client.get_credential()) is not None
 
@@ -345,9 +343,10 @@ def accept_raw_bytes():
 
 
 if __name__ == "__main__":
+    # kong-pdk's, on the lean transport
     from customer_auth.plugin_server import (
         start_dedicated_server,
-    )  # kong-pdk's, on the lean transport
+    )
 
     level = os.environ.get("CUSTOMER_VERIFICATION_LOG_LEVEL", "").strip().upper() or "INFO"
     logging.basicConfig(

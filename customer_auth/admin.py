@@ -24,9 +24,8 @@ from customer_auth import client, signature
 from customer_auth.connection import PRIMARY, InvalidSettings, Settings, connect, describe
 
 DEFAULT_GRACE = 24 * 3600
-MAX_GRACE = (
-    30 * 24 * 3600
-)  # a rotation is meant to end: longer would keep an old key alive for good
+# a rotation is meant to end: longer would keep an old key alive for good
+MAX_GRACE = 30 * 24 * 3600
 
 EXIT_USAGE, EXIT_EXISTS, EXIT_UNKNOWN, EXIT_DATABASE = 2, 3, 4, 5
 

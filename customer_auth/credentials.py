@@ -22,9 +22,8 @@ class Credentials:
     def __init__(self, settings):
         self.pid = os.getpid()
         self.store = CustomerStore(settings)
-        self.nonces = NonceStore(
-            settings
-        )  # connects to the primary only once a protected route asks
+        # connects to the primary only once a protected route asks
+        self.nonces = NonceStore(settings)
         self._caches = weakref.WeakValueDictionary()  # settings -> CredentialCache
         self._caches_lock = threading.Lock()
         self.listener = ChangeListener(settings, self._changed, on_lost=self.store.close)

@@ -13,9 +13,8 @@ from greenlet import GreenletExit, getcurrent, greenlet
 from kong_pdk.exception import PDKException
 
 RET = "ret"  # the answer's Data when the handler has finished
-TERMINAL_METHODS = frozenset(
-    ("kong.response.exit", "kong.response.error")
-)  # Kong never answers these
+# Kong never answers these
+TERMINAL_METHODS = frozenset(("kong.response.exit", "kong.response.error"))
 
 
 class Failure:
@@ -77,9 +76,8 @@ class Event(greenlet):
                 "gave it up): Kong answers no more PDK calls",
             )
         if method == "kong.log" or method.startswith("kong.log."):
-            args = [
-                arg if type(arg) in (str, int, list, dict) else str(arg) for arg in args
-            ]  # as kong-pdk
+            # as kong-pdk
+            args = [arg if type(arg) in (str, int, list, dict) else str(arg) for arg in args]
         output = {"Method": method, "Args": args}
         self.parked = True
         try:

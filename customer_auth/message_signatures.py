@@ -150,9 +150,8 @@ def _parse_dictionary(text):
     if labels:
         raise MalformedSignature("a label appears twice")
     if not all(_LABEL.fullmatch(label) for label in parsed):
-        raise MalformedSignature(
-            "a label is longer than 64 characters"
-        )  # RFC 8941 keys allow no other form
+        # RFC 8941 keys allow no other form
+        raise MalformedSignature("a label is longer than 64 characters")
     return parsed
 
 

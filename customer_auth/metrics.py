@@ -80,9 +80,8 @@ EVENTS_ENDED = prometheus_client.Counter(
 EVENT_END_REASONS = ("handler_raised", "handler_timeout", "never_finished")
 
 for _outcome in OUTCOMES:
-    REQUESTS.labels(
-        _outcome
-    )  # every series exists from the start, at 0, so rate() sees the first one
+    # every series exists from the start, at 0, so rate() sees the first one
+    REQUESTS.labels(_outcome)
 for _result in ("hit", "miss", "stale"):
     CACHE.labels(_result)
 

@@ -104,9 +104,8 @@ class LeanTransport:
         listener.bind(path)
         listener.listen(backlog)
         self.server.logger.info("server (gevent, lean transport) started at path " + path)
-        gevent.spawn(
-            pdk_listener.watchdog, gevent.sleep, self.server.logger
-        )  # exits when Kong has gone
+        # exits when Kong has gone
+        gevent.spawn(pdk_listener.watchdog, gevent.sleep, self.server.logger)
         self.start_sweeping()
         while True:
             connection, _address = listener.accept()
@@ -153,9 +152,8 @@ class LeanTransport:
             sent = connection.send(data)
         except BlockingIOError:
             sent = 0
-        if sent < len(
-            data
-        ):  # a large answer, or a Kong worker that reads slowly: the rest as it drains
+        # A large answer, or a Kong worker that reads slowly: the rest as it drains.
+        if sent < len(data):
             self._send_rest(connection, memoryview(data)[sent:])
 
     def _send_rest(self, connection, rest):
@@ -200,9 +198,8 @@ class LeanTransport:
             ns, command = method.split(".")
             if ns != "plugin":
                 raise PluginServerException("RPC for %s is not supported" % ns)
-            function = getattr(
-                self.server, _snake_case(command)
-            )  # AttributeError: kong-pdk's answer
+            # AttributeError: kong-pdk's answer
+            function = getattr(self.server, _snake_case(command))
             self._names[method] = function
         return function(*args)
 
@@ -212,9 +209,8 @@ class LeanTransport:
             instance = self.server.instances[event["InstanceId"]]
             phase = getattr(instance.cls, event["EventName"])
         except Exception:
-            return self.server.handle_event(
-                *args
-            )  # kong-pdk's error for it: no instance, no phase, bad shape
+            # kong-pdk's error for it: no instance, no phase, bad shape
+            return self.server.handle_event(*args)
         instance.reset_expire_ts()
         event_id = self.server.event_id
         self.server.event_id = event_id + 1
@@ -230,9 +226,8 @@ class LeanTransport:
         try:
             event = self.events[data["EventId"]]
         except Exception:
-            return self.server.step(
-                *args
-            )  # kong-pdk's error: "event id ... not found", or bad shape
+            # kong-pdk's error: "event id ... not found", or bad shape
+            return self.server.step(*args)
         if event.waiter is not None:
             raise PluginServerException("event id %s is already being stepped" % event.id)
         value = data.get("Data")

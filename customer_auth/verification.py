@@ -80,12 +80,13 @@ class BodyIncomplete(Exception):
 class Rejection(Exception):
     """A request that gets its answer from the verifier: one status and one message per case."""
 
+    # by status
     OUTCOMES = {
         400: "malformed",
         403: "unverified",
         413: "too_large",
         503: "unavailable",
-    }  # by status
+    }
 
     def __init__(
         self,
@@ -190,9 +191,8 @@ class Verifier:
         """``nonces``: the NonceStore that replay_protection claims nonces in."""
         self.config = config
         self.credentials = credentials
-        self.v1_headers = tuple(
-            config[name].lower() for name in V1_HEADERS
-        )  # Kong lower-cases them
+        # Kong lower-cases them
+        self.v1_headers = tuple(config[name].lower() for name in V1_HEADERS)
         self.replay_protection = config["replay_protection"]
         if self.replay_protection and nonces is None:
             raise ValueError("replay_protection needs a nonce store")
@@ -259,9 +259,8 @@ class Verifier:
             raise missing(name)
         if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
             raise malformed(name, "unexpected value")
-        if (
-            len(values) > 1 or "," in values[0]
-        ):  # a comma: lines joined (RFC 9110), as WSGI servers do
+        # A comma: lines joined (RFC 9110), as WSGI servers do.
+        if len(values) > 1 or "," in values[0]:
             raise repeated(name)
         if not values[0]:
             raise missing(name)

@@ -40,10 +40,11 @@ from devtools.kong_standin import KongStandIn, PluginServer, Request
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent  # the repository
 MODES = {  # name: (start flags, environment)
+    # the shipped configuration
     "lean": (
         ["-g", "--no-lua-style"],
         {"CUSTOMER_VERIFICATION_TRANSPORT": "lean"},
-    ),  # the shipped configuration
+    ),
     "kong-pdk": (["-g", "--no-lua-style"], {"CUSTOMER_VERIFICATION_TRANSPORT": "kong-pdk"}),
     "threading": (["--no-lua-style"], {}),  # kong-pdk's default mode
 }
@@ -60,12 +61,13 @@ SCENARIOS = {  # name: (plugin script, BENCHMARK_PLUGIN, requests, plugin config
         {"consumer_by": ["username"]},
     ),
     "cold cache": ("customer_verification.py", None, "cold", {}),
+    # lookups on a hot standby
     "cold cache on standby": (
         "customer_verification.py",
         None,
         "cold",
         {},
-    ),  # lookups on a hot standby
+    ),
     "rejections": ("customer_verification.py", None, "wrong", {}),
     "rfc9421 hmac": ("customer_verification.py", None, "rfc9421 hmac", {}),
     "rfc9421 ed25519": ("customer_verification.py", None, "rfc9421 ed25519", {}),
@@ -99,10 +101,8 @@ def request_for(kind, i, worker, workers=1):
             )
         }
     number = (worker * 7 + i) % WARM_CUSTOMERS
-    if kind in (
-        "rfc9421 hmac",
-        "rfc9421 hmac nonce",
-    ):  # signed anew for each, as clients do (a nonce is good once)
+    # Signed anew for each, as clients do (a nonce is good once).
+    if kind in ("rfc9421 hmac", "rfc9421 hmac nonce"):
         return _rfc9421_request(kind, number)
     if kind.startswith("rfc9421"):
         if (kind, number) not in _signed:

@@ -75,14 +75,14 @@ class ConnectPerRequest:
 PLUGINS = {"limit": Limit, "connect-per-request": ConnectPerRequest}
 
 if __name__ == "__main__":
+    # as customer_verification: either transport
     from customer_auth.plugin_server import (
         start_dedicated_server,
-    )  # as customer_verification: either transport
+    )
 
     if "-g" in sys.argv or "--gevent" in sys.argv:
-        psycopg2.extensions.set_wait_callback(
-            psycopg2.extras.wait_select
-        )  # cooperative, for fairness
+        # cooperative, for fairness
+        psycopg2.extensions.set_wait_callback(psycopg2.extras.wait_select)
     start_dedicated_server(
         "customer_verification",
         PLUGINS[os.environ["BENCHMARK_PLUGIN"]],

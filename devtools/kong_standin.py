@@ -599,9 +599,8 @@ class KongStandIn:
         if self._fail_closed:
             self._fail_closed.after(request)
         for level, args in request.logs:
-            self.error_log.write(
-                level, "".join(map(str, args))
-            )  # Kong joins the arguments as they are
+            # Kong joins the arguments as they are
+            self.error_log.write(level, "".join(map(str, args)))
         for error in errors:
             self.error_log.write("error", f"[{self.name}] {error}")
         if request.response is not None:

@@ -217,9 +217,8 @@ def test_rotate_works_for_both_kinds_and_refuses_to_mix_them(cli, store, tmp_pat
     code, output = cli("rotate", "cert-pk", "--public-key", str(second_pem), "--grace", "60")
     assert code == 0 and "new public key registered" in output
     assert store.fetch("cert-pk").public_keys_valid_at(time.time()) == (second, first)
-    assert (
-        cli("rotate", "cert-pk")[0] == 2
-    )  # a public-key customer gets a new public key, not a secret
+    # a public-key customer gets a new public key, not a secret
+    assert cli("rotate", "cert-pk")[0] == 2
     cli("add", "cert-secret")
     assert cli("rotate", "cert-secret", "--public-key", str(pem))[0] == 2
 
@@ -322,6 +321,7 @@ def test_a_database_without_the_table_is_told_to_load_the_schema(postgres, monke
 @pytest.mark.parametrize(
     "argv",
     [
+        # which one is signed?
         [
             "sign",
             "cert-a",
@@ -331,7 +331,7 @@ def test_a_database_without_the_table_is_told_to_load_the_schema(postgres, monke
             "http://a/",
             "--curl",
             "http://b/",
-        ],  # which one is signed?
+        ],
         ["sign", "cert-a", "--key", ""],
         ["sign", "cert-a", "--key", "  "],
     ],

@@ -294,9 +294,8 @@ def test_a_bad_setting_answers_503_and_says_so_in_kongs_log_at_its_default_level
         assert all(o.upstream is None for o in outcomes)
         kept = "\n".join(text for level, text in gateway.kong.error_log.lines() if level != "info")
         assert f"CUSTOMER_VERIFICATION_{name}" in kept and "Traceback" not in gateway.server.log()
-        assert (
-            database_url.split("@")[0] not in gateway.kong.error_log.text()
-        )  # never the URL's user:password
+        # never the URL's user:password
+        assert database_url.split("@")[0] not in gateway.kong.error_log.text()
     finally:
         gateway.cleanup()
 

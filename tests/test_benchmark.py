@@ -58,13 +58,11 @@ def test_benchmark_measures_every_scenario_and_tells_their_lookups_apart(tmp_pat
     ]:
         assert rows[scenario]["requests"] > 0
         assert rows[scenario]["statuses"] == {status: rows[scenario]["requests"]}, scenario
-        assert rows[scenario]["server_threads_after"] == 1, (
-            scenario
-        )  # gevent: no thread per request
+        # gevent: no thread per request
+        assert rows[scenario]["server_threads_after"] == 1, scenario
     assert rows["warm cache"]["round_trips"] == 4 and rows["rejections"]["round_trips"] == 2
-    assert (
-        rows["warm cache with consumers"]["round_trips"] == 4
-    )  # consumers remembered like credentials
+    # consumers remembered like credentials
+    assert rows["warm cache with consumers"]["round_trips"] == 4
     # Lookups are counted per scenario although all ran in the same seconds on one database.
     assert rows["limit"]["queries_per_1000"] == rows["warm cache"]["queries_per_1000"] == 0
     assert rows["rejections"]["queries_per_1000"] == 0
@@ -73,9 +71,8 @@ def test_benchmark_measures_every_scenario_and_tells_their_lookups_apart(tmp_pat
     assert rows["cold cache on standby"]["queries_per_1000"] > 900  # counted on the standby too
     assert rows["rfc9421 hmac"]["round_trips"] == rows["rfc9421 ed25519"]["round_trips"] == 7
     assert rows["rfc9421 hmac replay-protected"]["round_trips"] == 7
-    assert (
-        rows["rfc9421 hmac replay-protected"]["queries_per_1000"] > 990
-    )  # one claim each (warm-ups included)
+    # one claim each (warm-ups included)
+    assert rows["rfc9421 hmac replay-protected"]["queries_per_1000"] > 990
     assert any(line.startswith("warm cache / limit") for line in results["targets"])
     assert any(line.startswith("  lean warm cache: CPU") for line in results["targets"])
     for scenario, row in rows.items():  # the same answers and round trips on stock kong-pdk

@@ -151,9 +151,8 @@ def test_a_request_another_auth_plugin_authenticated_is_left_alone(gateway, kong
     request = Request([("X-Consumer-Username", "set-by-key-auth")])
     request.credential = {"id": "key-auth-credential"}  # key-auth ran first
     outcome = gateway.kong.handle(request, "or")
-    assert (
-        outcome.status == 200 and outcome.round_trips == 3
-    )  # HandleEvent, get_headers, get_credential
+    # HandleEvent, get_headers, get_credential
+    assert outcome.status == 200 and outcome.round_trips == 3
     assert outcome.upstream["x-consumer-username"] == ["set-by-key-auth"]
 
 

@@ -72,9 +72,8 @@ def variables_the_runtime_reads():
     for path in [ROOT / "customer_verification.py", *(ROOT / "customer_auth").glob("*.py")]:
         text = path.read_text()
         names |= set(re.findall(r"""os\.environ(?:\.get\(|\[)\s*["']([A-Z0-9_]+)["']""", text))
-        names |= set(
-            re.findall(r"""["'](CUSTOMER_VERIFICATION_[A-Z0-9_]+)["']""", text)
-        )  # named by a constant
+        # named by a constant
+        names |= set(re.findall(r"""["'](CUSTOMER_VERIFICATION_[A-Z0-9_]+)["']""", text))
     return names
 
 

@@ -129,8 +129,7 @@ def test_ten_thousand_rejections_leave_threads_descriptors_and_memory_bounded(ga
         assert set(pool.map(reject, range(10_000))) == {400, 403}
     time.sleep(0.5)
     assert gateway.server.threads() <= threads + 4
-    assert (
-        gateway.server.file_descriptors() <= fds
-    )  # the stand-in's pool keeps at most 16 connections busy
+    # the stand-in's pool keeps at most 16 connections busy
+    assert gateway.server.file_descriptors() <= fds
     # Leaking one handler per request costs several KiB each: 10,000 would add tens of MiB.
     assert gateway.server.rss_kib() - rss < 15 * 1024

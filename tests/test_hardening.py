@@ -157,9 +157,8 @@ def test_a_silently_dead_listener_connection_is_replaced_and_a_revocation_holds_
         customers.add("cert-quiet", "key-1")
         assert gateway.send(signed("cert-quiet", "key-1")).status == 200  # cached for an hour
         proxy.freeze()
-        customers.set_authentication(
-            "cert-quiet", revoked_at=time.time()
-        )  # announced into the void
+        # announced into the void
+        customers.set_authentication("cert-quiet", revoked_at=time.time())
         revoked_at = time.monotonic()
         while gateway.send(signed("cert-quiet", "key-1")).status == 200:
             assert time.monotonic() - revoked_at < 10, "the revocation was not seen within 10 s"

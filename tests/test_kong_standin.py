@@ -44,9 +44,8 @@ def test_round_trips_are_counted_as_rpc_calls(tiny):
     tiny.send([])  # starts the instance
     before = tiny.kong.calls
     outcome = tiny.send([])
-    assert (
-        outcome.round_trips == tiny.kong.calls - before == 5
-    )  # HandleEvent, get_headers, authenticate, 2 set_header
+    # HandleEvent, get_headers, authenticate, 2 set_header
+    assert outcome.round_trips == tiny.kong.calls - before == 5
 
 
 def test_exit_and_error_end_the_request_without_an_answer(tiny):
@@ -105,9 +104,8 @@ def test_in_process_kong_answers_like_the_wire():
     assert kong.request.get_header("A") == ("1", None)
     assert kong.service.request.set_header("x", {"bad": 1})[1]
     assert kong.log.err("seen") == (None, None) and request.logs == [("err", ["seen"])]
-    assert kong.nginx.get_var("x")[1].startswith(
-        "could not find pdk method"
-    )  # not modeled: says so
+    # not modeled: says so
+    assert kong.nginx.get_var("x")[1].startswith("could not find pdk method")
     assert kong.response.exit(403, {"message": "no"}) is None  # returns at once, as kong-pdk does
     assert request.response == (403, '{"message": "no"}')
 
@@ -156,9 +154,8 @@ def test_the_error_log_keeps_what_kongs_default_level_keeps_and_the_servers_outp
     assert ("error", "at err") in log.lines()
     verbose = ErrorLog(level="info")
     verbose.follow(output)
-    assert verbose.lines() == [
-        ("info", "Traceback (most recent call last): boom")
-    ]  # whole lines only
+    # whole lines only
+    assert verbose.lines() == [("info", "Traceback (most recent call last): boom")]
 
 
 def test_kong_log_calls_of_a_plugin_are_recorded_at_their_level():

@@ -255,10 +255,11 @@ def test_health_is_ok_with_the_store_and_503_without_store_or_cache(database_url
         assert (status, body) == (200, {"status": "up"})
     with gateway_on(UNREACHABLE, CUSTOMER_VERIFICATION_METRICS_PORT=str(port)):
         status, body = health(port)
+        # nothing about the database: not its host nor role
         assert (status, body) == (
             503,
             {"status": "down"},
-        )  # nothing about the database: not its host nor role
+        )
         assert urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).status == 200
 
 

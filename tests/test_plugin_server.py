@@ -117,11 +117,12 @@ CONVERSATION = [
     ("plugin.InstanceStatus", 7, 0),
     ("plugin.GetStatus", None, 1),
     ("plugin.HandleEvent", {"InstanceId": 7, "EventName": "access"}, 0),
+    # a phase the plugin lacks (event 0)
     (
         "plugin.HandleEvent",
         {"InstanceId": 0, "EventName": "rewrite"},
         1,
-    ),  # a phase the plugin lacks (event 0)
+    ),
     ("plugin.HandleEvent", {"EventName": "access"}, 1),
     ("plugin.HandleEvent", "access", 2),
     # Event 1: a verified request, each call on another connection than the last.
@@ -172,9 +173,8 @@ def test_every_message_is_answered_as_kong_pdk_answers_it(served):
         assert masked(decoded(got)) == masked(decoded(want)), f"{method} {arg!r}"
         if masked(decoded(want)) == decoded(want):  # nothing masked: the very bytes
             assert got == want, f"{method} {arg!r}"
-    assert (
-        decoded(answered[-1])[2] == "no plugin instance #0"
-    )  # what makes Kong start an instance again
+    # what makes Kong start an instance again
+    assert decoded(answered[-1])[2] == "no plugin instance #0"
 
 
 def test_a_malformed_message_ends_the_connection_as_in_kong_pdk(served):
@@ -231,9 +231,8 @@ def test_a_pdk_call_after_exit_raises_at_once(served):
     _, answer = start_event(wire, "call-after-exit")
     assert answer[3]["Data"] == {"Method": "kong.response.exit", "Args": [403, {"message": "no"}]}
     time.sleep(0.1)
-    assert (
-        "the request has already ended" in stats(wire)["after_exit"][0]
-    )  # kong-pdk: blocked for ever
+    # kong-pdk: blocked for ever
+    assert "the request has already ended" in stats(wire)["after_exit"][0]
 
 
 # (the PDK calls that time out, the handler's pause before its exit, when "Kong" answers the first)
@@ -272,9 +271,8 @@ def test_a_handler_that_never_answers_is_ended_and_kong_told(served):
 def test_an_event_kong_never_finishes_is_swept(served):
     wire = started(served, TINY_STEP_TIMEOUT="1")
     baseline = stats(wire)["greenlets"]
-    abandoned = [
-        start_event(wire, "pass", on=n)[0] for n in range(5)
-    ]  # each waits for authenticate's answer
+    # each waits for authenticate's answer
+    abandoned = [start_event(wire, "pass", on=n)[0] for n in range(5)]
     for n in range(5):
         wire.drop(n)  # and Kong drops the connection, as when its worker dies
     time.sleep(2.5)
@@ -349,9 +347,8 @@ def test_without_gevent_or_when_asked_the_server_is_stock_kong_pdk(served):
         wire.timeout = 1
         wire.call("plugin.StartInstance", {"Name": "tiny", "Config": CONFIG})
         wire.call("plugin.HandleEvent", {"InstanceId": 0, "EventName": "access"})
-        assert (
-            wire.call("plugin.StepMultiMap", {"EventId": 0, "Data": headers_of("raise")}) is None
-        )  # kong-pdk's
+        # kong-pdk's
+        assert wire.call("plugin.StepMultiMap", {"EventId": 0, "Data": headers_of("raise")}) is None
         assert "lean transport" not in server.log()
     server, _ = served("lean")
     assert "lean transport" in server.log()

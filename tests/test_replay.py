@@ -76,10 +76,11 @@ def test_a_request_sent_twice_is_accepted_once(credentials, keyed, caplog):
     plugin = Plugin(PROTECTED, credentials)
     request = signed_post()
     assert answer(run(plugin, request)) == (200, keyed)
+    # the usual message
     assert answer(run(plugin, request)) == (
         403,
         "Request signature could not be verified",
-    )  # the usual message
+    )
     assert "replayed" in caplog.text
     assert answer(run(plugin, signed_post())) == (200, keyed)  # a new nonce is a new request
 
@@ -95,9 +96,8 @@ def test_a_replay_is_refused_by_another_node_and_after_a_restart(database_url, k
     first = Credentials(Settings(dsn=database_url, pool_size=2, timeout=2.0))
     assert answer(run(Plugin(PROTECTED, first), request))[0] == 200
     first.close()
-    restarted = Credentials(
-        Settings(dsn=database_url, pool_size=2, timeout=2.0)
-    )  # nothing in memory
+    # nothing in memory
+    restarted = Credentials(Settings(dsn=database_url, pool_size=2, timeout=2.0))
     try:
         assert answer(run(Plugin(PROTECTED, restarted), request))[0] == 403
         assert restarted.nonces.claims == 1  # the primary said so
@@ -154,9 +154,8 @@ def test_a_flood_of_fresh_nonces_stays_bounded_and_evicts_no_customer(credential
     plugin = Plugin(PROTECTED, credentials)
     run(plugin, signed_post())
     queries = credentials.store.queries
-    assert (
-        answer(run(plugin, signed_post()))[0] == 200 and credentials.store.queries == queries
-    )  # still cached
+    # still cached
+    assert answer(run(plugin, signed_post()))[0] == 200 and credentials.store.queries == queries
 
 
 def test_each_protected_request_costs_one_statement_on_the_primary_and_nothing_more(
@@ -177,9 +176,8 @@ def test_claims_expire_old_rows_so_the_table_needs_no_cron(credentials, keyed):
     )
     for number in range(5):
         credentials.nonces.claim("cert-1", f"fresh-{number:010d}", time.time() + 300)
-    assert old.execute("SELECT count(*) FROM customer_nonce WHERE certificate = 'old'") == [
-        (0,)
-    ]  # two a claim
+    # two a claim
+    assert old.execute("SELECT count(*) FROM customer_nonce WHERE certificate = 'old'") == [(0,)]
     assert old.execute("SELECT count(*) FROM customer_nonce") == [(5,)]  # nothing else is stored
     old.conn.close()
 
@@ -291,9 +289,8 @@ def test_with_the_primary_down_protected_routes_get_503_and_the_others_keep_work
             {"replay_protection": True, "cache_ttl": 0, "negative_cache_ttl": 0, "stale_ttl": 0},
         )
         deadline = time.monotonic() + 10
-        while (
-            node.kong.handle(Request(**signed_post()), "plugin").status != 200
-        ):  # the standby has replayed
+        # Until the standby has replayed.
+        while node.kong.handle(Request(**signed_post()), "plugin").status != 200:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert node.kong.handle(Request(**signed_post()), "protected").status == 200
@@ -303,9 +300,8 @@ def test_with_the_primary_down_protected_routes_get_503_and_the_others_keep_work
             503,
             "Authentication is temporarily unavailable",
         )
-        assert (
-            node.kong.handle(Request(**signed_post()), "plugin").status == 200
-        )  # from the standby
+        # from the standby
+        assert node.kong.handle(Request(**signed_post()), "plugin").status == 200
     finally:
         customers.conn.close()
         if node:

@@ -456,9 +456,8 @@ def test_raw_bytes_in_any_header_get_a_deliberate_answer_never_a_5xx(gateway, ke
         # only as verified, when the bytes were in a header the signature in use does not cover.
         assert outcome.errors == [] and outcome.status in (200, 400, 403), (scheme_header, outcome)
         assert outcome.status != 200 or outcome.upstream["x-customer-id"]
-    assert (
-        send(gateway, library_signed("GET", "http://gw.test/")).status == 200
-    )  # the server is fine
+    # the server is fine
+    assert send(gateway, library_signed("GET", "http://gw.test/")).status == 200
 
 
 # -- the parser: common forms directly, the rest through http_sf, the same results ---------

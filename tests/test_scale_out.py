@@ -167,9 +167,8 @@ def test_revocation_reaches_every_node_within_a_second_while_the_standby_replay_
     cluster.wait_for_replay()
     close_nodes += kong_nodes(cluster.url(cluster.standby, cluster.primary), LONG_TTL)
     wait_until_listening(close_nodes)
-    assert (
-        statuses(close_nodes, signed("cert-live", "key-1")) == [200] * NODES
-    )  # cached for an hour
+    # cached for an hour
+    assert statuses(close_nodes, signed("cert-live", "key-1")) == [200] * NODES
     assert statuses(close_nodes, signed("cert-rekeyed", "old-key")) == [200] * NODES
     cluster.on_standby("SELECT pg_wal_replay_pause()")
     try:
@@ -193,9 +192,8 @@ def test_a_standby_going_down_costs_no_verified_request(cluster, close_nodes):
     cluster.customers.add("cert-1", "key-1")
     cluster.wait_for_replay()
     close_nodes += kong_nodes(cluster.url(cluster.standby, cluster.primary), NO_CACHE)
-    assert (
-        statuses(close_nodes, signed("cert-1", "key-1")) == [200] * NODES
-    )  # pooled on the standby
+    # pooled on the standby
+    assert statuses(close_nodes, signed("cert-1", "key-1")) == [200] * NODES
     cluster.standby.stop()
     for _ in range(5):
         assert statuses(close_nodes, signed("cert-1", "key-1")) == [200] * NODES

@@ -135,9 +135,8 @@ def test_concurrent_misses_for_one_certificate_make_one_query(store, customers):
     cache = cache_on(store, Clock())
     locker = psycopg2.connect(customers.url)
     with locker.cursor() as cursor:
-        cursor.execute(
-            "LOCK TABLE customer IN ACCESS EXCLUSIVE MODE"
-        )  # the first miss waits; the rest queue on it
+        # the first miss waits; the rest queue on it
+        cursor.execute("LOCK TABLE customer IN ACCESS EXCLUSIVE MODE")
         with concurrent.futures.ThreadPoolExecutor(20) as pool:
             results = [pool.submit(cache.get, "cert-1") for _ in range(20)]
             time.sleep(0.2)

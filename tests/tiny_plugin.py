@@ -13,9 +13,11 @@ if "-g" in sys.argv:
 import gevent
 
 from customer_auth import plugin_server
+
+# the transport CUSTOMER_VERIFICATION_TRANSPORT names
 from customer_auth.plugin_server import (
     start_dedicated_server,
-)  # the transport CUSTOMER_VERIFICATION_TRANSPORT names
+)
 
 version = "0.1.0"
 priority = 10
