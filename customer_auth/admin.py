@@ -9,6 +9,7 @@ Exit codes: 0 done, 2 bad usage or settings, 3 certificate already exists, 4 no 
 import argparse
 import base64
 import functools
+import importlib.metadata
 import json
 import math
 import secrets
@@ -209,6 +210,11 @@ def _parser():
     common = {"epilog": DATABASE_HELP, "formatter_class": argparse.RawDescriptionHelpFormatter}
     parser = argparse.ArgumentParser(
         prog="customer-verification", description=__doc__.split("\n\n")[0], **common
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {importlib.metadata.version('customer-verification')}",
     )
     commands = parser.add_subparsers(
         dest="command",

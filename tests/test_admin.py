@@ -352,3 +352,35 @@ def test_every_commands_help_names_the_database_the_roles_and_the_exit_codes(com
         and "read-only role" in text
     )
     assert "exit codes" in text and "5 database" in text
+
+
+def test_version_is_the_packages():
+    import importlib.metadata
+
+    import customer_verification
+
+    result = subprocess.run(
+        [sys.executable, "-m", "customer_auth.admin", "--version"], capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    assert result.stdout.split() == ["customer-verification", customer_verification.version]
+    assert importlib.metadata.version("customer-verification") == customer_verification.version
+
+
+def test_every_argument_of_every_command_has_a_help_text_and_every_help_names_the_database():
+    import argparse
+
+    from customer_auth.admin import _parser
+
+    def parsers(parser):
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from parsers(sub)
+
+    for parser in parsers(_parser()):
+        assert "DATABASE_URL" in parser.format_help() and "exit codes" in parser.format_help()
+        for action in parser._actions:
+            if not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                assert action.help, (parser.prog, action.dest)
