@@ -570,26 +570,14 @@ class KongStandIn:
                 # Kong raises here: the client gets a 500 and the upstream nothing.
                 errors.append(f"starting instance: {error}")
                 self.error_log.write("error", f"[{self.name}] starting instance: {error}")
-                return Outcome(
-                    500,
-                    json.dumps({"message": "An unexpected error occurred"}),
-                    None,
-                    trips,
-                    errors,
-                )
+                return _kong_raised(trips, errors)
             try:
                 trips += self._bridge(request, instance_id, phase)
                 break
             except KongRaised as error:
                 errors.append(str(error))
                 self.error_log.write("error", f"[{self.name}] {error}")
-                return Outcome(
-                    500,
-                    json.dumps({"message": "An unexpected error occurred"}),
-                    None,
-                    trips,
-                    errors,
-                )
+                return _kong_raised(trips, errors)
             except _BridgeError as error:
                 trips += error.round_trips
                 errors.append(str(error))
@@ -633,6 +621,13 @@ class KongStandIn:
         except RPCError as error:
             raise _BridgeError(str(error), trips) from None
         return trips
+
+
+def _kong_raised(trips, errors):
+    """Kong's answer when a Lua error ends the request: its 500, and nothing for the upstream."""
+    return Outcome(
+        500, json.dumps({"message": "An unexpected error occurred"}), None, trips, errors
+    )
 
 
 class _BridgeError(Exception):

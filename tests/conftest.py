@@ -1,6 +1,7 @@
 """Shared fixtures: a real Postgres (``DATABASE_URL`` when set, else a throwaway server), a fresh
 database with the schema per test module, and helpers to add customers."""
 
+import contextlib
 import json
 import os
 import pathlib
@@ -194,6 +195,49 @@ def start_gateway(
     gateway.directory = directory
     gateway.cleanup = lambda: (gateway.close(), shutil.rmtree(directory, ignore_errors=True))
     return gateway
+
+
+@contextlib.contextmanager
+def serving(command, env):
+    """A test app (tests/apps) in a real server: ``command`` runs it on the port it is given;
+    yields the base URL once /health answers, and stops the server after."""
+    import socket
+    import subprocess
+    import time
+
+    import requests
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        **env,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "apps"), str(ROOT)]),
+    }
+    process = subprocess.Popen(
+        command(port),
+        cwd=ROOT / "tests" / "apps",
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                requests.get(base + "/health", timeout=1)
+                break
+            except requests.ConnectionError:
+                assert process.poll() is None and time.monotonic() < deadline, (
+                    process.stderr.read().decode()
+                )
+                time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 @pytest.fixture(params=list(SERVER_MODES))

@@ -6,13 +6,12 @@ import hashlib
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 
 import pytest
 import requests
-from conftest import ROOT
+from conftest import serving
 
 from customer_auth.client import SignedRequestAuth
 
@@ -33,38 +32,20 @@ def free_port():
 
 @pytest.fixture(scope="module", params=list(APPS))
 def service(request, database_url):
-    port = free_port()
-    command = APPS[request.param] + (
-        ["-b", f"127.0.0.1:{port}"]
-        if "gunicorn" in APPS[request.param][0]
-        else ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    )
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "apps"), str(ROOT)]),
-    }
-    process = subprocess.Popen(
-        command,
-        cwd=ROOT / "tests" / "apps",
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            requests.get(base + "/health", timeout=1)
-            break
-        except requests.ConnectionError:
-            assert process.poll() is None and time.monotonic() < deadline, (
-                process.stderr.read().decode()
-            )
-            time.sleep(0.1)
-    yield base
-    process.terminate()
-    process.wait(timeout=10)
+    def command(port):
+        if "gunicorn" in APPS[request.param][0]:
+            return APPS[request.param] + ["-b", f"127.0.0.1:{port}"]
+        return APPS[request.param] + [
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ]
+
+    with serving(command, {"DATABASE_URL": database_url}) as base:
+        yield base
 
 
 @pytest.fixture

@@ -7,8 +7,6 @@ import concurrent.futures
 import json
 import logging
 import os
-import socket
-import subprocess
 import sys
 import time
 import types
@@ -16,7 +14,7 @@ import types
 import psycopg2
 import pytest
 import requests
-from conftest import ROOT, SCHEMA, Customers, execute, start_gateway
+from conftest import ROOT, SCHEMA, Customers, execute, serving, start_gateway
 from http_message_signatures.structures import CaseInsensitiveDict
 
 from customer_auth import client, nonces
@@ -341,34 +339,9 @@ SERVICES = {  # several worker processes each: a request and its copy may reach 
 def test_the_middleware_accepts_a_request_sent_three_times_at_once_exactly_once(
     database_url, keyed, server
 ):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "REPLAY_PROTECTION": "1",
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "apps"), str(ROOT)]),
-    }
-    process = subprocess.Popen(
-        SERVICES[server](port),
-        cwd=ROOT / "tests" / "apps",
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(base + "/health", timeout=1)
-                break
-            except requests.ConnectionError:
-                assert process.poll() is None and time.monotonic() < deadline, (
-                    process.stderr.read().decode()
-                )
-                time.sleep(0.1)
+    with serving(
+        SERVICES[server], {"DATABASE_URL": database_url, "REPLAY_PROTECTION": "1"}
+    ) as base:
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
             for _ in range(20):
                 prepared = requests.Request("POST", base + "/echo", data=b'{"pay": 10}').prepare()
@@ -385,6 +358,3 @@ def test_the_middleware_accepts_a_request_sent_three_times_at_once_exactly_once(
         without_nonce = requests.Request("POST", base + "/echo", data=b"{}").prepare()
         client.SignedRequestAuth("cert-1", SECRET, nonce=False)(without_nonce)
         assert requests.Session().send(without_nonce, timeout=10).status_code == 400
-    finally:
-        process.terminate()
-        process.wait(timeout=10)

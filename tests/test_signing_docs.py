@@ -65,29 +65,53 @@ def test_the_worked_examples_signature_base_and_signature_are_what_the_plugin_co
 
 
 PROTECTED = {**DEFAULTS, "replay_protection": True}  # the recipes sign what such a route accepts
+ORDER = b'{"qty": 1}'  # the guide's example: POST https://api.example.com/orders?id=7
 
 
-def test_the_worked_example_verifies_through_the_plugin(credentials, customers, monkeypatch):
-    headers, _ = example()
-    customer_id = customers.add("my-certificate", "my-client-key")
-    customers.execute("DELETE FROM customer_nonce")
-    monkeypatch.setattr("customer_auth.verification.time.time", lambda: 1700000000)
-    monkeypatch.setattr("customer_auth.nonces.time.time", lambda: 1700000000)
-    request = Request(
+def order_request(headers):
+    """The guide's order, as Kong receives it, carrying ``headers``."""
+    return Request(
         [("Host", "api.example.com"), ("Content-Length", "10"), *headers.items()],
         method="POST",
         target="/orders?id=7",
         scheme="https",
-        body=b'{"qty": 1}',
+        body=ORDER,
     )
-    Plugin(PROTECTED, credentials).access(in_process_kong(request, lua_style=False))
-    assert request.upstream["x-customer-id"] == [customer_id]
+
+
+def verified(credentials, customers, headers):
+    """Sends the order with ``headers`` twice to a route with replay protection: the customer id
+    the upstream got the first time, and the status of the second (its nonce spent)."""
+    customer_id = customers.add("my-certificate", "my-client-key")
+    plugin = Plugin(PROTECTED, credentials)
+    first, again = order_request(headers), order_request(headers)
+    plugin.access(in_process_kong(first, lua_style=False))
+    plugin.access(in_process_kong(again, lua_style=False))
+    assert first.upstream is not None, first.response
+    assert first.upstream["x-customer-id"] == [customer_id]
+    return again.response[0]
+
+
+def node(script, cwd=None):
+    """What a node script prints, as JSON."""
+    run = subprocess.run(
+        ["node", "-e", script], cwd=cwd, capture_output=True, text=True, check=True
+    )
+    return json.loads(run.stdout)
+
+
+def test_the_worked_example_verifies_through_the_plugin(credentials, customers, monkeypatch):
+    headers, _ = example()
+    customers.execute("DELETE FROM customer_nonce")
+    monkeypatch.setattr("customer_auth.verification.time.time", lambda: 1700000000)
+    monkeypatch.setattr("customer_auth.nonces.time.time", lambda: 1700000000)
+    assert verified(credentials, customers, headers) == 403
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 def test_the_javascript_recipe_signs_what_the_plugin_verifies(credentials, customers):
     recipe = "\n".join(indented_block_after("In JavaScript"))
-    script = (
+    headers = node(
         recipe
         + """
 const headers = signedHeaders({ certificateId: "my-certificate", clientKey: "my-client-key",
@@ -96,29 +120,7 @@ const headers = signedHeaders({ certificateId: "my-certificate", clientKey: "my-
 process.stdout.write(JSON.stringify(headers));
 """
     )
-    headers = json.loads(
-        subprocess.run(["node", "-e", script], capture_output=True, text=True, check=True).stdout
-    )
-    customer_id = customers.add("my-certificate", "my-client-key")
-    request = Request(
-        [("Host", "api.example.com"), ("Content-Length", "10"), *headers.items()],
-        method="POST",
-        target="/orders?id=7",
-        scheme="https",
-        body=b'{"qty": 1}',
-    )
-    plugin = Plugin(PROTECTED, credentials)
-    plugin.access(in_process_kong(request, lua_style=False))
-    assert request.upstream["x-customer-id"] == [customer_id]
-    again = Request(
-        request.header_lines,
-        method="POST",
-        target="/orders?id=7",
-        scheme="https",
-        body=b'{"qty": 1}',
-    )
-    plugin.access(in_process_kong(again, lua_style=False))
-    assert again.response[0] == 403  # its nonce is spent
+    assert verified(credentials, customers, headers) == 403
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
@@ -137,24 +139,14 @@ def test_the_openssl_recipe_signs_what_the_plugin_verifies(credentials, customer
         check=True,
         env={"PATH": os.environ["PATH"]},
     ).stdout.splitlines()
-    customer_id = customers.add("my-certificate", "my-client-key")
     assert re.fullmatch(r"\d+", created)
-    request = Request(
-        [
-            ("Host", "api.example.com"),
-            ("Content-Type", "application/json"),
-            ("Content-Length", "10"),
-            ("Content-Digest", digest),
-            ("Signature-Input", f"sig1={params}"),
-            ("Signature", f"sig1=:{signature}:"),
-        ],
-        method="POST",
-        target="/orders?id=7",
-        scheme="https",
-        body=b'{"qty": 1}',
-    )
-    Plugin(PROTECTED, credentials).access(in_process_kong(request, lua_style=False))
-    assert request.upstream["x-customer-id"] == [customer_id]
+    headers = {
+        "Content-Type": "application/json",
+        "Content-Digest": digest,
+        "Signature-Input": f"sig1={params}",
+        "Signature": f"sig1=:{signature}:",
+    }
+    assert verified(credentials, customers, headers) == 403
 
 
 @pytest.fixture(scope="module")
@@ -180,26 +172,13 @@ def test_the_npm_librarys_recipe_signs_what_the_plugin_verifies(
     credentials, customers, npm_package
 ):
     recipe = "\n".join(indented_block_after("With the npm package"))
-    script = (
+    headers = node(
         recipe
         + """
 signedRequest({ certificateId: "my-certificate", clientKey: "my-client-key", method: "POST",
                 url: "https://api.example.com/orders?id=7", body: '{"qty": 1}' })
   .then((request) => process.stdout.write(JSON.stringify(request.headers)));
-"""
+""",
+        cwd=npm_package,
     )
-    headers = json.loads(
-        subprocess.run(
-            ["node", "-e", script], cwd=npm_package, capture_output=True, text=True, check=True
-        ).stdout
-    )
-    customer_id = customers.add("my-certificate", "my-client-key")
-    request = Request(
-        [("Host", "api.example.com"), ("Content-Length", "10"), *headers.items()],
-        method="POST",
-        target="/orders?id=7",
-        scheme="https",
-        body=b'{"qty": 1}',
-    )
-    Plugin(PROTECTED, credentials).access(in_process_kong(request, lua_style=False))
-    assert request.upstream["x-customer-id"] == [customer_id]
+    assert verified(credentials, customers, headers) == 403
