@@ -30,21 +30,16 @@ def free_port():
         return probe.getsockname()[1]
 
 
+def command(app, port, *more):
+    """The command serving ``app`` (a name in APPS) on ``port``."""
+    if "gunicorn" in APPS[app][0]:
+        return [*APPS[app], "-b", f"127.0.0.1:{port}", *more]
+    return [*APPS[app], "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *more]
+
+
 @pytest.fixture(scope="module", params=list(APPS))
 def service(request, database_url):
-    def command(port):
-        if "gunicorn" in APPS[request.param][0]:
-            return APPS[request.param] + ["-b", f"127.0.0.1:{port}"]
-        return APPS[request.param] + [
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ]
-
-    with serving(command, {"DATABASE_URL": database_url}) as base:
+    with serving(lambda port: command(request.param, port), {"DATABASE_URL": database_url}) as base:
         yield base
 
 

@@ -6,8 +6,6 @@ the WSGI middleware under gunicorn with several workers."""
 import concurrent.futures
 import json
 import logging
-import os
-import sys
 import time
 import types
 
@@ -16,6 +14,7 @@ import pytest
 import requests
 from conftest import ROOT, SCHEMA, Customers, execute, serving, start_gateway
 from http_message_signatures.structures import CaseInsensitiveDict
+from test_middleware import command
 
 from customer_auth import client, nonces
 from customer_auth.connection import Settings, StoreUnavailable
@@ -310,28 +309,10 @@ def test_with_the_primary_down_protected_routes_get_503_and_the_others_keep_work
 
 # -- the middleware, in servers with several workers ------------------------------------------
 
-BIN = os.path.dirname(sys.executable)
-SERVICES = {  # several worker processes each: a request and its copy may reach two of them
-    "flask+gunicorn": lambda port: [
-        os.path.join(BIN, "gunicorn"),
-        "-w",
-        "3",
-        "-b",
-        f"127.0.0.1:{port}",
-        "flask_app:app",
-    ],
-    "fastapi+uvicorn": lambda port: [
-        os.path.join(BIN, "uvicorn"),
-        "--workers",
-        "2",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        "fastapi_app:app",
-    ],
+# Several worker processes each: a request and its copies may reach different ones.
+SERVICES = {
+    "flask+gunicorn": lambda port: command("flask+gunicorn", port, "-w", "3"),
+    "fastapi+uvicorn": lambda port: command("fastapi+uvicorn", port, "--workers", "2"),
 }
 
 
