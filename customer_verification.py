@@ -25,12 +25,11 @@ if __name__ == "__main__" and ("-g" in sys.argv or "--gevent" in sys.argv):
 
 import logging
 import os
-import uuid
 
 import gevent
 
 from customer_auth import metrics, operator_log, schema
-from customer_auth.consumers import ConsumerMap
+from customer_auth.consumers import ConsumerMap, is_uuid
 from customer_auth.credentials import Credentials
 from customer_auth.verification import (
     BodyTooLarge,
@@ -137,14 +136,14 @@ class KongRequest:
 class Plugin:
     def __init__(self, config, credentials=None):
         self.config = schema.with_defaults(config)
-        credentials = credentials or Credentials.shared()
-        self.credentials = credentials.cache(
+        store = credentials or Credentials.shared()
+        self.credentials = store.cache(
             ttl=self.config["cache_ttl"],
             negative_ttl=self.config["negative_cache_ttl"],
             stale_ttl=self.config["stale_ttl"],
             max_entries=self.config["cache_size"],
         )
-        self.verifier = Verifier(self.config, self.credentials, credentials.nonces)
+        self.verifier = Verifier(self.config, self.credentials, store.nonces)
         self.consumers = ConsumerMap(
             self.config["consumer_by"], self.config["cache_ttl"], self.config["cache_size"]
         )
@@ -287,16 +286,9 @@ class Plugin:
 def load_consumer(kong, key, by_username):
     """Kong's consumer by id (a uuid) or, with ``by_username``, by username; None if none. Kong
     raises on a key that is not a uuid unless ``by_username``, so such a key is never sent."""
-    if not by_username and not _is_uuid(key):
+    if not by_username and not is_uuid(key):
         return None
     return pdk_value(kong.client.load_consumer(key, by_username)) or None
-
-
-def _is_uuid(text):
-    try:
-        return str(uuid.UUID(text)) == text.lower()
-    except ValueError:
-        return False
 
 
 def tell_operator(kong):

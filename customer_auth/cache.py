@@ -9,8 +9,9 @@ import time
 from customer_auth import metrics
 from customer_auth.connection import StoreUnavailable
 from customer_auth.lookup import Credential
+from customer_auth.terms import LOGGER_NAME
 
-log = logging.getLogger("customer_verification")
+log = logging.getLogger(LOGGER_NAME)
 
 
 @dataclasses.dataclass

@@ -9,8 +9,9 @@ import psycopg2
 
 from customer_auth import metrics
 from customer_auth.connection import LISTENER, connect, describe
+from customer_auth.terms import LOGGER_NAME
 
-log = logging.getLogger("customer_verification")
+log = logging.getLogger(LOGGER_NAME)
 
 CHANGES_CHANNEL = "customer_changed"
 # The listener's echo channel: a notification it sends itself proves its LISTEN holds (_echo).
@@ -85,7 +86,7 @@ class ChangeListener:
             try:
                 self._listen()
             except NoEcho as error:
-                self._warn_once(
+                self._lost(
                     "change listener heard no answer to its heartbeat (%s): its connection died "
                     "silently, or it goes through a pool that does not keep a session (PgBouncer "
                     "pool_mode=transaction cannot hold a LISTEN: give "
@@ -95,7 +96,7 @@ class ChangeListener:
                     self._retry_delay,
                 )
             except (psycopg2.Error, OSError, ValueError) as error:
-                self._warn_once(
+                self._lost(
                     "change listener lost its database connection (%s); retrying every %g s, "
                     "cache TTLs bound staleness meanwhile",
                     describe(error),
@@ -108,7 +109,9 @@ class ChangeListener:
                 metrics.LISTENER_CONNECTED.set(0)
             self._stopped.wait(self._retry_delay)
 
-    def _warn_once(self, message, *args):
+    def _lost(self, message, *args):
+        """The connection is lost: one warning per outage, and the lookup pool's idle
+        connections dropped with it."""
         if not self._failing:
             log.warning(message, *args)
             # What took this connection (a restart, a NAT that forgot it) most likely took the

@@ -9,6 +9,7 @@ is kept for the credential cache's TTL, within its bound, so a cached customer c
 import collections
 import threading
 import time
+import uuid
 
 BY_ID, BY_USERNAME = "id", "username"
 
@@ -58,3 +59,11 @@ class ConsumerMap:
             while len(self._entries) > self._max_entries:
                 self._entries.popitem(last=False)
         return consumer
+
+
+def is_uuid(text):
+    """Kong's test of a consumer key (utils.is_valid_uuid): a uuid in its canonical form."""
+    try:
+        return str(uuid.UUID(text)) == text.lower()
+    except (ValueError, TypeError, AttributeError):
+        return False

@@ -10,8 +10,9 @@ import time
 from customer_auth import metrics
 from customer_auth.connection import PRIMARY, Pool, StoreUnavailable
 from customer_auth.replication import ReplayFloors
+from customer_auth.terms import LOGGER_NAME
 
-log = logging.getLogger("customer_verification")
+log = logging.getLogger(LOGGER_NAME)
 
 # One row at least: how far this server has replayed the primary's WAL (NULL on the primary),
 # then the customers holding the certificate, if any.

@@ -20,7 +20,7 @@ import hmac
 import re
 from collections.abc import Mapping
 
-from customer_auth.signature import (
+from customer_auth.terms import (
     BadSignature,
     MalformedSignature,
     SignatureExpired,
@@ -259,7 +259,11 @@ def choose(inputs, signatures, required_components, nonce_required=False) -> Mes
                 "characters"
             )
         else:
-            parse_certificate_id(keyid)
+            try:
+                parse_certificate_id(keyid)
+            except MalformedSignature as error:
+                reasons.append(f"{label} has a keyid that is no certificate id ({error})")
+                continue
             return MessageSignature(
                 label, covered, created, keyid, alg, expires, signatures[label], serialized, nonce
             )

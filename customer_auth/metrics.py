@@ -13,7 +13,9 @@ import wsgiref.simple_server
 
 import prometheus_client
 
-log = logging.getLogger("customer_verification")
+from customer_auth.terms import LOGGER_NAME
+
+log = logging.getLogger(LOGGER_NAME)
 
 OUTCOMES = (
     "verified",

@@ -41,10 +41,12 @@ from kong_pdk.logger import Logger
 from kong_pdk.module import Module
 from kong_pdk.server import PluginServer
 
+from customer_auth.terms import LOGGER_NAME
+
 from . import metrics
 from .events import RET, TERMINAL_METHODS, TIMED_OUT, Event, Namespace
 
-log = logging.getLogger("customer_verification")
+log = logging.getLogger(LOGGER_NAME)
 
 TRANSPORT = "CUSTOMER_VERIFICATION_TRANSPORT"
 TRANSPORTS = ("lean", "kong-pdk")

@@ -4,7 +4,7 @@ same options, with the same defaults."""
 
 from customer_auth import signature
 from customer_auth.consumers import BY_ID, BY_USERNAME
-from customer_auth.verification import RFC9421, V1
+from customer_auth.terms import RFC9421, V1
 
 _HEADER_NAME = {"match": "^[%w%-]+$"}
 

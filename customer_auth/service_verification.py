@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, TypedDict
 
 from customer_auth import metrics, schema
 from customer_auth.credentials import Credentials
+from customer_auth.terms import LOGGER_NAME
 from customer_auth.verification import (
     Customer,
     Rejection,
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from customer_auth.lookup import Credential
     from customer_auth.nonces import NonceStore
 
-log = logging.getLogger("customer_verification")
+log = logging.getLogger(LOGGER_NAME)
 
 SAFE_IN_PATH = "/:@!$&'()*+,;=~-._"
 

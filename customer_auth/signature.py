@@ -1,4 +1,4 @@
-"""The request signature: pure functions, importable by clients without kong_pdk or a database.
+"""The v1 request signature: pure functions, importable by clients without kong_pdk or a database.
 
 A client sends three headers; the signature is the hex SHA-256 of
 ``"{certificate_id}|{client_key}|{request_time}"``, with ``request_time`` exactly as sent
@@ -12,29 +12,18 @@ import hmac
 import time
 from collections.abc import Iterable
 
+from customer_auth.terms import BadSignature as BadSignature  # this module's interface too
+from customer_auth.terms import MalformedSignature as MalformedSignature
+from customer_auth.terms import SignatureError as SignatureError
+from customer_auth.terms import SignatureExpired as SignatureExpired
+from customer_auth.terms import parse_certificate_id as parse_certificate_id
+
 CERTIFICATE_ID_HEADER = "client-certificate-id"
 REQUEST_TIME_HEADER = "client-request-time"
 SIGNATURE_HEADER = "client-request-signature"
 
 # Every request parses all three headers, so these use str methods, a fraction of a regex's cost.
-MAX_CERTIFICATE_ID = 256
 MAX_REQUEST_TIME_DIGITS = 12  # the year 33658: enough for any clock, too few to overflow anything
-
-
-class SignatureError(Exception):
-    """The request's signature cannot be accepted."""
-
-
-class MalformedSignature(SignatureError):
-    """A signature header is not of the form the scheme defines."""
-
-
-class SignatureExpired(SignatureError):
-    """The request time is outside the allowed clock skew."""
-
-
-class BadSignature(SignatureError):
-    """The signature does not match any key the customer may sign with."""
 
 
 def sign(certificate_id: str, client_key: str, request_time: str) -> str:
@@ -54,23 +43,6 @@ def signed_headers(
         REQUEST_TIME_HEADER: request_time,
         SIGNATURE_HEADER: sign(certificate_id, client_key, request_time),
     }
-
-
-def parse_certificate_id(text: str) -> str:
-    # Visible ASCII only (printable ASCII is 0x20-0x7e, then no space): header values are Latin-1
-    # on the wire, and a bound keeps hostile input away from the database and the logs. No comma:
-    # a server may join two lines of a header with one (RFC 9110), and two ids must not pass as one.
-    if not (
-        0 < len(text) <= MAX_CERTIFICATE_ID
-        and text.isascii()
-        and text.isprintable()
-        and " " not in text
-        and "," not in text
-    ):
-        raise MalformedSignature(
-            f"certificate id must be 1 to {MAX_CERTIFICATE_ID} visible ASCII characters, no comma"
-        )
-    return text
 
 
 def parse_request_time(text: str) -> str:

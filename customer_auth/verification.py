@@ -18,16 +18,24 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 from customer_auth import message_signatures, signature
 from customer_auth.connection import StoreUnavailable
+from customer_auth.terms import (
+    LOGGER_NAME,
+    RFC9421,
+    V1,
+    BadSignature,
+    MalformedSignature,
+    SignatureExpired,
+)
 
 if TYPE_CHECKING:
     from customer_auth.cache import VerifiedRequests
     from customer_auth.lookup import Credential
 
-log = logging.getLogger("customer_verification")
+log = logging.getLogger(LOGGER_NAME)
 
-V1, RFC9421 = "v1", "rfc9421"
 DIGEST = "content-digest"  # the component that binds the body
-V1_HEADERS = ("certificate_id_header", "request_time_header", "signature_header")  # config fields
+# The options naming the v1 headers (Verifier.v1_headers holds the names themselves).
+V1_HEADER_OPTIONS = ("certificate_id_header", "request_time_header", "signature_header")
 
 
 Headers = Mapping[str, list[str]]  # lower-case name -> every value as received
@@ -192,7 +200,7 @@ class Verifier:
         self.config = config
         self.credentials = credentials
         # Kong lower-cases them
-        self.v1_headers = tuple(config[name].lower() for name in V1_HEADERS)
+        self.v1_headers = tuple(config[name].lower() for name in V1_HEADER_OPTIONS)
         self.replay_protection = config["replay_protection"]
         if self.replay_protection and nonces is None:
             raise ValueError("replay_protection needs a nonce store")
@@ -240,14 +248,14 @@ class Verifier:
         client_signature = _parse(signed[2], names[2], signature.parse_signature)
         try:
             signature.check_fresh(request_time, self.config["clock_skew"], now)
-        except signature.SignatureExpired as error:
+        except SignatureExpired as error:
             raise unverified(f"certificate {certificate_id!r}: {error}") from None
         credential = self._credential(certificate_id)
         try:
             signature.verify(
                 client_signature, certificate_id, request_time, credential.keys_valid_at(now)
             )
-        except signature.BadSignature:
+        except BadSignature:
             raise unverified(f"certificate {certificate_id!r}: signature does not match") from None
         self.credentials.verified.remember(signed, credential, int(request_time), now)
         return Customer(credential.customer_id, certificate_id)
@@ -278,11 +286,11 @@ class Verifier:
                 raise missing(name.title(), self._accept_signature())
         try:
             inputs = message_signatures.parse_signature_input(headers["signature-input"])
-        except signature.MalformedSignature as error:
+        except MalformedSignature as error:
             raise malformed("Signature-Input", error, self._accept_signature()) from None
         try:
             signatures = message_signatures.parse_signature(headers["signature"])
-        except signature.MalformedSignature as error:
+        except MalformedSignature as error:
             raise malformed("Signature", error, self._accept_signature()) from None
         chosen = self._choose(request, inputs, signatures, self.config["required_components"])
         message = message_signatures.Message(
@@ -290,7 +298,7 @@ class Verifier:
         )
         try:
             base = message_signatures.signature_base(message, chosen)
-        except signature.MalformedSignature as error:
+        except MalformedSignature as error:
             raise Rejection(
                 400,
                 f"Signature cannot be checked: {error}",
@@ -301,14 +309,14 @@ class Verifier:
         reference = f"certificate {chosen.keyid!r}"
         try:
             message_signatures.check_fresh(chosen, self.config["clock_skew"], now)
-        except signature.SignatureExpired as error:
+        except SignatureExpired as error:
             raise unverified(f"{reference}: {error}") from None
         credential = self._credential(chosen.keyid)
         try:
             message_signatures.verify(
                 chosen, base, credential.keys_valid_at(now), credential.public_keys_valid_at(now)
             )
-        except signature.BadSignature:
+        except BadSignature:
             raise unverified(f"{reference}: signature does not match") from None
         if DIGEST in chosen.covered_components:
             self._check_body(request, headers, reference)
@@ -325,14 +333,14 @@ class Verifier:
         nonce = self.replay_protection
         try:
             return message_signatures.choose(inputs, signatures, required, nonce)
-        except signature.MalformedSignature as error:
+        except message_signatures.PolicyViolation as error:
             violation = error
         if DIGEST in required and not request.has_body():
             try:
                 return message_signatures.choose(
                     inputs, signatures, [name for name in required if name != DIGEST], nonce
                 )
-            except signature.MalformedSignature as error:
+            except message_signatures.PolicyViolation as error:
                 violation = error
         raise policy_violation(violation, self._accept_signature())
 
@@ -348,9 +356,9 @@ class Verifier:
             ) from None
         try:
             message_signatures.check_content_digest(headers.get(DIGEST), body)
-        except signature.BadSignature as error:
+        except BadSignature as error:
             raise unverified(f"{reference}: {error}") from None
-        except signature.MalformedSignature as error:
+        except MalformedSignature as error:
             raise malformed("Content-Digest", error) from None
 
     def _claim_nonce(self, chosen: message_signatures.MessageSignature, reference: str) -> None:
@@ -396,5 +404,5 @@ Parsed = TypeVar("Parsed")
 def _parse(value: str, name: str, parse: Callable[[str], Parsed]) -> Parsed:
     try:
         return parse(value)
-    except signature.MalformedSignature as error:
+    except MalformedSignature as error:
         raise malformed(name, error) from None

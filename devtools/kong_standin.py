@@ -26,6 +26,8 @@ import time
 
 import msgpack
 
+from customer_auth.consumers import is_uuid
+
 TERMINAL_METHODS = {"kong.response.exit", "kong.response.error"}
 MULTI_MAP_METHODS = {
     "kong.request.get_headers",
@@ -53,7 +55,7 @@ DEFAULT_ERROR_MESSAGES = {
 }
 
 
-class PDKError(Exception):
+class StepError(Exception):
     """A PDK function failed: Kong answers with plugin.StepError."""
 
 
@@ -105,7 +107,7 @@ class Request:
         return headers
 
     def call(self, method, args):
-        """Runs one PDK function as Kong would; PDKError for what Kong reports as an error."""
+        """Runs one PDK function as Kong would; StepError for what Kong reports as an error."""
         if self.response is not None:
             raise NeverAnswered(f"{method} after {self.response_method}")
         self.pdk_calls.append(method)
@@ -114,7 +116,7 @@ class Request:
             if method.startswith("kong.log.") and method[len("kong.log.") :] in KONG_LOG_FUNCTIONS:
                 self.logs.append((method[len("kong.log.") :], args))
                 return None
-            raise PDKError(f"could not find pdk method: {method}")
+            raise StepError(f"could not find pdk method: {method}")
         return getattr(self, handler)(*args)
 
     # kong.request
@@ -142,12 +144,12 @@ class Request:
         ``max_allowed_file_size`` allows (0: any size)."""
         if len(self.body) > CLIENT_BODY_BUFFER_SIZE:
             if max_allowed_file_size is None or max_allowed_file_size < 0:
-                raise PDKError(
+                raise StepError(
                     "request body did not fit into client body buffer, consider raising "
                     "'client_body_buffer_size'"
                 )
             if 0 < max_allowed_file_size < len(self.body):
-                raise PDKError(
+                raise StepError(
                     f"request body file too big: {len(self.body)} > {max_allowed_file_size}"
                 )
         return _text(self.body)
@@ -169,7 +171,7 @@ class Request:
 
     def load_consumer(self, key, by_username=False):
         """By id when ``key`` is a uuid, then by username when ``by_username``; None if none."""
-        if not _is_uuid(key) and not by_username:
+        if not is_uuid(key) and not by_username:
             raise KongRaised(f"cannot load a consumer with an id that is not a uuid: {key}")
         for field in ("id", "username") if by_username else ("id",):
             for consumer in self.consumers:
@@ -198,7 +200,7 @@ class Request:
 
     def set_headers(self, headers):
         if not isinstance(headers, dict):
-            raise PDKError("headers must be a table")
+            raise StepError("headers must be a table")
         checked = {
             name: _header_values(name, value, allow_list=True) for name, value in headers.items()
         }
@@ -254,23 +256,13 @@ _PDK = {
 CLIENT_BODY_BUFFER_SIZE = 8192
 
 
-def _is_uuid(text):
-    import uuid
-
-    try:
-        uuid.UUID(str(text))
-        return True
-    except ValueError:
-        return False
-
-
 def _text(value):
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
 def _header_name(name):
     if not isinstance(name, str):
-        raise PDKError(f"invalid header name {name!r}: expected string")
+        raise StepError(f"invalid header name {name!r}: expected string")
     return name
 
 
@@ -283,7 +275,7 @@ def _header_values(name, value, allow_list):
         return [value or " "]
     if allow_list and isinstance(value, list) and all(isinstance(v, str) for v in value):
         return [v or " " for v in value]
-    raise PDKError(f"invalid header value for {name!r}: {type(value).__name__}")
+    raise StepError(f"invalid header value for {name!r}: {type(value).__name__}")
 
 
 class _InProcessChannel:
@@ -297,7 +289,7 @@ class _InProcessChannel:
     def put(self, message):
         try:
             self.answer = (self.request.call(message["Method"], message["Args"]), None)
-        except PDKError as error:
+        except StepError as error:
             self.answer = (None, str(error))
 
     def get(self):
@@ -612,7 +604,7 @@ class KongStandIn:
                     )
                 except KongRaised:
                     raise  # nginx ends the request with a 500: nothing more is sent to the server
-                except PDKError as error:
+                except StepError as error:
                     result, step_method = str(error), "plugin.StepError"
                 if method in TERMINAL_METHODS:
                     return trips  # nginx has ended the request: Kong sends nothing more

@@ -10,7 +10,7 @@ import pytest
 
 from customer_auth import signature
 from customer_verification import DEFAULTS, Plugin, Schema, priority, version
-from devtools.kong_standin import PDKError, Request, in_process_kong, round_trips
+from devtools.kong_standin import Request, StepError, in_process_kong, round_trips
 
 KEY = "k3y-0f-cert-1"
 
@@ -63,7 +63,7 @@ def test_contract_at_a_glance():
             assert "type" in spec and "default" in spec
 
 
-def test_verified_request_reaches_upstream_with_customer_id_in_three_round_trips(
+def test_verified_request_reaches_upstream_with_customer_id_in_four_round_trips(
     plugin, customer_id, lua_style
 ):
     request = run(plugin, signed(), lua_style)
@@ -269,7 +269,7 @@ def test_cached_customer_keeps_working_in_stale_window_while_store_fails(
 
 class FailingRequest(Request):
     def get_headers(self, max_headers=100):
-        raise PDKError("headers unavailable")
+        raise StepError("headers unavailable")
 
 
 def test_a_failing_pdk_call_is_answered_not_let_through(plugin, customer_id, lua_style):
