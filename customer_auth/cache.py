@@ -8,6 +8,7 @@ import time
 
 from customer_auth import metrics
 from customer_auth.connection import StoreUnavailable
+from customer_auth.expiring import ExpiringMap
 from customer_auth.lookup import Credential
 from customer_auth.terms import LOGGER_NAME
 
@@ -45,30 +46,21 @@ class VerifiedRequests:
 
     def __init__(self, cache, max_entries):
         self._cache = cache
-        self._max_entries = max_entries
-        self._entries = collections.OrderedDict()
-        self._lock = threading.Lock()
+        self._entries = ExpiringMap(max_entries)  # values -> (credential, request time)
 
     def recall(self, signed, now, clock_skew):
         """The customer id ``signed`` was verified for, if that still holds; else None."""
-        remembered = self._entries.get(signed)
-        if remembered is None:
+        found, remembered = self._entries.lookup(signed, now)
+        if not found:
             return None
-        credential, request_time, valid_until = remembered
-        if (
-            abs(now - request_time) <= clock_skew
-            and now < valid_until
-            and self._cache.fresh(signed[0]) is credential
-        ):
+        credential, request_time = remembered
+        if abs(now - request_time) <= clock_skew and self._cache.fresh(signed[0]) is credential:
             metrics.CACHE_HIT.inc()
             return credential.customer_id
         return None
 
     def remember(self, signed, credential, request_time, now):
-        with self._lock:
-            self._entries[signed] = (credential, request_time, credential.keys_valid_until(now))
-            while len(self._entries) > self._max_entries:
-                self._entries.popitem(last=False)
+        self._entries.put(signed, (credential, request_time), credential.keys_valid_until(now))
 
     def __len__(self):
         return len(self._entries)

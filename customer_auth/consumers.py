@@ -6,10 +6,10 @@ one by ``consumer_by``, in order: ``id`` (the customer's uuid is the consumer's 
 is kept for the credential cache's TTL, within its bound, so a cached customer costs no lookup.
 """
 
-import collections
-import threading
 import time
 import uuid
+
+from customer_auth.expiring import ExpiringMap
 
 BY_ID, BY_USERNAME = "id", "username"
 
@@ -18,10 +18,8 @@ class ConsumerMap:
     def __init__(self, consumer_by, ttl, max_entries, clock=time.monotonic):
         self.consumer_by = tuple(consumer_by)
         self._ttl = ttl
-        self._max_entries = max_entries
         self._clock = clock
-        self._entries = collections.OrderedDict()  # key -> (consumer or None, fresh until)
-        self._lock = threading.Lock()
+        self._entries = ExpiringMap(max_entries)  # key -> consumer or None
 
     def for_customer(self, customer, load):
         """The customer's consumer, or None; ``load(key, by_username)`` asks Kong."""
@@ -49,15 +47,10 @@ class ConsumerMap:
         return None
 
     def _remembered(self, key, find):
-        entry = self._entries.get(key)
-        if entry is not None and self._clock() < entry[1]:
-            return entry[0]
-        consumer = find()
-        with self._lock:
-            self._entries[key] = (consumer, self._clock() + self._ttl)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._max_entries:
-                self._entries.popitem(last=False)
+        found, consumer = self._entries.lookup(key, self._clock())
+        if not found:
+            consumer = find()
+            self._entries.put(key, consumer, self._clock() + self._ttl)
         return consumer
 
 

@@ -8,11 +8,10 @@ refused is refused again from memory, without the round trip. Nothing else of th
 stored.
 """
 
-import collections
-import threading
 import time
 
 from customer_auth.connection import PRIMARY, Pool
+from customer_auth.expiring import ExpiringMap
 
 # Through a function the plugin's role may only execute (customer_nonce_claim): it inserts and
 # expires, and nothing else can be done with the table.
@@ -56,20 +55,13 @@ class SeenNonces:
     fresh nonces (which needs a key: only verified signatures get here) evicts no customer."""
 
     def __init__(self, max_entries):
-        self._max_entries = max_entries
-        self._entries = collections.OrderedDict()  # pair -> expires at
-        self._lock = threading.Lock()
+        self._entries = ExpiringMap(max_entries)
 
     def recall(self, key, now):
-        expires_at = self._entries.get(key)
-        return expires_at is not None and now < expires_at
+        return self._entries.lookup(key, now)[0]
 
     def remember(self, key, expires_at):
-        with self._lock:
-            self._entries[key] = expires_at
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._max_entries:
-                self._entries.popitem(last=False)
+        self._entries.put(key, True, expires_at)
 
     def __len__(self):
         return len(self._entries)

@@ -18,6 +18,7 @@ MAX_MODULE_LINES = 450
 # credentials -> cache, lookup, listener -> connections.
 LAYERS = {
     "customer_auth.terms": -1,
+    "customer_auth.expiring": -1,
     "customer_auth.signature": 0,
     "customer_auth.metrics": 0,
     "customer_auth.operator_log": 0,
