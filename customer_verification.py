@@ -120,9 +120,8 @@ class KongRequest:
         try:
             # also a body Kong put in a file
             body = pdk_value(self._kong.request.get_raw_body(limit))
-        except (
-            Exception
-        ) as error:  # PDKError, or kong-pdk's PDKException: "request body file too big"
+        except Exception as error:
+            # PDKError, or kong-pdk's PDKException: "request body file too big".
             if "too big" in str(error):
                 raise BodyTooLarge() from None
             raise

@@ -401,9 +401,8 @@ def _sign(args, out):
                 body=body,
                 nonce=args.nonce,
             )
-        except (
-            Exception
-        ) as error:  # the library's HTTPMessageSignaturesException: a URL it cannot sign
+        except Exception as error:
+            # The library's HTTPMessageSignaturesException: a URL it cannot sign.
             raise Failure(2, f"cannot sign that request: {error}") from None
         headers = dict(message.headers.items())
     if args.curl:

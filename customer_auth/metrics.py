@@ -172,10 +172,8 @@ def serve_from_environment(health):
     address = os.environ.get("CUSTOMER_VERIFICATION_METRICS_ADDRESS", "").strip() or DEFAULT_ADDRESS
     try:
         return serve(int(port), health, address)
-    except (
-        ValueError,
-        OSError,
-    ) as error:  # the plugin still verifies: only its metrics are missing
+    except (ValueError, OSError) as error:
+        # The plugin still verifies: only its metrics are missing.
         log.error(
             "cannot serve metrics on %s port %r (CUSTOMER_VERIFICATION_METRICS_PORT): %s",
             address,

@@ -130,12 +130,8 @@ class LeanTransport:
                 if not data:
                     return
                 unpacker.feed(data)
-                for (
-                    _kind,
-                    msgid,
-                    method,
-                    args,
-                ) in unpacker:  # another shape ends the connection, as in kong-pdk
+                # Another shape than [0, msgid, method, args] ends the connection, as in kong-pdk.
+                for _kind, msgid, method, args in unpacker:
                     self._send(connection, self.answer(msgid, method, args))
         except OSError:
             pass  # Kong went away mid-answer; its events wait for another connection or the sweep
@@ -246,7 +242,9 @@ class LeanTransport:
         return {"Data": self._settle(event, output), "EventId": event.id}
 
     def _wait_for(self, event, switch, *value):
-        """The handler's next output, this connection waiting as the event's waiter meanwhile."""
+        """The handler's next output, this connection waiting as the event's waiter meanwhile
+        (Kong's wait for the answer starts now: the handler timeout counts from here)."""
+        event.since = time.monotonic()
         event.wait_on(getcurrent())
         try:
             return switch(*value)
@@ -314,7 +312,7 @@ class LeanTransport:
             if waiter is not None and now - event.since > self.handler_timeout:
                 event.wait_on(None)
                 waiter.switch(TIMED_OUT)
-            elif waiter is None and not event.ready and now - event.since > self.step_timeout:
+            elif waiter is None and now - event.since > self.step_timeout:
                 metrics.EVENTS_ENDED_BY_REASON["never_finished"].inc()
                 log.warning(
                     "Kong never finished a plugin event in %.0f s; it was ended", self.step_timeout

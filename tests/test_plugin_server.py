@@ -283,6 +283,15 @@ def test_an_event_kong_never_finishes_is_swept(served):
     )
 
 
+def test_an_interrupted_event_whose_next_step_never_comes_is_swept(served):
+    wire = started(served, TINY_STEP_TIMEOUT="1")
+    baseline = stats(wire)["greenlets"]
+    _, answer = start_event(wire, "timeout", x_calls="get_id", x_seconds="0.1")
+    assert answer[3]["Data"]["Method"] == "kong.node.get_id"  # its answer never comes
+    time.sleep(2.5)  # the Timeout fired, the exit waits as the answer to a Step Kong never sends
+    assert stats(wire)["greenlets"] == baseline
+
+
 def test_an_event_goes_on_on_another_connection_after_kong_drops_one(served):
     wire = started(served)
     event_id, answer = start_event(wire, "pass", on=0)
