@@ -361,3 +361,13 @@ def test_without_gevent_or_when_asked_the_server_is_stock_kong_pdk(served):
         assert "lean transport" not in server.log()
     server, _ = served("lean")
     assert "lean transport" in server.log()
+
+
+def test_an_unknown_transport_setting_is_said_and_the_lean_one_runs(served):
+    server, wire = served(SERVER_MODES["lean"], CUSTOMER_VERIFICATION_TRANSPORT="fast")
+    wire.call("plugin.StartInstance", {"Name": "tiny", "Config": CONFIG})
+    _, answer = start_event(wire, "raise")
+    assert answer[2] == "boom"  # answered at once: the lean transport
+    assert (
+        "CUSTOMER_VERIFICATION_TRANSPORT must be one of lean, kong-pdk; using lean" in server.log()
+    )
