@@ -26,7 +26,6 @@ gevent's.
 import _socket
 import logging
 import os
-import re
 import time
 import traceback
 
@@ -37,9 +36,6 @@ from greenlet import getcurrent
 from kong_pdk import cli as pdk_cli
 from kong_pdk import listener as pdk_listener
 from kong_pdk.exception import PDKException, PluginServerException
-from kong_pdk.logger import Logger
-from kong_pdk.module import Module
-from kong_pdk.server import PluginServer
 
 from customer_auth.terms import LOGGER_NAME
 
@@ -321,13 +317,10 @@ class LeanTransport:
                 self._kill(event)
 
 
-_CAMEL = re.compile("([a-z])([A-Z])")
-
-
 def _snake_case(command):
-    """kong-pdk's conversion of an RPC command to its method name: StartInstance ->
-    start_instance."""
-    return command[0].lower() + _CAMEL.sub(
+    """kong-pdk's conversion of an RPC command to its method name (with its own pattern):
+    StartInstance -> start_instance."""
+    return command[0].lower() + pdk_listener.cmdre.sub(
         lambda m: "%s_%s" % (m.group(1), m.group(2).lower()), command[1:]
     )
 
@@ -341,6 +334,19 @@ def chosen_transport():
     return name
 
 
+class _LeanListener:
+    """Takes the place of kong-pdk's ``UnixStreamServer`` in its own ``start_dedicated_server``
+    (same arguments), so that kong-pdk still parses the options, builds the plugin server and
+    names the socket, and this transport serves it."""
+
+    def __init__(self, plugin_server, path, sock_name, use_gevent, listen_queue_size):
+        self._transport = LeanTransport(plugin_server)
+        self._path, self._backlog = os.path.join(path, sock_name), listen_queue_size
+
+    def serve_forever(self):
+        self._transport.serve_forever(self._path, self._backlog)
+
+
 def start_dedicated_server(name, plugin, version=None, priority=0, schema=()):
     """kong-pdk's ``start_dedicated_server``, with its options, on the lean transport.
 
@@ -348,28 +354,6 @@ def start_dedicated_server(name, plugin, version=None, priority=0, schema=()):
     kong-pdk's own, unchanged.
     """
     args = pdk_cli.parse(dedicated=True)
-    if args.dump or not args.gevent or chosen_transport() == "kong-pdk":
-        return pdk_cli.start_dedicated_server(name, plugin, version, priority, list(schema))
-    server = PluginServer(
-        loglevel=Logger.WARNING - args.verbose,
-        use_gevent=True,
-        name="%s version %s" % (name, version or "unknown"),
-        lua_style=not args.no_lua_style,
-    )
-
-    class _Module:
-        Plugin = plugin
-        Schema = list(schema)
-
-    _Module.version, _Module.priority = version, priority
-    server.plugins[name] = Module(name, module=_Module)
-    pdk_cli.display_lua_style_notice(not args.no_lua_style, server)
-    socket_name = args.socket_name
-    if socket_name == pdk_listener.DEFAULT_SOCKET_NAME:
-        socket_name = "%s.sock" % name
-    try:
-        LeanTransport(server).serve_forever(
-            os.path.join(args.prefix, socket_name), args.listen_queue_size
-        )
-    except KeyboardInterrupt:
-        server.logger.info("polite exit requested, terminating...")
+    if not args.dump and args.gevent and chosen_transport() == "lean":
+        pdk_cli.UnixStreamServer = _LeanListener
+    return pdk_cli.start_dedicated_server(name, plugin, version, priority, list(schema))
