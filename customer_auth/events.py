@@ -82,8 +82,7 @@ class Event(greenlet):
         self.parked = True
         try:
             waiter = self.waiter
-            if waiter is not None:
-                self.wait_on(None)
+            if waiter is not None:  # it stops waiting (wait_on(None)) as soon as it resumes
                 reply = waiter.switch(output)
             else:
                 self.ready = output

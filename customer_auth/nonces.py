@@ -28,40 +28,28 @@ class NonceStore:
 
     def __init__(self, settings, max_remembered=MAX_REMEMBERED):
         self.pool = Pool(settings, PRIMARY, size=max(1, settings.pool_size // 2))
-        self.seen = SeenNonces(max_remembered)
+        # Pairs claimed or refused here, until they expire; apart from the credential cache, so a
+        # flood of fresh nonces (which needs a key: only verified signatures get here) evicts no
+        # customer.
+        self.seen = ExpiringMap(max_remembered)
         self.claims = 0  # statements sent to the primary
 
     def claim(self, certificate_id, nonce, fresh_until, now=None):
         """True for the first use of ``nonce`` with this certificate until ``fresh_until`` (epoch
         seconds: the end of its signature's window), False for any other; StoreUnavailable when
         the primary cannot say."""
-        now = time.time() if now is None else now
-        key = (certificate_id, nonce)
-        if self.seen.recall(key, now):
+        if self.seen_here(certificate_id, nonce, now):
             return False
         expires_at = fresh_until + CLOCK_MARGIN
         self.claims += 1
         ((claimed,),) = self.pool.fetch_all(_CLAIM, (certificate_id, nonce, expires_at))
-        self.seen.remember(key, expires_at)
+        self.seen.put((certificate_id, nonce), True, expires_at)
         return claimed
+
+    def seen_here(self, certificate_id, nonce, now=None):
+        """Whether this process has claimed or seen refused the pair, and it has not expired."""
+        now = time.time() if now is None else now
+        return self.seen.lookup((certificate_id, nonce), now)[0]
 
     def close(self):
         self.pool.close()
-
-
-class SeenNonces:
-    """(certificate, nonce) pairs claimed or refused here, until they expire; at most
-    ``max_entries``, the oldest leaving first. Apart from the credential cache, so a flood of
-    fresh nonces (which needs a key: only verified signatures get here) evicts no customer."""
-
-    def __init__(self, max_entries):
-        self._entries = ExpiringMap(max_entries)
-
-    def recall(self, key, now):
-        return self._entries.lookup(key, now)[0]
-
-    def remember(self, key, expires_at):
-        self._entries.put(key, True, expires_at)
-
-    def __len__(self):
-        return len(self._entries)

@@ -7,7 +7,6 @@ import http
 import json
 import logging
 import os
-import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypedDict
 
@@ -152,7 +151,7 @@ class _MemoryOnlyNonces:
         self._nonces = nonces
 
     def claim(self, certificate_id: str, nonce: str, fresh_until: float) -> bool:
-        if self._nonces.seen.recall((certificate_id, nonce), time.time()):
+        if self._nonces.seen_here(certificate_id, nonce):
             return False
         raise StoreNeeded()
 
