@@ -131,12 +131,14 @@ class ASGIMiddleware:
         limit = self._verification.config["max_body_size"]
         while True:
             try:
-                try:
-                    return decide(memory_verifier, request)
-                except StoreNeeded:
-                    return await asyncio.get_running_loop().run_in_executor(
-                        None, decide, verifier, request
-                    )
+                if memory_verifier is not None:
+                    try:
+                        return decide(memory_verifier, request)
+                    except StoreNeeded:
+                        pass
+                return await asyncio.get_running_loop().run_in_executor(
+                    None, decide, verifier, request
+                )
             except BodyNeeded as needed:
                 await request.receive(receive, needed.whole, limit)
 

@@ -24,7 +24,6 @@ from customer_auth.verification import (
 if TYPE_CHECKING:
     from customer_auth.cache import CredentialCache
     from customer_auth.lookup import Credential
-    from customer_auth.nonces import NonceStore
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -72,16 +71,17 @@ class Verification:
         self._prefixes = tuple(rule for rule in exempt if isinstance(rule, str))
         self._predicates = tuple(rule for rule in exempt if callable(rule))
         self._pid: int | None = None
-        self._verifiers: tuple[Verifier, Verifier]
+        self._verifiers: tuple[Verifier, Verifier | None]
 
     def exempt(self, path: str) -> bool:
         return any(_under(path, rule) for rule in self._prefixes) or any(
             rule(path) for rule in self._predicates
         )
 
-    def verifiers(self) -> tuple[Verifier, Verifier]:
+    def verifiers(self) -> tuple[Verifier, Verifier | None]:
         """``(verifier, memory_verifier)`` of this process (never inherited); the second answers
-        only from the cache (a miss raises StoreNeeded)."""
+        only from the cache (a miss raises StoreNeeded). A route with replay protection has none:
+        each of its requests claims its nonce on the primary."""
         if self._pid != os.getpid():
             config = self.config
             cache = Credentials.shared().cache(
@@ -90,11 +90,11 @@ class Verification:
                 config["stale_ttl"],
                 config["cache_size"],
             )
-            nonces = Credentials.shared().nonces
-            self._verifiers = (
-                Verifier(config, cache, nonces),
-                Verifier(config, _MemoryOnly(cache), _MemoryOnlyNonces(nonces)),
-            )
+            verifier = Verifier(config, cache, Credentials.shared().nonces)
+            if config["replay_protection"]:
+                self._verifiers = (verifier, None)
+            else:
+                self._verifiers = (verifier, Verifier(config, _MemoryOnly(cache)))
             self._pid = os.getpid()
         return self._verifiers
 
@@ -141,19 +141,6 @@ class _MemoryOnly:
             raise StoreNeeded()
         found: Credential | None = credential
         return found
-
-
-class _MemoryOnlyNonces:
-    """The nonce store's interface, answered from memory only: a replay seen here is refused, a
-    claim on the primary raises StoreNeeded."""
-
-    def __init__(self, nonces: NonceStore) -> None:
-        self._nonces = nonces
-
-    def claim(self, certificate_id: str, nonce: str, fresh_until: float) -> bool:
-        if self._nonces.seen_here(certificate_id, nonce):
-            return False
-        raise StoreNeeded()
 
 
 def decide(verifier: Verifier, request: RequestView) -> tuple[Customer | None, Answer | None]:
