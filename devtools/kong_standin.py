@@ -454,7 +454,7 @@ class KongStandIn:
         self.info = plugin_info
         self.name = plugin_info["Name"]
         self.phases = plugin_info["Phases"]
-        self._defaults = _schema_defaults(plugin_info["Schema"])
+        self._defaults = schema_defaults(plugin_info["Schema"])
         self._timeout = timeout
         self._pool_size = pool_size
         self._idle = []
@@ -628,7 +628,7 @@ class _BridgeError(Exception):
         self.round_trips = round_trips
 
 
-def _schema_defaults(schema):
+def schema_defaults(schema):
     for field in schema["fields"]:
         if "config" in field:
             return {
