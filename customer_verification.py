@@ -61,6 +61,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")  # CUSTOMER_VERIFICATION_LOG_
 # the shipped fail-closed rule lets it pass too.
 PREFLIGHT_MARK = "customer_verification_preflight"
 
+FORM = "application/x-www-form-urlencoded"
+
 
 class PDKError(Exception):
     """A PDK call answered with an error (Lua-style ``(value, err)`` return)."""
@@ -86,6 +88,7 @@ class KongRequest:
         if sum(len(values) for values in self.headers.values()) >= MAX_HEADER_LINES:
             raise too_many_headers(MAX_HEADER_LINES - 1)
         self._asked = {}
+        self._length = None
 
     def _ask(self, function):
         if function not in self._asked:
@@ -101,35 +104,42 @@ class KongRequest:
     def scheme(self):
         return self._ask("get_scheme")
 
+    def http_version(self):
+        return self._ask("get_http_version") or 1.1
+
     def has_body(self):
-        """nginx's view: what it reads, whatever the framing (Content-Length with leading zeros,
-        one past the lines the plugin sees, HTTP/2 DATA frames without either header). Asking for
-        one byte of a body Kong buffered to a file costs no read of it."""
-        try:
-            return bool(self._raw_body(1))
-        except BodyTooLarge:
-            return True
+        return self._body_length() > 0
 
     def body(self, limit):
-        body = self._raw_body(limit)
-        if len(body) > limit:
+        if self._body_length() > limit:
             raise BodyTooLarge()
-        return body
-
-    def _raw_body(self, limit):
-        try:
-            # also a body Kong put in a file
-            body = pdk_value(self._kong.request.get_raw_body(limit))
-        except Exception as error:
-            # PDKError, or kong-pdk's PDKException: "request body file too big".
-            if "too big" in str(error):
-                raise BodyTooLarge() from None
-            raise
+        # Any size (0): the length is known to be within the limit, and so the answer is never
+        # the nil that Kong's bridge fails to pack (a body in nginx's temp file over a limit).
+        body = pdk_value(self._kong.request.get_raw_body(0))
         # Bytes that are not UTF-8 arrive as surrogates (see accept_raw_bytes): these are the
         # bytes the client sent.
         return (
             body.encode("utf-8", "surrogateescape") if isinstance(body, str) else bytes(body or b"")
         )
+
+    def _body_length(self):
+        """How many body bytes nginx reads and forwards, whatever the framing. A Content-Length
+        is nginx's own count (it refuses a request whose value is not one number, or whose body
+        differs from it). HTTP/1.x sends a body only with it or Transfer-Encoding. Otherwise
+        (chunked, HTTP/2 DATA frames without a length) only reading tells: nginx reads the body
+        for kong.request.get_body (whose answer, a form's first argument or nil, Kong can always
+        send back) and then holds its length in $content_length."""
+        if self._length is None:
+            declared = self.headers.get("content-length")
+            if declared and declared[0].isascii() and declared[0].isdigit():
+                self._length = int(declared[0])
+            elif "transfer-encoding" not in self.headers and self.http_version() < 2:
+                self._length = 0
+            else:
+                self._kong.request.get_body(FORM, 1)
+                length = pdk_value(self._kong.nginx.get_var("content_length"))
+                self._length = int(length) if length else 0
+        return self._length
 
 
 class Plugin:

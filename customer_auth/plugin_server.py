@@ -347,13 +347,38 @@ class _LeanListener:
         self._transport.serve_forever(self._path, self._backlog)
 
 
+def first_id():
+    """Where this process starts numbering instances and events: the microseconds since the
+    machine booted. Each Kong worker keeps the instance id StartInstance gave it, and forgets it
+    only when told "no plugin instance"; a server that numbered from 0 again after a restart
+    would serve a worker's stale id with another route's instance, under that route's policy.
+    No process issues a million ids a second, so a later process never meets an earlier one's
+    ids (the clock never goes back, and Kong's workers do not outlive a reboot). Well within
+    2^53, where Kong's Lua numbers stop being exact."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME) // 1000
+
+
+class _NumberedFromNow:
+    """Wraps the listener kong-pdk's ``start_dedicated_server`` builds, to number the plugin
+    server's instances and events from first_id()."""
+
+    def __init__(self, listener):
+        self._listener = listener
+
+    def __call__(self, plugin_server, *args, **options):
+        plugin_server.instance_id = plugin_server.event_id = first_id()
+        return self._listener(plugin_server, *args, **options)
+
+
 def start_dedicated_server(name, plugin, version=None, priority=0, schema=()):
     """kong-pdk's ``start_dedicated_server``, with its options, on the lean transport.
 
     ``--dump``, a server without ``-g`` and ``CUSTOMER_VERIFICATION_TRANSPORT=kong-pdk`` are
-    kong-pdk's own, unchanged.
+    kong-pdk's own, but for where ids start (first_id).
     """
     args = pdk_cli.parse(dedicated=True)
+    listener = pdk_cli.UnixStreamServer
     if not args.dump and args.gevent and chosen_transport() == "lean":
-        pdk_cli.UnixStreamServer = _LeanListener
+        listener = _LeanListener
+    pdk_cli.UnixStreamServer = _NumberedFromNow(listener)
     return pdk_cli.start_dedicated_server(name, plugin, version, priority, list(schema))

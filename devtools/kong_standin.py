@@ -5,8 +5,9 @@ process over its unix socket, as Kong's bridge does (kong/runloop/plugin_servers
 ``[0, id, method, [arg]]``, a connection from a keepalive pool for every call, StartInstance with
 the config JSON Kong stores (schema defaults filled, ``__seq__`` and ``__plugin_id``), a new
 instance
-when the config changes, HandleEvent then Step/StepMultiMap/StepError until "ret", nothing sent
-back after kong.response.exit/error, a retry after "no plugin instance", and Kong's fail-open
+when the config changes, HandleEvent then Step/StepMultiMap/StepCredential... until "ret" (never
+StepError: Kong 3.9 keeps only a PDK function's first return value), nothing sent back after
+kong.response.exit/error, Kong's 500 when a PDK function raises or returns a nil it cannot pack, a retry after "no plugin instance", and Kong's fail-open
 behaviour when the server errors or cannot be reached. See shared/kong-plugin-protocol.md.
 
 The same PDK model (``Request``) also backs ``in_process_kong``, the fake ``kong`` object for unit
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 
 import msgpack
 
@@ -55,10 +57,6 @@ DEFAULT_ERROR_MESSAGES = {
 }
 
 
-class StepError(Exception):
-    """A PDK function failed: Kong answers with plugin.StepError."""
-
-
 class KongRaised(BaseException):
     """A PDK function raised inside Kong (a Lua error): the request ends in Kong's 500 and the
     plugin is never answered. A BaseException, so a plugin's ``except Exception`` cannot hide it."""
@@ -78,7 +76,14 @@ class Request:
     """
 
     def __init__(
-        self, header_lines=(), method="GET", target="/", scheme="http", body=b"", consumers=()
+        self,
+        header_lines=(),
+        method="GET",
+        target="/",
+        scheme="http",
+        body=b"",
+        consumers=(),
+        http_version=1.1,
     ):
         # nginx keeps one list of request headers: plugins change it, later plugins read the
         # changed list, and the upstream receives it. A value may be bytes: HTTP allows any byte
@@ -89,6 +94,10 @@ class Request:
         self.target = target  # the raw request target: path and query as received
         self.scheme = scheme
         self.body = body
+        # HTTP/1.x frames a body with Content-Length or Transfer-Encoding (nginx reads none
+        # without either); HTTP/2 with DATA frames, with or without a Content-Length.
+        self.http_version = http_version
+        self.body_read = False  # nginx has read the body (kong.request.get_raw_body, get_body)
         self.consumers = list(consumers)  # Kong's consumer entities (the declarative config's)
         self.credential = None  # what kong.client.authenticate set, for later plugins
         self.consumer = None
@@ -107,7 +116,8 @@ class Request:
         return headers
 
     def call(self, method, args):
-        """Runs one PDK function as Kong would; StepError for what Kong reports as an error."""
+        """Runs one PDK function as Kong 3.9 does (``call_pdk_method``): only its first return
+        value comes back, so a function's ``nil, err`` is None; a Lua error raises KongRaised."""
         if self.response is not None:
             raise NeverAnswered(f"{method} after {self.response_method}")
         self.pdk_calls.append(method)
@@ -116,7 +126,8 @@ class Request:
             if method.startswith("kong.log.") and method[len("kong.log.") :] in KONG_LOG_FUNCTIONS:
                 self.logs.append((method[len("kong.log.") :], args))
                 return None
-            raise StepError(f"could not find pdk method: {method}")
+            self.logs.append(("err", ["could not find pdk method: ", method]))
+            return None
         return getattr(self, handler)(*args)
 
     # kong.request
@@ -139,20 +150,69 @@ class Request:
     def get_scheme(self):
         return self.scheme
 
+    def get_http_version(self):
+        return self.http_version
+
     def get_raw_body(self, max_allowed_file_size=None):
         """Kong 3.9's: a body over nginx's client_body_buffer_size is in a file, read only when
-        ``max_allowed_file_size`` allows (0: any size)."""
-        if len(self.body) > CLIENT_BODY_BUFFER_SIZE:
-            if max_allowed_file_size is None or max_allowed_file_size < 0:
-                raise StepError(
-                    "request body did not fit into client body buffer, consider raising "
-                    "'client_body_buffer_size'"
-                )
-            if 0 < max_allowed_file_size < len(self.body):
-                raise StepError(
-                    f"request body file too big: {len(self.body)} > {max_allowed_file_size}"
-                )
-        return _text(self.body)
+        ``max_allowed_file_size`` allows (0: any size). Otherwise Kong's answer is ``nil, err``,
+        and its bridge packs that nil as binary: a Lua error, Kong's 500."""
+        body = self._read_body()
+        if len(body) > CLIENT_BODY_BUFFER_SIZE and (
+            max_allowed_file_size is None
+            or max_allowed_file_size < 0
+            or 0 < max_allowed_file_size < len(body)
+        ):
+            raise KongRaised("bad argument to 'pack' (binary expected, got nil)")
+        return _text(body)
+
+    def get_body(self, mimetype=None, max_args=None):
+        """Kong 3.9's, for a form (nginx reads the body; the first ``max_args`` arguments, or
+        None for a body in a file); None for any other type."""
+        content_type = mimetype or self.get_header("content-type")
+        if not content_type or not content_type.lower().startswith(FORM):
+            return None
+        body = self._read_body()
+        if len(body) > CLIENT_BODY_BUFFER_SIZE:
+            return None  # "request body in temp file not supported"
+        pairs = urllib.parse.parse_qsl(_text(body), keep_blank_values=True)
+        return dict(pairs[: max_args or 100])
+
+    # kong.nginx.get_var: the variables a plugin may ask for here, as nginx holds them
+    def get_var(self, name):
+        if name == "content_length":
+            return self._content_length()
+        if name == "request_uri":
+            return self.target
+        return None
+
+    def _content_length(self):
+        """A Content-Length header as sent; else, once nginx has read a body it framed without
+        one (chunked, HTTP/2 DATA), its length; else nothing."""
+        declared = self._lines("content-length")
+        if declared:
+            return declared[0]
+        if self.body_read and (
+            self._lines("transfer-encoding") or (self.http_version >= 2 and self.body)
+        ):
+            return str(len(self._framed_body()))
+        return None
+
+    def _lines(self, name):
+        return [value for line, value in self.header_lines if line == name]
+
+    def _framed_body(self):
+        """The body nginx reads: HTTP/1.x without Content-Length or Transfer-Encoding has none
+        (what follows the headers would be the next request)."""
+        if self.http_version < 2 and not (
+            self._lines("content-length") or self._lines("transfer-encoding")
+        ):
+            return b""
+        return self.body
+
+    def _read_body(self):
+        self.body_read = True
+        return self._framed_body()
 
     # kong.client
     def authenticate(self, consumer=None, credential=None):
@@ -200,7 +260,7 @@ class Request:
 
     def set_headers(self, headers):
         if not isinstance(headers, dict):
-            raise StepError("headers must be a table")
+            raise KongRaised("headers must be a table")
         checked = {
             name: _header_values(name, value, allow_list=True) for name, value in headers.items()
         }
@@ -237,6 +297,9 @@ _PDK = {
     "kong.request.get_path_with_query": "get_path_with_query",
     "kong.request.get_scheme": "get_scheme",
     "kong.request.get_raw_body": "get_raw_body",
+    "kong.request.get_body": "get_body",
+    "kong.request.get_http_version": "get_http_version",
+    "kong.nginx.get_var": "get_var",
     "kong.ctx.shared.set": "ctx_shared_set",
     "kong.ctx.shared.get": "ctx_shared_get",
     "kong.client.authenticate": "authenticate",
@@ -254,6 +317,7 @@ _PDK = {
 
 # Kong's nginx template: bodies larger than this are buffered to a file.
 CLIENT_BODY_BUFFER_SIZE = 8192
+FORM = "application/x-www-form-urlencoded"
 
 
 def _text(value):
@@ -262,7 +326,7 @@ def _text(value):
 
 def _header_name(name):
     if not isinstance(name, str):
-        raise StepError(f"invalid header name {name!r}: expected string")
+        raise KongRaised(f"invalid header name {name!r}: expected string")
     return name
 
 
@@ -275,7 +339,7 @@ def _header_values(name, value, allow_list):
         return [value or " "]
     if allow_list and isinstance(value, list) and all(isinstance(v, str) for v in value):
         return [v or " " for v in value]
-    raise StepError(f"invalid header value for {name!r}: {type(value).__name__}")
+    raise KongRaised(f"invalid header value for {name!r}: {type(value).__name__}")
 
 
 class _InProcessChannel:
@@ -287,10 +351,7 @@ class _InProcessChannel:
         self.answer = None
 
     def put(self, message):
-        try:
-            self.answer = (self.request.call(message["Method"], message["Args"]), None)
-        except StepError as error:
-            self.answer = (None, str(error))
+        self.answer = (self.request.call(message["Method"], message["Args"]), None)
 
     def get(self):
         answer, self.answer = self.answer, None
@@ -595,17 +656,13 @@ class KongStandIn:
             event_id = step["EventId"]
             while step["Data"] != "ret":
                 method, args = step["Data"]["Method"], step["Data"]["Args"] or []
-                try:
-                    result = request.call(method, args)
-                    step_method = (
-                        "plugin.StepMultiMap"
-                        if method in MULTI_MAP_METHODS
-                        else STEP_METHODS.get(method, "plugin.Step")
-                    )
-                except KongRaised:
-                    raise  # nginx ends the request with a 500: nothing more is sent to the server
-                except StepError as error:
-                    result, step_method = str(error), "plugin.StepError"
+                # KongRaised: nginx ends the request with a 500, nothing more is sent
+                result = request.call(method, args)
+                step_method = (
+                    "plugin.StepMultiMap"
+                    if method in MULTI_MAP_METHODS
+                    else STEP_METHODS.get(method, "plugin.Step")
+                )
                 if method in TERMINAL_METHODS:
                     return trips  # nginx has ended the request: Kong sends nothing more
                 trips += 1

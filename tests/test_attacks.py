@@ -26,9 +26,11 @@ def captured_get():
     return library_signed("GET", "http://gw.test/accounts/7?x=1")
 
 
-def with_body(request, body, extra_lines=(), drop=()):
+def with_body(request, body, extra_lines=(), drop=(), http_version=1.1):
     lines = [(name, value) for name, value in request["header_lines"] if name.lower() not in drop]
-    return dict(request, header_lines=lines + list(extra_lines), body=body)
+    return dict(
+        request, header_lines=lines + list(extra_lines), body=body, http_version=http_version
+    )
 
 
 # -- 1. no body reaches the upstream unless the signature binds it -----------------------------
@@ -39,9 +41,11 @@ FRAMINGS = {
     # the line past the 100 that kong.request.get_headers() returns by default
     "content-length after 100 lines": [(f"X-Filler-{i}", "x") for i in range(100)]
     + [("Content-Length", str(len(FORGED_BODY)))],
+    "chunked": [("Transfer-Encoding", "chunked")],
     # HTTP/2: DATA frames, neither Content-Length nor Transfer-Encoding
     "http/2 body without framing headers": [],
 }
+HTTP_VERSIONS = {"http/2 body without framing headers": 2.0}
 
 
 def test_a_captured_bodiless_signature_is_accepted_without_a_body(gateway, keyed):
@@ -52,15 +56,27 @@ def test_a_captured_bodiless_signature_is_accepted_without_a_body(gateway, keyed
 def test_a_forged_body_under_a_bodiless_signature_never_reaches_the_upstream(
     gateway, keyed, framing
 ):
-    outcome = send(gateway, with_body(captured_get(), FORGED_BODY, FRAMINGS[framing]))
+    forged = with_body(
+        captured_get(), FORGED_BODY, FRAMINGS[framing], http_version=HTTP_VERSIONS.get(framing, 1.1)
+    )
+    outcome = send(gateway, forged)
     assert (outcome.status, outcome.upstream) == (400, None), outcome
     assert "does not cover content-digest" in outcome.message
     assert "content-digest" in outcome.headers["Accept-Signature"]
 
 
 def test_a_large_forged_body_kong_buffered_to_a_file_is_refused_without_reading_it(gateway, keyed):
-    outcome = send(gateway, with_body(captured_get(), b"x" * 100_000))
-    assert (outcome.status, outcome.upstream) == (400, None)
+    for framing in FRAMINGS:
+        request = with_body(
+            captured_get(), b"x" * 100_000, http_version=HTTP_VERSIONS.get(framing, 1.1)
+        )
+        request["header_lines"] += [
+            (name, "100000" if name == "Content-Length" else value)
+            for name, value in FRAMINGS[framing]
+            if not name.startswith("X-Filler")
+        ]
+        outcome = send(gateway, request)
+        assert (outcome.status, outcome.upstream) == (400, None), framing
 
 
 def test_a_request_with_more_header_lines_than_kong_returns_is_never_verified_on_part_of_them():

@@ -7,7 +7,7 @@ import pathlib
 import pytest
 from conftest import SERVER_MODES, ServerMode, start_gateway
 
-from devtools.kong_standin import Request, in_process_kong
+from devtools.kong_standin import KongRaised, Request, RPCError, in_process_kong
 
 TINY = pathlib.Path(__file__).with_name("tiny_plugin.py")
 
@@ -58,9 +58,11 @@ def test_exit_and_error_end_the_request_without_an_answer(tiny):
     assert (slow.status, slow.message) == (429, "slow down")
 
 
-def test_a_pdk_error_is_sent_back_with_step_error(tiny):
+def test_a_pdk_function_that_raises_ends_the_request_in_kongs_500(tiny):
+    # Kong 3.9 never sends plugin.StepError: a Lua error in the PDK function ends the request.
     outcome = tiny.send([("x-action", "bad-header")])
-    assert "invalid header value" in outcome.upstream["x-step-error"][0]
+    assert (outcome.status, outcome.upstream) == (500, None)
+    assert any("invalid header value" in error for error in outcome.errors), outcome.errors
 
 
 def test_an_exception_in_the_handler_fails_open_as_kong_does(tiny):
@@ -102,10 +104,12 @@ def test_in_process_kong_answers_like_the_wire():
     kong = in_process_kong(request, lua_style=True)
     assert kong.request.get_headers() == ({"a": ["1", "2"]}, None)
     assert kong.request.get_header("A") == ("1", None)
-    assert kong.service.request.set_header("x", {"bad": 1})[1]
+    with pytest.raises(KongRaised):  # a Lua error inside Kong: its 500
+        kong.service.request.set_header("x", {"bad": 1})
     assert kong.log.err("seen") == (None, None) and request.logs == [("err", ["seen"])]
-    # not modeled: says so
-    assert kong.nginx.get_var("x")[1].startswith("could not find pdk method")
+    # Kong logs an unknown function and steps back nil (never StepError)
+    assert kong.nginx.no_such_function("x") == (None, None)
+    assert request.logs[-1] == ("err", ["could not find pdk method: ", "kong.nginx.no_such_function"])
     assert kong.response.exit(403, {"message": "no"}) is None  # returns at once, as kong-pdk does
     assert request.response == (403, '{"message": "no"}')
 
@@ -121,7 +125,7 @@ def test_fail_closed_rule_answers_what_no_plugin_verified():
     tiny = start_gateway(TINY, "tiny", kong_timeout=2, fail_closed=FailClosedRule("x-config"))
     try:
         assert "x-config" in tiny.send([("x-config", "client")]).upstream  # the plugin set it
-        rejected = tiny.send([("x-action", "bad-header"), ("x-config", "client")])  # nothing set it
+        rejected = tiny.send([("x-action", "nothing"), ("x-config", "client")])  # nothing set it
         assert (rejected.status, rejected.upstream) == (503, None)
         tiny.server.stop()
         assert tiny.send([("x-config", "forged")]).status == 503
@@ -164,8 +168,8 @@ def test_kong_log_calls_of_a_plugin_are_recorded_at_their_level():
     kong.log.warn("careful: ", 3)
     kong.log.debug("noise")
     assert request.logs == [("warn", ["careful: ", 3]), ("debug", ["noise"])]
-    with pytest.raises(Exception, match="could not find pdk method"):
-        kong.log.shout("x")
+    assert kong.log.shout("x") is None  # Kong logs it and steps back nil
+    assert request.logs[-1] == ("err", ["could not find pdk method: ", "kong.log.shout"])
 
 
 def test_without_a_plugin_instance_kong_answers_500_before_the_fail_closed_rule_runs():
@@ -189,3 +193,15 @@ def test_without_a_plugin_instance_kong_answers_500_before_the_fail_closed_rule_
         )
     finally:
         tiny.cleanup()
+
+
+def test_a_restarted_server_answers_an_id_it_did_not_give_with_no_plugin_instance(tiny):
+    # Each Kong worker keeps the ids it was given; a restarted server must not give them again.
+    start = {"Name": "tiny", "Config": json.dumps({"__seq__": 1, "__plugin_id": "plugin"})}
+    before = tiny.kong.call("plugin.StartInstance", start)["Id"]
+    tiny.server.stop(kill=True)
+    tiny.server.start()
+    after = tiny.kong.call("plugin.StartInstance", start)["Id"]
+    assert after != before
+    with pytest.raises(RPCError, match="no plugin instance"):
+        tiny.kong.call("plugin.HandleEvent", {"InstanceId": before, "EventName": "access"})

@@ -10,7 +10,7 @@ import pytest
 
 from customer_auth import signature
 from customer_verification import DEFAULTS, Plugin, Schema, priority, version
-from devtools.kong_standin import Request, StepError, in_process_kong, round_trips
+from devtools.kong_standin import Request, in_process_kong, round_trips
 
 KEY = "k3y-0f-cert-1"
 
@@ -269,7 +269,7 @@ def test_cached_customer_keeps_working_in_stale_window_while_store_fails(
 
 class FailingRequest(Request):
     def get_headers(self, max_headers=100):
-        raise StepError("headers unavailable")
+        return None  # Kong 3.9 sends back only the first of a PDK function's ``nil, err``
 
 
 def test_a_failing_pdk_call_is_answered_not_let_through(plugin, customer_id, lua_style):

@@ -261,8 +261,8 @@ def test_a_signature_that_does_not_cover_what_the_route_requires_is_a_400_saying
 
 def test_bodiless_requests_need_no_content_digest_and_cost_seven_round_trips(gateway, keyed):
     outcome = send(gateway, library_signed("GET", "http://gw.test/a?b=1"))
-    # HandleEvent, get_headers, get_method, get_path_with_query, get_raw_body (is there a body?),
-    # authenticate, set_headers
+    # HandleEvent, get_headers, get_method, get_path_with_query, get_http_version (HTTP/1.x
+    # without Content-Length or Transfer-Encoding has no body), authenticate, set_headers
     assert (outcome.status, outcome.round_trips) == (200, 7)
     with_body = send(gateway, library_signed("POST", "http://gw.test/a?b=1", b"data"))
     assert (with_body.status, with_body.round_trips) == (200, 7)  # and get_raw_body

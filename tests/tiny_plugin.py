@@ -43,10 +43,17 @@ def let_in(plugin, kong, headers):
 
 
 def step_error(plugin, kong, headers):
+    """A PDK error answered with plugin.StepError (Kong 3.9 never sends it; the transport still
+    takes it as kong-pdk does)."""
     try:
         kong.service.request.set_header("x-bad", {"not": "a header"})
     except Exception as error:  # --no-lua-style: a StepError arrives as PDKException
         kong.service.request.set_header("x-step-error", str(error))
+
+
+def bad_header(plugin, kong, headers):
+    """A PDK call that raises inside Kong: Kong never answers it."""
+    kong.service.request.set_header("x-bad", {"not": "a header"})
 
 
 def call_after_exit(plugin, kong, headers):
@@ -77,7 +84,9 @@ ACTIONS = {
     "exit": lambda plugin, kong, headers: kong.response.exit(418, {"message": "teapot"}),
     "error": lambda plugin, kong, headers: kong.response.error(429, "slow down"),
     "raise": boom,
-    "bad-header": step_error,
+    "bad-header": bad_header,
+    "step-error": step_error,
+    "nothing": lambda plugin, kong, headers: None,
     "call-after-exit": call_after_exit,
     "timeout": time_out,
     "hang": lambda plugin, kong, headers: gevent.sleep(3600),

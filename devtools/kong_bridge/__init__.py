@@ -195,39 +195,61 @@ class KongBridge:
     def request(self, method, target, headers=(), body=None, chunked=False, timeout=30):
         """One HTTP/1.1 request on a new connection (each may land on any worker);
         ``(status, headers, body)`` with header names lower-cased."""
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            connection.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
-            names = {name.lower() for name, _ in headers}
-            if "host" not in names:
-                connection.putheader("Host", "gateway.test")
-            for name, value in headers:
-                connection.putheader(name, value)
-            if chunked:
-                connection.putheader("Transfer-Encoding", "chunked")
-            elif body is not None and "content-length" not in names:
-                connection.putheader("Content-Length", str(len(body)))
-            connection.endheaders()
-            if body is not None:
-                if chunked:
-                    for start in range(0, len(body), 65536):
-                        part = body[start : start + 65536]
-                        connection.send(b"%x\r\n%s\r\n" % (len(part), part))
-                    connection.send(b"0\r\n\r\n")
-                else:
-                    connection.send(body)
-            response = connection.getresponse()
-            return (
-                response.status,
-                {name.lower(): value for name, value in response.getheaders()},
-                response.read(),
-            )
-        finally:
-            connection.close()
+        with self.connection(timeout) as connection:
+            return connection.request(method, target, headers, body, chunked)
+
+    def connection(self, timeout=30):
+        """A keep-alive connection: its requests all reach the worker that accepted it."""
+        return Connection(self.port, timeout)
 
     def http2_url(self, target):
         """The URL of the cleartext HTTP/2 listener (prior knowledge), for curl or httpx."""
         return f"http://127.0.0.1:{self.h2_port}{target}"
+
+
+class Connection:
+    """One HTTP/1.1 client connection to the bridge; ``worker`` is the pid of the nginx worker
+    that answered last."""
+
+    def __init__(self, port, timeout):
+        self._http = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        self.worker = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        self._http.close()
+
+    def request(self, method, target, headers=(), body=None, chunked=False):
+        http = self._http
+        http.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+        names = {name.lower() for name, _ in headers}
+        if "host" not in names:
+            http.putheader("Host", "gateway.test")
+        for name, value in headers:
+            http.putheader(name, value)
+        if chunked:
+            http.putheader("Transfer-Encoding", "chunked")
+        elif body is not None and "content-length" not in names:
+            http.putheader("Content-Length", str(len(body)))
+        http.endheaders()
+        if body is not None:
+            if chunked:
+                for start in range(0, len(body), 65536):
+                    part = body[start : start + 65536]
+                    http.send(b"%x\r\n%s\r\n" % (len(part), part))
+                http.send(b"0\r\n\r\n")
+            else:
+                http.send(body)
+        response = http.getresponse()
+        answer = (
+            response.status,
+            {name.lower(): value for name, value in response.getheaders()},
+            response.read(),
+        )
+        self.worker = int(answer[1].get("x-bridge-worker", 0)) or None
+        return answer
 
 
 def _parent_of(pid):

@@ -50,6 +50,11 @@ local function new_request()
     return ngx.req.get_method()
   end
 
+  function request.get_http_version()
+    check_phase(PHASES.request)
+    return ngx.req.http_version()
+  end
+
   function request.get_path_with_query()
     check_phase(PHASES.request)
     return var.request_uri or ""
