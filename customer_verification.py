@@ -144,7 +144,9 @@ class KongRequest:
 
 class Plugin:
     def __init__(self, config, credentials=None):
-        self.config = schema.with_defaults(config)
+        # Kong validated it before storing it; the socket may carry anything: refused, Kong logs
+        # "starting instance: <option>: <reason>" at error level and answers the request 500.
+        self.config = schema.checked(config)
         store = credentials or Credentials.shared()
         self.credentials = store.cache(
             ttl=self.config["cache_ttl"],

@@ -2,6 +2,8 @@
 The Kong plugin declares it (customer_verification.Schema); the service middlewares take the
 same options, with the same defaults."""
 
+import re
+
 from customer_auth import signature
 from customer_auth.consumers import BY_ID, BY_USERNAME
 from customer_auth.terms import RFC9421, V1
@@ -178,6 +180,66 @@ Schema = (
 )
 
 DEFAULTS = {name: spec["default"] for field in Schema for name, spec in field.items()}
+
+
+class InvalidOption(ValueError):
+    """An option's value that the schema refuses; ``option`` names it."""
+
+    def __init__(self, option, reason):
+        super().__init__(f"{option}: {reason}")
+        self.option = option
+
+
+# The Lua patterns the schema uses, as Python regular expressions.
+_LUA_CLASSES = (("%w", "A-Za-z0-9"), ("%-", "\\-"))
+
+# Python's types for the schema's, as Kong's schema reads JSON (a bool is no number).
+_TYPES = {"string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,)}
+
+
+def _check(name, value, spec):
+    """Raises InvalidOption unless ``value`` meets ``spec`` (type, between, len_min, one_of,
+    match, elements), as Kong's schema validation would."""
+    kind = spec["type"]
+    if kind == "array":
+        if not isinstance(value, list):
+            raise InvalidOption(name, f"expected an array, got {value!r}")
+        if len(value) < spec.get("len_min", 0):
+            raise InvalidOption(name, f"expected at least {spec['len_min']} element(s)")
+        for element in value:
+            _check(name, element, spec["elements"])
+        return
+    if isinstance(value, bool) != (kind == "boolean") or not isinstance(value, _TYPES[kind]):
+        raise InvalidOption(
+            name, f"expected {'an' if kind == 'integer' else 'a'} {kind}, got {value!r}"
+        )
+    if "between" in spec and not spec["between"][0] <= value <= spec["between"][1]:
+        low, high = spec["between"]
+        raise InvalidOption(name, f"value should be between {low} and {high}, got {value!r}")
+    if "one_of" in spec and value not in spec["one_of"]:
+        raise InvalidOption(name, f"expected one of: {', '.join(spec['one_of'])}, got {value!r}")
+    if "match" in spec and not re.fullmatch(_regex(spec["match"]), value):
+        raise InvalidOption(name, f"invalid value {value!r}")
+
+
+def _regex(lua_pattern):
+    pattern = lua_pattern.removeprefix("^").removesuffix("$")
+    for lua, python in _LUA_CLASSES:
+        pattern = pattern.replace(lua, python)
+    return pattern
+
+
+SPECS = {name: spec for field in Schema for name, spec in field.items()}
+
+
+def checked(config):
+    """``with_defaults(config)``, once every option in it meets the schema; InvalidOption for
+    the first that does not. Kong validates a config before it stores it, but the plugin
+    server takes whatever arrives on its socket, and the middleware takes keyword options."""
+    for name, spec in SPECS.items():
+        if config.get(name) is not None:
+            _check(name, config[name], spec)
+    return with_defaults(config)
 
 
 def with_defaults(config):

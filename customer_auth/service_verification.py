@@ -29,6 +29,16 @@ log = logging.getLogger(LOGGER_NAME)
 
 SAFE_IN_PATH = "/:@!$&'()*+,;=~-._"
 
+# The plugin's options that act on Kong alone (its consumers, its other plugins, its upstream
+# request): a service has none of these, so setting one is refused rather than ignored.
+KONG_ONLY = {
+    "consumer_by": "Kong consumers exist only in Kong",
+    "consumer_optional": "Kong consumers exist only in Kong",
+    "anonymous": "Kong consumers exist only in Kong",
+    "run_on_preflight": "a service answers its own CORS preflights: exempt them instead",
+    "hide_credentials": "the app receives the request as the client sent it",
+}
+
 ExemptRule = str | Callable[[str], bool]  # a path prefix, or a predicate on the path
 Answer = tuple[str, list[tuple[str, str]], bytes]  # status line, headers, body
 
@@ -66,7 +76,10 @@ class Verification:
         if unknown:
             raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
         exempt = options.get("exempt", ())
-        self.config = schema.with_defaults({k: v for k, v in options.items() if k != "exempt"})
+        self.config = schema.checked({k: v for k, v in options.items() if k != "exempt"})
+        for name in KONG_ONLY:
+            if self.config[name] != schema.DEFAULTS[name]:
+                raise schema.InvalidOption(name, KONG_ONLY[name])
         self.customer_id_header = self.config["customer_id_header"].lower()
         self._prefixes = tuple(rule for rule in exempt if isinstance(rule, str))
         self._predicates = tuple(rule for rule in exempt if callable(rule))

@@ -1,14 +1,15 @@
 """A stand-in for Kong's side of an external Python plugin, for tests, the demo and benchmarks.
 
-Kong cannot run here, so this speaks Kong 3.x's plugin-server protocol to the real plugin server
+Kong cannot run here, so this speaks Kong 3.9's plugin-server protocol to the real plugin server
 process over its unix socket, as Kong's bridge does (kong/runloop/plugin_servers): MessagePack-RPC
 ``[0, id, method, [arg]]``, a connection from a keepalive pool for every call, StartInstance with
 the config JSON Kong stores (schema defaults filled, ``__seq__`` and ``__plugin_id``), a new
-instance
-when the config changes, HandleEvent then Step/StepMultiMap/StepCredential... until "ret" (never
-StepError: Kong 3.9 keeps only a PDK function's first return value), nothing sent back after
-kong.response.exit/error, Kong's 500 when a PDK function raises or returns a nil it cannot pack, a retry after "no plugin instance", and Kong's fail-open
-behaviour when the server errors or cannot be reached. See shared/kong-plugin-protocol.md.
+instance when the config changes, HandleEvent then Step/StepMultiMap/StepCredential... until
+"ret" (never StepError: Kong 3.9 keeps only a PDK function's first return value), nothing sent
+back after kong.response.exit/error, Kong's 500 when a PDK function raises or returns a nil it
+cannot pack, a retry after "no plugin instance", and Kong's fail-open behaviour when the server
+errors or cannot be reached. See shared/kong-plugin-protocol.md; tests/test_kong_bridge.py runs
+Kong's own Lua where this is only a model of it.
 
 The same PDK model (``Request``) also backs ``in_process_kong``, the fake ``kong`` object for unit
 tests, so both see the same Kong.

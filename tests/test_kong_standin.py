@@ -109,7 +109,10 @@ def test_in_process_kong_answers_like_the_wire():
     assert kong.log.err("seen") == (None, None) and request.logs == [("err", ["seen"])]
     # Kong logs an unknown function and steps back nil (never StepError)
     assert kong.nginx.no_such_function("x") == (None, None)
-    assert request.logs[-1] == ("err", ["could not find pdk method: ", "kong.nginx.no_such_function"])
+    assert request.logs[-1] == (
+        "err",
+        ["could not find pdk method: ", "kong.nginx.no_such_function"],
+    )
     assert kong.response.exit(403, {"message": "no"}) is None  # returns at once, as kong-pdk does
     assert request.response == (403, '{"message": "no"}')
 

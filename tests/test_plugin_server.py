@@ -83,9 +83,7 @@ class Wire:
         if isinstance(value, list):
             return [self._relative(item) for item in value]
         if isinstance(value, str):
-            return re.sub(
-                r"\d{7,}", lambda number: str(int(number.group()) - self.base), value
-            )
+            return re.sub(r"\d{7,}", lambda number: str(int(number.group()) - self.base), value)
         return value
 
     def _call(self, method, arg, on):

@@ -128,24 +128,35 @@ class KongBridge:
         (self.prefix / "client_body").mkdir(exist_ok=True)
         gateway_path = self.prefix / "gateway.json"
         gateway_path.write_text(json.dumps(self.gateway))
-        conf = (HARNESS / "nginx.conf").read_text().format(
-            lua_modules=LUA_MODULES,
-            workers=self.workers,
-            user=pwd.getpwuid(os.getuid()).pw_name,
-            group=grp.getgrgid(os.getgid()).gr_name,
-            prefix=self.prefix,
-            log_level=self.log_level,
-            harness=HARNESS,
-            kong_source=self.source,
-            gateway_config=gateway_path,
-            port=self.port,
-            h2_port=self.h2_port,
+        conf = (
+            (HARNESS / "nginx.conf")
+            .read_text()
+            .format(
+                lua_modules=LUA_MODULES,
+                workers=self.workers,
+                user=pwd.getpwuid(os.getuid()).pw_name,
+                group=grp.getgrgid(os.getgid()).gr_name,
+                prefix=self.prefix,
+                log_level=self.log_level,
+                harness=HARNESS,
+                kong_source=self.source,
+                gateway_config=gateway_path,
+                port=self.port,
+                h2_port=self.h2_port,
+            )
         )
         (self.prefix / "nginx.conf").write_text(conf)
         nginx = shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/sbin")
         self.process = subprocess.Popen(
-            [nginx, "-p", str(self.prefix), "-c", str(self.prefix / "nginx.conf"),
-             "-e", str(self.prefix / "error.log")],
+            [
+                nginx,
+                "-p",
+                str(self.prefix),
+                "-c",
+                str(self.prefix / "nginx.conf"),
+                "-e",
+                str(self.prefix / "error.log"),
+            ],
             env={**os.environ, **self.server.env},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -258,4 +269,3 @@ def _parent_of(pid):
             return int(stat.read().rsplit(")", 1)[1].split()[1])
     except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
         return None
-
