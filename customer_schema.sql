@@ -69,12 +69,17 @@ CREATE UNLOGGED TABLE IF NOT EXISTS customer_nonce (
     PRIMARY KEY (certificate, nonce)
 );
 CREATE INDEX IF NOT EXISTS customer_nonce_expires_at ON customer_nonce (expires_at);
+-- Who claimed it: a token the claim sends, so that a claim sent again after its answer was lost
+-- (a connection that died after the commit) finds its own row instead of a replay.
+ALTER TABLE customer_nonce ADD COLUMN IF NOT EXISTS claimed_by text;
 
 -- One statement per protected request: true when this is the nonce's first use (or its earlier
--- use has expired), false for a replay. Each claim also removes two expired rows, skipping any
--- another claim holds, so the table stays near (claims per second) x (window) without a cron.
+-- use has expired) or the row is this very claim's (claim_token: sent again after a lost answer),
+-- false for a replay. Each claim also removes two expired rows, skipping any another claim holds,
+-- so the table stays near (claims per second) x (window) without a cron.
 CREATE OR REPLACE FUNCTION customer_nonce_claim(claimed_certificate text, claimed_nonce text,
-                                                claimed_until double precision) RETURNS boolean
+                                                claimed_until double precision,
+                                                claim_token text) RETURNS boolean
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
     WITH expired AS (
         DELETE FROM customer_nonce
@@ -83,12 +88,17 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
                            AND (certificate, nonce) <> (claimed_certificate, claimed_nonce)
                          ORDER BY expires_at LIMIT 2 FOR UPDATE SKIP LOCKED)
     ), claim AS (
-        INSERT INTO customer_nonce AS held VALUES (claimed_certificate, claimed_nonce, to_timestamp(claimed_until))
-        ON CONFLICT (certificate, nonce) DO UPDATE SET expires_at = EXCLUDED.expires_at
+        INSERT INTO customer_nonce AS held
+        VALUES (claimed_certificate, claimed_nonce, to_timestamp(claimed_until), claim_token)
+        ON CONFLICT (certificate, nonce) DO UPDATE
+           SET expires_at = EXCLUDED.expires_at, claimed_by = EXCLUDED.claimed_by
          WHERE held.expires_at < now()
         RETURNING true
     )
     SELECT EXISTS (SELECT FROM claim)
+        OR EXISTS (SELECT FROM customer_nonce
+                    WHERE (certificate, nonce) = (claimed_certificate, claimed_nonce)
+                      AND claimed_by = claim_token)
 $$;
 
 -- The plugin may claim nonces and do nothing else with them: no reading, no deleting. Its login
@@ -101,5 +111,6 @@ BEGIN
 END
 $$;
 REVOKE ALL ON customer_nonce FROM PUBLIC, customer_nonce_claimer, customer_reader;
-REVOKE ALL ON FUNCTION customer_nonce_claim(text, text, double precision) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION customer_nonce_claim(text, text, double precision) TO customer_nonce_claimer;
+REVOKE ALL ON FUNCTION customer_nonce_claim(text, text, double precision, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION customer_nonce_claim(text, text, double precision, text)
+    TO customer_nonce_claimer;

@@ -7,6 +7,7 @@ ids are unbounded): every label has a fixed set of values, so cardinality stays 
 import json
 import logging
 import os
+import socket
 import socketserver
 import threading
 import wsgiref.simple_server
@@ -79,6 +80,11 @@ EVENTS_ENDED = prometheus_client.Counter(
     "no next step in 600 s)",
     ["reason"],
 )
+ACCEPT_ERRORS = prometheus_client.Counter(
+    "customer_verification_accept_errors",
+    "Times the lean transport could not accept Kong's connections (out of file descriptors or "
+    "memory) and backed off",
+)
 EVENT_END_REASONS = ("handler_raised", "handler_timeout", "never_finished")
 
 for _outcome in OUTCOMES:
@@ -99,6 +105,9 @@ CACHE_HIT, CACHE_MISS, CACHE_STALE = (
 # The listener shares the plugin server's process and its file descriptors: it may never hold many.
 MAX_CONNECTIONS = 16  # at once; more are closed at accept
 CONNECTION_TIMEOUT = 5.0  # seconds a connection may stay silent (idle or slow clients)
+# Seconds a connection may take for its whole request and answer: one sending a byte at a time
+# resets CONNECTION_TIMEOUT with each, and sixteen of them would keep /health refused.
+REQUEST_DEADLINE = 5.0
 DEFAULT_ADDRESS = "127.0.0.1"  # as Kong's status_listen: set 0.0.0.0 where a scraper is elsewhere
 
 
@@ -131,13 +140,25 @@ class _Server(socketserver.ThreadingMixIn, wsgiref.simple_server.WSGIServer):
             raise
 
     def process_request_thread(self, request, client_address):
+        deadline = threading.Timer(REQUEST_DEADLINE, _cut, (request,))
+        deadline.daemon = True
+        deadline.start()
         try:
             super().process_request_thread(request, client_address)
         finally:
+            deadline.cancel()
             self._slots.release()
 
     def handle_error(self, request, client_address):
         pass  # a client that timed out or went away: not worth a traceback in Kong's log
+
+
+def _cut(connection):
+    """Ends a connection past its deadline: its handler's next read or write fails at once."""
+    try:
+        connection.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
 
 
 HEALTH_STATUS = {"up": "200 OK", "degraded": "200 OK", "down": "503 Service Unavailable"}

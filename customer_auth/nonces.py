@@ -8,6 +8,7 @@ refused is refused again from memory, without the round trip. Nothing else of th
 stored.
 """
 
+import secrets
 import time
 
 from customer_auth.connection import PRIMARY, Pool
@@ -15,7 +16,7 @@ from customer_auth.expiring import ExpiringMap
 
 # Through a function the plugin's role may only execute (customer_nonce_claim): it inserts and
 # expires, and nothing else can be done with the table.
-_CLAIM = "SELECT customer_nonce_claim(%s, %s, %s)"
+_CLAIM = "SELECT customer_nonce_claim(%s, %s, %s, %s)"
 
 # A nonce stays claimed this long past its signature's window: the primary expires rows by its
 # own clock, which may run a little ahead of the gateways'.
@@ -42,7 +43,12 @@ class NonceStore:
             return False
         expires_at = fresh_until + CLOCK_MARGIN
         self.claims += 1
-        ((claimed,),) = self.pool.fetch_all(_CLAIM, (certificate_id, nonce, expires_at))
+        # The pool sends the claim again on a new connection when a reused one dies; the token
+        # makes a claim whose first answer was lost (after its commit) find its own row. A claim
+        # that gets no answer at all is StoreUnavailable: the request gets 503, and its nonce may
+        # be spent (a client signs a retry anew).
+        token = secrets.token_hex(8)
+        ((claimed,),) = self.pool.fetch_all(_CLAIM, (certificate_id, nonce, expires_at, token))
         self.seen.put((certificate_id, nonce), True, expires_at)
         return claimed
 

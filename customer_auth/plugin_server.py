@@ -35,6 +35,7 @@ import msgpack
 from greenlet import getcurrent
 from kong_pdk import cli as pdk_cli
 from kong_pdk import listener as pdk_listener
+from kong_pdk import module as pdk_module
 from kong_pdk.exception import PDKException, PluginServerException
 
 from customer_auth.terms import LOGGER_NAME
@@ -69,6 +70,15 @@ HANDLER_TIMEOUT = 60.0
 STEP_TIMEOUT = 600.0
 SWEEP_INTERVAL = 1.0
 READ_SIZE = 65536
+# The largest message Kong may send: a body the plugin asked for (at most max_body_size's upper
+# bound, schema.py) and the request's headers. A connection never buffers more: past it, it ends.
+MAX_MESSAGE_SIZE = 64 * 1024 * 1024 + 1024 * 1024
+# After an accept error (out of file descriptors, memory), the pause before accepting again,
+# doubled up to the longest while the error lasts.
+ACCEPT_BACKOFF = (0.01, 1.0)
+ACCEPT_WARNING_INTERVAL = 60.0
+# The phases kong-pdk serves: an event names one the plugin defines, never another attribute.
+PHASES = frozenset(pdk_module.phases)
 
 
 class MalformedMessage(Exception):
@@ -100,20 +110,47 @@ class LeanTransport:
             os.remove(path)
         listener = gevent.socket.socket(gevent.socket.AF_UNIX, gevent.socket.SOCK_STREAM)
         listener.bind(path)
+        # Kong's alone: only the user it runs as (which spawned this server) may connect. Set
+        # before listen(), so that nobody connects in between.
+        os.chmod(path, 0o600)
         listener.listen(backlog)
         self.server.logger.info("server (gevent, lean transport) started at path " + path)
         # exits when Kong has gone
         gevent.spawn(pdk_listener.watchdog, gevent.sleep, self.server.logger)
         self.start_sweeping()
+        self.accept_forever(listener)
+
+    def accept_forever(self, listener):
+        """Accepts one connection at a time, letting the handlers run in between (so that it
+        never accepts faster than it serves), and survives what accept() may raise: out of
+        file descriptors or memory, backed off while it lasts, logged once a minute."""
+        backoff, warned = None, -ACCEPT_WARNING_INTERVAL
         while True:
-            connection, _address = listener.accept()
+            try:
+                connection, _address = listener.accept()
+            except OSError as error:
+                metrics.ACCEPT_ERRORS.inc()
+                if time.monotonic() - warned >= ACCEPT_WARNING_INTERVAL:
+                    warned = time.monotonic()
+                    log.warning(
+                        "the plugin server cannot accept Kong's connections (%s); it retries and "
+                        "Kong waits meanwhile (raise the open files limit if this lasts)",
+                        error.strerror or error,
+                    )
+                backoff = min(2 * backoff, ACCEPT_BACKOFF[1]) if backoff else ACCEPT_BACKOFF[0]
+                gevent.sleep(backoff)
+                continue
+            backoff = None
             gevent.spawn(self.serve_connection, _socket.socket(fileno=connection.detach()))
+            gevent.sleep(0)
 
     def serve_connection(self, connection):
         """Reads a connection's messages and answers each, until Kong closes it. Kong sends one
         call at a time and waits for the answer, so the socket is read only once readable."""
         connection.setblocking(False)
-        unpacker = msgpack.Unpacker(strict_map_key=False, unicode_errors="surrogateescape")
+        unpacker = msgpack.Unpacker(
+            strict_map_key=False, unicode_errors="surrogateescape", max_buffer_size=MAX_MESSAGE_SIZE
+        )
         readable = self.hub.loop.io(connection.fileno(), 1)
         self.connections += 1
         try:
@@ -125,12 +162,17 @@ class LeanTransport:
                     continue
                 if not data:
                     return
-                unpacker.feed(data)
+                unpacker.feed(data)  # BufferFull past MAX_MESSAGE_SIZE
                 # Another shape than [0, msgid, method, args] ends the connection, as in kong-pdk.
                 for _kind, msgid, method, args in unpacker:
                     self._send(connection, self.answer(msgid, method, args))
         except OSError:
             pass  # Kong went away mid-answer; its events wait for another connection or the sweep
+        except msgpack.BufferFull:
+            log.warning(
+                "ending a connection to the plugin server that sent a message over %d bytes",
+                MAX_MESSAGE_SIZE,
+            )
         except (MalformedMessage, ValueError, TypeError) as error:  # not [0, msgid, method, args]
             log.warning(
                 "ending a connection to the plugin server that sent a malformed message (%s)",
@@ -199,6 +241,9 @@ class LeanTransport:
 
     def handle_event(self, args):
         event = args[0] if type(args) is list and len(args) == 1 else None
+        if type(event) is dict and "EventName" in event and event["EventName"] not in PHASES:
+            # kong-pdk would look any attribute up by that name, and call it
+            raise PluginServerException("no such phase: %r" % (event["EventName"],))
         try:
             instance = self.server.instances[event["InstanceId"]]
             phase = getattr(instance.cls, event["EventName"])

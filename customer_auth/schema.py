@@ -46,8 +46,9 @@ Schema = (
         "max_body_size": _field(
             "integer",
             1048576,
-            "Bytes of body read to check a Content-Digest; a larger body gets 413.",
-            between=[0, 1073741824],
+            "Bytes of body read to check a Content-Digest; a larger body gets 413. At most "
+            "64 MiB: the body is read into the plugin server's memory.",
+            between=[0, 67108864],
         )
     },
     {

@@ -1,7 +1,9 @@
 """A TCP proxy on loopback that can go silent: what a NAT or load balancer does when it drops a
 connection's state, or a partition. ``freeze()`` stops forwarding on every connection open at
-that moment without closing any (the peers see nothing at all); connections made afterwards are
-forwarded as usual."""
+that moment without closing any (the peers see nothing at all); ``lose_next_reply()`` lets each
+open connection carry one more request to the server and then breaks it instead of returning the
+answer (a connection lost after the server acted). Connections made afterwards are forwarded as
+usual."""
 
 import socket
 import threading
@@ -29,16 +31,16 @@ class FreezableProxy:
                 client.close()
                 continue
             upstream.settimeout(None)
-            frozen = threading.Event()
+            frozen, cut = threading.Event(), threading.Event()
             with self._lock:
-                self._connections.append((client, upstream, frozen))
-            for source, sink in ((client, upstream), (upstream, client)):
+                self._connections.append((client, upstream, frozen, cut))
+            for source, sink, reply in ((client, upstream, None), (upstream, client, cut)):
                 threading.Thread(
-                    target=self._pump, args=(source, sink, frozen), daemon=True
+                    target=self._pump, args=(source, sink, frozen, reply), daemon=True
                 ).start()
 
     @staticmethod
-    def _pump(source, sink, frozen):
+    def _pump(source, sink, frozen, cut=None):
         try:
             while True:
                 data = source.recv(65536)
@@ -46,6 +48,8 @@ class FreezableProxy:
                     break
                 if frozen.is_set():
                     threading.Event().wait()  # hold it forever, as a dead path does
+                if cut is not None and cut.is_set():
+                    break  # the server's answer is dropped, and the connection with it
                 sink.sendall(data)
         except OSError:
             pass
@@ -59,13 +63,19 @@ class FreezableProxy:
     def freeze(self):
         """Every open connection goes silent: nothing forwarded, nothing closed."""
         with self._lock:
-            for _client, _upstream, frozen in self._connections:
+            for _client, _upstream, frozen, _cut in self._connections:
                 frozen.set()
+
+    def lose_next_reply(self):
+        """Every open connection loses the server's next answer, and is broken there."""
+        with self._lock:
+            for _client, _upstream, _frozen, cut in self._connections:
+                cut.set()
 
     def close(self):
         self._listener.close()
         with self._lock:
             connections, self._connections = self._connections, []
-        for client, upstream, _frozen in connections:
+        for client, upstream, _frozen, _cut in connections:
             client.close()
             upstream.close()

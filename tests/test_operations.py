@@ -2,10 +2,12 @@
 and without secrets; Prometheus metrics and /health served by the plugin server."""
 
 import contextlib
+import itertools
 import json
 import logging
 import os
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -316,3 +318,42 @@ def test_idle_connections_to_the_metrics_port_cannot_starve_the_plugin(database_
             for connection in idle:
                 connection.close()
         assert "Traceback" not in gateway.server.log()
+
+
+def test_clients_sending_a_byte_at_a_time_cannot_keep_health_refused(monkeypatch):
+    from customer_auth import metrics
+
+    monkeypatch.setattr(metrics, "REQUEST_DEADLINE", 1.0)
+    server = metrics.serve(0, lambda: "up")
+    port = server.server_port
+    stop = threading.Event()
+
+    def drip():
+        with socket.create_connection(("127.0.0.1", port)) as connection:
+            for byte in itertools.cycle(b"GET /health HTTP/1.1\r\nX: "):
+                if stop.wait(0.3):
+                    return
+                try:
+                    connection.send(bytes([byte]))
+                except OSError:
+                    return  # cut at its deadline
+
+    drippers = [threading.Thread(target=drip) for _ in range(metrics.MAX_CONNECTIONS)]
+    for dripper in drippers:
+        dripper.start()
+    try:
+        time.sleep(0.3)
+        started = time.monotonic()
+        while True:  # a liveness probe, retried
+            try:
+                assert health(port) == (200, {"status": "up"})
+                break
+            except (OSError, AssertionError, ValueError):
+                assert time.monotonic() - started < 3, "health stayed refused"
+                time.sleep(0.2)
+    finally:
+        stop.set()
+        for dripper in drippers:
+            dripper.join()
+        server.shutdown()
+        server.server_close()

@@ -4,9 +4,11 @@ Rpc:call sends it (a connection per call, Steps on other connections, events int
 
 import itertools
 import json
+import os
 import pathlib
 import random
 import re
+import resource
 import socket
 import time
 
@@ -14,6 +16,7 @@ import msgpack
 import pytest
 from conftest import SERVER_MODES, ServerMode, short_directory
 
+from customer_auth import plugin_server
 from devtools.kong_standin import PluginServer
 
 TINY = pathlib.Path(__file__).with_name("tiny_plugin.py")
@@ -417,3 +420,58 @@ def test_an_unknown_transport_setting_is_said_and_the_lean_one_runs(served):
     assert (
         "CUSTOMER_VERIFICATION_TRANSPORT must be one of lean, kong-pdk; using lean" in server.log()
     )
+
+
+# -- what only Kong may send, and how much ------------------------------------------------------
+
+
+def test_the_socket_admits_only_the_user_the_server_runs_as(served):
+    server, _ = served("lean")
+    assert os.stat(server.socket_path).st_mode & 0o777 == 0o600
+
+
+def test_an_event_names_a_phase_never_another_attribute_of_the_plugin(served):
+    _, wire = served("lean")
+    wire.call("plugin.StartInstance", {"Name": "tiny", "Config": CONFIG})
+    for name in ("__init__", "config", "__class__"):
+        answer = decoded(wire.call("plugin.HandleEvent", {"InstanceId": 0, "EventName": name}))
+        assert answer[2] == f"no such phase: {name!r}" and answer[3] is None
+
+
+def test_a_message_larger_than_kong_could_send_ends_its_connection_within_the_bound(served):
+    server, wire = served("lean")
+    wire.call("plugin.StartInstance", {"Name": "tiny", "Config": CONFIG})
+    connection, _ = wire.connection(1)
+    # [0, 1, "plugin.Step", [<a string of 1 GiB>]]
+    connection.sendall(b"\x94\x00\x01" + msgpack.packb("plugin.Step") + b"\x91\xdb\x40\x00\x00\x00")
+    sent, chunk = 0, b"x" * (1024 * 1024)
+    with pytest.raises(OSError):  # reset or broken pipe: the server ended it
+        while sent < 2 * plugin_server.MAX_MESSAGE_SIZE:
+            connection.sendall(chunk)
+            sent += len(chunk)
+    assert sent <= plugin_server.MAX_MESSAGE_SIZE + 8 * len(chunk)  # what the socket buffers
+    wire.connections.pop(1)
+    assert decoded(wire.call("plugin.InstanceStatus", 0, 2))[3]["Name"] == "tiny"  # still serving
+    assert server.log().count(f"sent a message over {plugin_server.MAX_MESSAGE_SIZE} bytes") == 1
+
+
+def test_accept_errors_are_survived_logged_once_and_backed_off(served):
+    server, wire = served("lean")
+    wire.call("plugin.StartInstance", {"Name": "tiny", "Config": CONFIG})
+    used = server.file_descriptors()
+    resource.prlimit(server.process.pid, resource.RLIMIT_NOFILE, (used + 20, used + 20))
+    held = []
+    for _ in range(200):  # past the limit: accept() fails with EMFILE meanwhile
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        connection.connect(server.socket_path)
+        held.append(connection)
+    time.sleep(1)
+    cpu = sum(server.cpu_times())
+    time.sleep(1)
+    assert sum(server.cpu_times()) - cpu < 0.2  # backed off, not spinning
+    for connection in held:
+        connection.close()
+    wire.timeout = 10
+    assert decoded(wire.call("plugin.InstanceStatus", 0, 3))[3]["Name"] == "tiny"
+    log = server.log()
+    assert log.count("cannot accept Kong's connections (Too many open files)") == 1, log

@@ -21,6 +21,7 @@ from customer_auth.connection import Settings, StoreUnavailable
 from customer_auth.credentials import Credentials
 from customer_verification import DEFAULTS, Plugin
 from devtools.kong_standin import Request, in_process_kong
+from devtools.tcp_proxy import FreezableProxy
 from devtools.throwaway_postgres import ThrowawayPostgres
 
 SECRET = "k3y-of-cert-1"
@@ -193,7 +194,8 @@ def test_the_roles_may_claim_nonces_and_nothing_more(database_url, keyed):
     conn.autocommit = True
     with conn.cursor() as cursor:
         cursor.execute(
-            "SELECT customer_nonce_claim('cert-1', 'role-test-nonce-1', %s)", (time.time() + 60,)
+            "SELECT customer_nonce_claim('cert-1', 'role-test-nonce-1', %s, 'token')",
+            (time.time() + 60,),
         )
         assert cursor.fetchone() == (True,)
         for statement in (
@@ -206,6 +208,26 @@ def test_the_roles_may_claim_nonces_and_nothing_more(database_url, keyed):
             with pytest.raises(psycopg2.errors.InsufficientPrivilege):
                 cursor.execute(statement)
     conn.close()
+
+
+def test_a_claim_whose_answer_was_lost_after_its_commit_finds_its_own_row(database_url, keyed):
+    params = psycopg2.extensions.parse_dsn(database_url)
+    proxy = FreezableProxy(params["host"], int(params["port"]))
+    url = psycopg2.extensions.make_dsn(database_url, host="127.0.0.1", port=proxy.port)
+    store = nonces.NonceStore(Settings(dsn=url, pool_size=2, timeout=5))
+    try:
+        assert store.claim("cert-1", "warm-up-nonce-0001", time.time() + 60)  # a pooled connection
+        proxy.lose_next_reply()  # the next claim commits, and its answer never arrives
+        assert store.claim("cert-1", "lost-answer-nonce-1", time.time() + 60)  # sent again: its own
+        assert store.claims == 2
+        # and the nonce is spent, for this node and any other
+        assert not store.claim("cert-1", "lost-answer-nonce-1", time.time() + 60)
+        other_node = nonces.NonceStore(Settings(dsn=database_url, pool_size=1, timeout=5))
+        assert not other_node.claim("cert-1", "lost-answer-nonce-1", time.time() + 60)
+        other_node.close()
+    finally:
+        store.close()
+        proxy.close()
 
 
 def test_the_primary_unreachable_is_503_on_a_protected_route(keyed):

@@ -1,0 +1,78 @@
+"""One option check for every face: the schema's rules (customer_auth/schema.py) applied to the
+config Kong sends on the socket and to the middleware's keyword options alike."""
+
+import pytest
+from conftest import ROOT, start_gateway
+
+from customer_auth import schema
+from customer_auth.middleware import ASGIMiddleware, WSGIMiddleware
+from customer_verification import Plugin
+
+REFUSED = {
+    "clock_skew": "abc",
+    "cache_size": -5,
+    "signature_schemes": ["V1"],
+    "customer_id_header": "X Customer",
+    "max_body_size": 2**31,
+    "hide_credentials": 1,
+    "cache_ttl": True,
+}
+
+
+@pytest.mark.parametrize("option", list(REFUSED))
+def test_the_schema_refuses_what_kong_would(option):
+    with pytest.raises(schema.InvalidOption) as refused:
+        schema.checked({option: REFUSED[option]})
+    assert refused.value.option == option and str(refused.value).startswith(f"{option}: ")
+
+
+def test_the_schema_takes_what_kong_stores():
+    stored = {
+        **schema.DEFAULTS,
+        "cache_ttl": 1.5,
+        "anonymous": None,
+        "__seq__": 3,
+        "__plugin_id": "x",
+    }
+    assert schema.checked(stored) == {**schema.DEFAULTS, "cache_ttl": 1.5}
+
+
+def test_the_plugin_refuses_a_config_its_schema_refuses():
+    with pytest.raises(schema.InvalidOption, match="clock_skew"):
+        Plugin({"clock_skew": "abc"})
+
+
+def test_a_refused_config_on_the_socket_starts_no_instance_and_kong_says_why(database_url):
+    gateway = start_gateway(
+        ROOT / "customer_verification.py",
+        "customer_verification",
+        env={"DATABASE_URL": database_url},
+    )
+    try:
+        gateway.kong.configure("plugin", {"cache_size": -5})
+        outcome = gateway.send([])
+        assert (outcome.status, outcome.upstream) == (500, None)  # Kong raises without an instance
+        assert any("cache_size: value should be between 1 and" in e for e in outcome.errors)
+    finally:
+        gateway.cleanup()
+
+
+@pytest.mark.parametrize("middleware", [WSGIMiddleware, ASGIMiddleware])
+def test_the_middleware_refuses_a_bad_option_when_it_is_built(middleware):
+    with pytest.raises(schema.InvalidOption) as refused:
+        middleware(lambda *args: None, signature_schemes=["V1"])
+    assert refused.value.option == "signature_schemes"
+
+
+@pytest.mark.parametrize(
+    "option",
+    ["consumer_by", "consumer_optional", "anonymous", "run_on_preflight", "hide_credentials"],
+)
+def test_the_middleware_refuses_options_that_act_on_kong_alone(option):
+    value = {"consumer_by": ["username"], "anonymous": "guest", "run_on_preflight": False}.get(
+        option, True
+    )
+    with pytest.raises(schema.InvalidOption) as refused:
+        WSGIMiddleware(lambda *args: None, **{option: value})
+    assert refused.value.option == option
+    WSGIMiddleware(lambda *args: None, **{option: schema.DEFAULTS[option]})  # the default is fine
