@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from customer_auth import signature
+from customer_auth.core import v1
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -126,7 +126,7 @@ class SignedRequestAuth:
 
     def __call__(self, request: Request) -> Request:
         if self.scheme == "v1":
-            headers = signature.signed_headers(self.certificate_id, str(self._client_key))
+            headers = v1.signed_headers(self.certificate_id, str(self._client_key))
             request.headers.update(headers)  # type: ignore[attr-defined]
         else:
             sign_message(

@@ -14,7 +14,7 @@ import wsgiref.simple_server
 
 import prometheus_client
 
-from customer_auth.terms import LOGGER_NAME
+from customer_auth.core.terms import LOGGER_NAME
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -62,7 +62,7 @@ POOL_IN_USE = prometheus_client.Gauge(
     "Database connections of the lookup pool in use",
 )
 
-# The lean transport's own (customer_auth/plugin_server.py): both gauges are read at scrape time.
+# The lean transport's own (customer_auth/kong/transport.py): both gauges are read at scrape time.
 KONG_CONNECTIONS = prometheus_client.Gauge(
     "customer_verification_kong_connections",
     "Connections Kong holds open to the plugin server (lean transport)",

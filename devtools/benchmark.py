@@ -35,7 +35,7 @@ import time
 import psycopg2
 import psycopg2.extensions
 
-from customer_auth import signature
+from customer_auth.core import v1
 from devtools.kong_standin import KongStandIn, PluginServer, Request
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent  # the repository
@@ -95,11 +95,7 @@ def request_for(kind, i, worker, workers=1):
     if kind == "cold":
         # Workers share the server's cache: interleaved, no two requests name one certificate.
         number = (i * workers + worker) % COLD_CUSTOMERS
-        return {
-            "header_lines": list(
-                signature.signed_headers(f"cold-{number}", f"key-{number}").items()
-            )
-        }
+        return {"header_lines": list(v1.signed_headers(f"cold-{number}", f"key-{number}").items())}
     number = (worker * 7 + i) % WARM_CUSTOMERS
     # Signed anew for each, as clients do (a nonce is good once).
     if kind in ("rfc9421 hmac", "rfc9421 hmac nonce"):
@@ -109,7 +105,7 @@ def request_for(kind, i, worker, workers=1):
             _signed[kind, number] = _rfc9421_request(kind, number)
         return _signed[kind, number]
     client_key = "wrong" if kind == "wrong" else f"key-warm-{number}"
-    return {"header_lines": list(signature.signed_headers(f"warm-{number}", client_key).items())}
+    return {"header_lines": list(v1.signed_headers(f"warm-{number}", client_key).items())}
 
 
 def _rfc9421_request(kind, number):

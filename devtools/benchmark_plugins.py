@@ -19,8 +19,9 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
 
-from customer_auth import signature
-from customer_verification import Schema, pdk_value, priority, version
+from customer_auth.core import v1
+from customer_auth.kong.plugin import pdk_value
+from customer_verification import Schema, priority, version
 
 # The identity headers a verified request sets or clears
 # (customer_verification.Plugin.upstream_headers).
@@ -50,8 +51,8 @@ class ConnectPerRequest:
 
     def access(self, kong):
         headers = pdk_value(kong.request.get_headers())
-        certificate_id = headers[signature.CERTIFICATE_ID_HEADER][0]
-        request_time = headers[signature.REQUEST_TIME_HEADER][0]
+        certificate_id = headers[v1.CERTIFICATE_ID_HEADER][0]
+        request_time = headers[v1.REQUEST_TIME_HEADER][0]
         conn = psycopg2.connect(os.environ["DATABASE_URL"])
         try:
             with conn.cursor() as cursor:
@@ -63,8 +64,8 @@ class ConnectPerRequest:
                 customer_id, client_key = cursor.fetchone()
         finally:
             conn.close()
-        signature.verify(
-            signature.parse_signature(headers[signature.SIGNATURE_HEADER][0]),
+        v1.verify(
+            v1.parse_signature(headers[v1.SIGNATURE_HEADER][0]),
             certificate_id,
             request_time,
             [client_key],
@@ -76,7 +77,7 @@ PLUGINS = {"limit": Limit, "connect-per-request": ConnectPerRequest}
 
 if __name__ == "__main__":
     # as customer_verification: either transport
-    from customer_auth.plugin_server import (
+    from customer_auth.kong.transport import (
         start_dedicated_server,
     )
 

@@ -20,8 +20,8 @@ import uuid
 import psycopg2
 import psycopg2.extensions
 
-from customer_auth import signature
-from customer_auth.admin import add_customer
+from customer_auth.cli import add_customer
+from customer_auth.core import v1
 from devtools.kong_standin import KongStandIn, PluginServer, Request
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent  # the repository
@@ -128,14 +128,10 @@ def main():
                     rfc9421(certificate_id, client_key, body), target="/orders?id=8"
                 ),
                 "correctly signed request (v1 headers)": {
-                    "header_lines": list(
-                        signature.signed_headers(certificate_id, client_key).items()
-                    )
+                    "header_lines": list(v1.signed_headers(certificate_id, client_key).items())
                 },
                 "wrongly signed request (v1 headers)": {
-                    "header_lines": list(
-                        signature.signed_headers(certificate_id, "not-the-key").items()
-                    )
+                    "header_lines": list(v1.signed_headers(certificate_id, "not-the-key").items())
                 },
                 "unsigned request": {"header_lines": []},
             }

@@ -29,7 +29,7 @@ import urllib.parse
 
 import msgpack
 
-from customer_auth.consumers import is_uuid
+from customer_auth.kong.consumers import is_uuid
 
 TERMINAL_METHODS = {"kong.response.exit", "kong.response.error"}
 MULTI_MAP_METHODS = {

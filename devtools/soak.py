@@ -12,7 +12,7 @@ import multiprocessing
 import sys
 import tempfile
 
-from customer_auth import signature
+from customer_auth.core import v1
 from devtools.benchmark import MODES, ROOT, WARM_CUSTOMERS, database, query, request_for
 from devtools.kong_standin import KongStandIn, PluginServer, Request
 
@@ -34,10 +34,10 @@ def expected(i):
         "unknown",
     )[i % 10]
     if kind == "missing":
-        return list(signature.signed_headers("warm-1", "key-warm-1").items())[1:], 400
+        return list(v1.signed_headers("warm-1", "key-warm-1").items())[1:], 400
     if kind == "unknown":
         # A fixed set, so the caches fill in the first half: growth after that is a leak.
-        return list(signature.signed_headers(f"unknown-{i % 1000}", "k").items()), 403
+        return list(v1.signed_headers(f"unknown-{i % 1000}", "k").items()), 403
     return request_for("wrong" if kind == "wrong" else "warm", i, 0)[
         "header_lines"
     ], 200 if kind == "valid" else 403

@@ -105,8 +105,8 @@ def customers(database_url):
 @pytest.fixture
 def credentials(database_url):
     """The plugin's credential store on the test database (its listener is not started)."""
-    from customer_auth.connection import Settings
-    from customer_auth.credentials import Credentials
+    from customer_auth.store.connection import Settings
+    from customer_auth.store.credentials import Credentials
 
     credentials = Credentials(Settings(dsn=database_url, pool_size=2, timeout=2.0))
     yield credentials
@@ -263,14 +263,14 @@ def operator_log(monkeypatch):
     (and its rate limit) into the next. Yields the log the in-process plugin hands to Kong."""
     import logging
 
-    import customer_verification
-    from customer_auth.operator_log import LOGGER_NAME, OperatorLog
+    from customer_auth.kong import plugin
+    from customer_auth.kong.operator_log import LOGGER_NAME, OperatorLog
 
     logger, fresh = logging.getLogger(LOGGER_NAME), OperatorLog()
-    installed = customer_verification.OPERATOR_LOG
+    installed = plugin.OPERATOR_LOG
     logger.removeHandler(installed)
     logger.addHandler(fresh)
-    monkeypatch.setattr(customer_verification, "OPERATOR_LOG", fresh)
+    monkeypatch.setattr(plugin, "OPERATOR_LOG", fresh)
     yield fresh
     logger.removeHandler(fresh)
     logger.addHandler(installed)

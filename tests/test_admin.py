@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from customer_auth import admin as customer_admin
-from customer_auth import signature
-from customer_auth.connection import Settings
-from customer_auth.lookup import CustomerStore
+from customer_auth import cli as command_line
+from customer_auth.core import v1
+from customer_auth.store.connection import Settings
+from customer_auth.store.customers import CustomerStore
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def cli(database_url, monkeypatch, customers):
 
     def run(*argv):
         out = io.StringIO()
-        code = customer_admin.main(list(argv), out=out)
+        code = command_line.main(list(argv), out=out)
         return code, out.getvalue()
 
     return run
@@ -49,7 +49,7 @@ def test_add_creates_a_customer_with_a_strong_key_printed_once(cli, store):
 
 def test_add_twice_is_an_error(cli, capsys):
     cli("add", "cert-a")
-    assert cli("add", "cert-a")[0] == customer_admin.EXIT_EXISTS
+    assert cli("add", "cert-a")[0] == command_line.EXIT_EXISTS
     assert "already exists" in capsys.readouterr().err
 
 
@@ -65,8 +65,8 @@ def test_rotate_keeps_the_previous_key_for_the_grace_period(cli, store):
 
 
 def test_rotate_and_revoke_unknown_certificates_are_errors(cli, capsys):
-    assert cli("rotate", "nobody")[0] == customer_admin.EXIT_UNKNOWN
-    assert cli("revoke", "nobody")[0] == customer_admin.EXIT_UNKNOWN
+    assert cli("rotate", "nobody")[0] == command_line.EXIT_UNKNOWN
+    assert cli("revoke", "nobody")[0] == command_line.EXIT_UNKNOWN
     assert "nobody" in capsys.readouterr().err
 
 
@@ -74,8 +74,8 @@ def test_revoke_refuses_the_customer_and_cannot_be_repeated(cli, store):
     cli("add", "cert-a")
     assert cli("revoke", "cert-a")[0] == 0
     assert store.fetch("cert-a") is None
-    assert cli("revoke", "cert-a")[0] == customer_admin.EXIT_UNKNOWN
-    assert cli("rotate", "cert-a")[0] == customer_admin.EXIT_UNKNOWN
+    assert cli("revoke", "cert-a")[0] == command_line.EXIT_UNKNOWN
+    assert cli("rotate", "cert-a")[0] == command_line.EXIT_UNKNOWN
 
 
 def test_list_shows_status_and_never_keys(cli):
@@ -96,7 +96,7 @@ def test_list_shows_status_and_never_keys(cli):
 def test_unreachable_database_is_a_clear_error(monkeypatch, capsys):
     monkeypatch.setenv("DATABASE_URL", "postgresql://admin:hunter2@127.0.0.1:1/none")
     monkeypatch.setenv("CUSTOMER_VERIFICATION_DB_TIMEOUT", "1")
-    assert customer_admin.main(["list"]) == customer_admin.EXIT_DATABASE
+    assert command_line.main(["list"]) == command_line.EXIT_DATABASE
     err = capsys.readouterr().err
     assert "cannot reach the database" in err and "hunter2" not in err
 
@@ -105,9 +105,7 @@ def test_sign_prints_the_three_headers(cli):
     code, output = cli("sign", "cert-a", "--key", "k", "--v1")
     headers = dict(line.split(": ", 1) for line in output.splitlines())
     assert code == 0
-    assert headers[signature.SIGNATURE_HEADER] == signature.sign(
-        "cert-a", "k", headers[signature.REQUEST_TIME_HEADER]
-    )
+    assert headers[v1.SIGNATURE_HEADER] == v1.sign("cert-a", "k", headers[v1.REQUEST_TIME_HEADER])
 
 
 def test_sign_prints_a_ready_curl_command(cli):
@@ -128,7 +126,7 @@ def test_sign_prints_a_ready_curl_command(cli):
         and words[:4] == ["curl", "-sS", "-X", "POST"]
         and words[-1] == "http://localhost:8000/echo"
     )
-    assert f"{signature.CERTIFICATE_ID_HEADER}: cert-a" in words
+    assert f"{v1.CERTIFICATE_ID_HEADER}: cert-a" in words
 
 
 def test_sign_adds_a_fresh_128_bit_nonce_unless_told_not_to(cli):
@@ -151,7 +149,7 @@ def test_sign_rejects_a_malformed_certificate_id(cli):
 
 def test_the_console_script_is_installed_and_usage_errors_exit_2():
     result = subprocess.run(
-        [sys.executable, "-m", "customer_auth.admin", "frobnicate"], capture_output=True, text=True
+        [sys.executable, "-m", "customer_auth.cli", "frobnicate"], capture_output=True, text=True
     )
     assert result.returncode == 2 and "invalid choice" in result.stderr
     script = subprocess.run(
@@ -165,7 +163,7 @@ def test_the_console_script_is_installed_and_usage_errors_exit_2():
         capture_output=True,
         text=True,
     )
-    assert "customer_auth.admin:main" in script.stdout
+    assert "customer_auth.cli:main" in script.stdout
 
 
 def ed25519_files(tmp_path, name="key"):
@@ -297,7 +295,7 @@ def test_the_plugins_read_only_role_is_told_to_use_the_admin_role(
         "DATABASE_URL",
         psycopg2.extensions.make_dsn(database_url, user="cv_cli_reader", password="reader-pw"),
     )
-    assert customer_admin.main(["add", "cert-z"]) == customer_admin.EXIT_DATABASE
+    assert command_line.main(["add", "cert-z"]) == command_line.EXIT_DATABASE
     err = capsys.readouterr().err
     assert "permission denied" in err and "admin role" in err and "reader-pw" not in err
 
@@ -312,7 +310,7 @@ def test_a_database_without_the_table_is_told_to_load_the_schema(postgres, monke
     execute(dsn, f"CREATE DATABASE {name}")
     try:
         monkeypatch.setenv("DATABASE_URL", dsn_for_database(dsn, name))
-        assert customer_admin.main(["list"]) == customer_admin.EXIT_DATABASE
+        assert command_line.main(["list"]) == command_line.EXIT_DATABASE
         assert "customer_schema.sql" in capsys.readouterr().err
     finally:
         execute(dsn, f"DROP DATABASE {name} WITH (FORCE)")
@@ -343,7 +341,7 @@ def test_sign_refuses_ambiguous_or_empty_input(cli, argv, capsys):
 
 @pytest.mark.parametrize("command", ["add", "rotate", "revoke", "list", "sign"])
 def test_every_commands_help_names_the_database_the_roles_and_the_exit_codes(command, capsys):
-    assert customer_admin.main([command, "--help"]) == 0
+    assert command_line.main([command, "--help"]) == 0
     text = capsys.readouterr().out
     assert (
         "DATABASE_URL" in text
@@ -360,7 +358,7 @@ def test_version_is_the_packages():
     import customer_verification
 
     result = subprocess.run(
-        [sys.executable, "-m", "customer_auth.admin", "--version"], capture_output=True, text=True
+        [sys.executable, "-m", "customer_auth.cli", "--version"], capture_output=True, text=True
     )
     assert result.returncode == 0
     assert result.stdout.split() == ["customer-verification", customer_verification.version]
@@ -370,7 +368,7 @@ def test_version_is_the_packages():
 def test_every_argument_of_every_command_has_a_help_text_and_every_help_names_the_database():
     import argparse
 
-    from customer_auth.admin import _parser
+    from customer_auth.cli import _parser
 
     def parsers(parser):
         yield parser

@@ -10,8 +10,9 @@ import pytest
 from conftest import ROOT, start_gateway
 from test_rfc9421 import SECRET, gateway, keyed, library_signed  # noqa: F401 (gateway and keyed are fixtures)
 
-from customer_auth import message_signatures, signature
-from customer_verification import DEFAULTS, Plugin
+from customer_auth.core import rfc9421, v1
+from customer_auth.core.options import DEFAULTS
+from customer_verification import Plugin
 from devtools.kong_standin import FailClosedRule, Request, in_process_kong
 
 FORGED_BODY = b'{"to": "attacker", "amount": 1000000}'
@@ -89,7 +90,7 @@ def test_a_request_with_more_header_lines_than_kong_returns_is_never_verified_on
 
 
 def test_a_second_signature_header_past_kongs_default_100_lines_is_seen(gateway, keyed):
-    lines = list(signature.signed_headers("cert-1", SECRET).items())
+    lines = list(v1.signed_headers("cert-1", SECRET).items())
     lines += [(f"X-Filler-{i}", "x") for i in range(120)] + [("client-certificate-id", "cert-2")]
     outcome = gateway.send(lines)
     assert (
@@ -134,8 +135,8 @@ def test_a_hostile_signature_input_is_refused_before_the_full_parser_with_a_shor
     monkeypatch.setattr(
         http_sf, "parse", lambda *a, **k: pytest.fail("the full parser was given the field")
     )
-    with pytest.raises(signature.MalformedSignature):
-        message_signatures.parse_signature_input([HOSTILE_FIELDS[field]])
+    with pytest.raises(v1.MalformedSignature):
+        rfc9421.parse_signature_input([HOSTILE_FIELDS[field]])
     outcome = send(
         gateway,
         dict(
@@ -221,13 +222,13 @@ def test_a_certificate_id_that_is_another_consumers_id_does_not_land_on_that_con
     customers.add(admin_consumer["id"], "key-1")  # a customer whose certificate id is that uuid
     gateway.kong.consumers = [admin_consumer]
     gateway.kong.configure("by-username", {"consumer_by": ["username"]})
-    request = Request(list(signature.signed_headers(admin_consumer["id"], "key-1").items()))
+    request = Request(list(v1.signed_headers(admin_consumer["id"], "key-1").items()))
     outcome = gateway.kong.handle(request, "by-username")
     assert outcome.status == 403 and request.consumer is None
     gateway.kong.configure(
         "by-username-optional", {"consumer_by": ["username"], "consumer_optional": True}
     )
-    request = Request(list(signature.signed_headers(admin_consumer["id"], "key-1").items()))
+    request = Request(list(v1.signed_headers(admin_consumer["id"], "key-1").items()))
     assert (
         gateway.kong.handle(request, "by-username-optional").status == 200
         and request.consumer is None
@@ -301,8 +302,7 @@ def test_a_bad_setting_answers_503_and_says_so_in_kongs_log_at_its_default_level
     )
     try:
         outcomes = [
-            gateway.send(list(signature.signed_headers("cert-1", "key-1").items()))
-            for _ in range(3)
+            gateway.send(list(v1.signed_headers("cert-1", "key-1").items())) for _ in range(3)
         ]
         assert {(o.status, o.message) for o in outcomes} == {
             (503, "Authentication is temporarily unavailable")
@@ -320,12 +320,12 @@ def test_a_bad_setting_answers_503_and_says_so_in_kongs_log_at_its_default_level
 def test_a_bad_setting_makes_the_cli_exit_2_with_the_same_words(
     database_url, setting, monkeypatch, capsys
 ):
-    from customer_auth import admin
+    from customer_auth import cli
 
     env, name = BAD_SETTINGS[setting]
     monkeypatch.setenv("DATABASE_URL", database_url)
     for variable, value in env.items():
         monkeypatch.setenv(variable, value)
-    assert admin.main(["list"]) == 2
+    assert cli.main(["list"]) == 2
     err = capsys.readouterr().err
     assert f"CUSTOMER_VERIFICATION_{name}" in err and "Traceback" not in err

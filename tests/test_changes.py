@@ -6,14 +6,14 @@ import time
 
 import pytest
 
-from customer_auth import signature
-from customer_auth.cache import CredentialCache
+from customer_auth.core import v1
+from customer_auth.store.cache import CredentialCache
 
 LONG_TTL = {"cache_ttl": 3600, "negative_cache_ttl": 3600}
 
 
 def signed(client_key, certificate_id="cert-live"):
-    return list(signature.signed_headers(certificate_id, client_key).items())
+    return list(v1.signed_headers(certificate_id, client_key).items())
 
 
 def status_within_one_second(gateway, header_lines, expected):
@@ -48,8 +48,8 @@ def live(gateway, customers):
 def unstarted(database_url):
     """A credential store whose listener has not started yet: the state of a plugin server that
     answers its first requests while the listener is still connecting."""
-    from customer_auth.connection import Settings
-    from customer_auth.credentials import Credentials
+    from customer_auth.store.connection import Settings
+    from customer_auth.store.credentials import Credentials
 
     credentials = Credentials(Settings(dsn=database_url, pool_size=2, timeout=2.0))
     yield credentials, credentials.cache(3600, 3600, 300, 100)

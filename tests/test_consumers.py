@@ -8,7 +8,7 @@ import uuid
 import pytest
 from conftest import ROOT, start_gateway
 
-from customer_auth import signature
+from customer_auth.core import v1
 from devtools.kong_standin import FailClosedRule, Request
 
 FORGED = [
@@ -47,13 +47,13 @@ def kong_consumers(gateway, customers):
 
 
 def send(gateway, plugin_id, certificate_id, client_key, extra=(), **request):
-    lines = list(signature.signed_headers(certificate_id, client_key).items()) + list(extra)
+    lines = list(v1.signed_headers(certificate_id, client_key).items()) + list(extra)
     return gateway.kong.handle(Request(lines, **request), plugin_id)
 
 
 def test_a_verified_request_is_authenticated_in_kong_by_its_credential(gateway, kong_consumers):
     gateway.kong.configure("plain")
-    request = Request(list(signature.signed_headers("alice-cert", "alice-key").items()) + FORGED)
+    request = Request(list(v1.signed_headers("alice-cert", "alice-key").items()) + FORGED)
     outcome = gateway.kong.handle(request, "plain")
     assert (
         outcome.status == 200
@@ -79,9 +79,7 @@ def test_a_verified_request_is_authenticated_in_kong_by_its_credential(gateway, 
 def test_customers_map_to_kong_consumers_by_username_or_id(gateway, kong_consumers, consumer_by):
     plugin_id = "map-" + "-".join(consumer_by)
     gateway.kong.configure(plugin_id, {"consumer_by": consumer_by, "consumer_optional": True})
-    alice_request = Request(
-        list(signature.signed_headers("alice-cert", "alice-key").items()) + FORGED
-    )
+    alice_request = Request(list(v1.signed_headers("alice-cert", "alice-key").items()) + FORGED)
     alice = gateway.kong.handle(alice_request, plugin_id)
     assert (
         alice_request.consumer["username"] == "alice-cert"
@@ -127,7 +125,7 @@ def test_a_customer_revoked_while_its_consumer_stays_is_refused(gateway, kong_co
 
 def test_anonymous_lets_failed_checks_in_as_the_anonymous_consumer(gateway, kong_consumers):
     gateway.kong.configure("anon", {"anonymous": ANONYMOUS["username"]})
-    for lines in ([], list(signature.signed_headers("alice-cert", "wrong").items())):
+    for lines in ([], list(v1.signed_headers("alice-cert", "wrong").items())):
         request = Request(lines + FORGED)
         outcome = gateway.kong.handle(request, "anon")
         assert (
@@ -169,7 +167,7 @@ def test_a_failing_store_is_never_turned_into_anonymous_access(database_url, kon
     )
     try:
         broken.kong.consumers = [ANONYMOUS]
-        outcome = broken.send(list(signature.signed_headers("alice-cert", "alice-key").items()))
+        outcome = broken.send(list(v1.signed_headers("alice-cert", "alice-key").items()))
         assert (outcome.status, outcome.upstream) == (503, None)
     finally:
         broken.cleanup()
@@ -204,9 +202,7 @@ def test_the_fail_closed_rule_still_answers_503_with_the_plugin_server_down(
         down.kong.consumers = [ANONYMOUS]
         assert down.send([]).status == 200  # anonymous, where it is configured
         down.server.stop()
-        outcome = down.send(
-            list(signature.signed_headers("alice-cert", "alice-key").items()) + FORGED
-        )
+        outcome = down.send(list(v1.signed_headers("alice-cert", "alice-key").items()) + FORGED)
         assert (outcome.status, outcome.upstream) == (503, None)
     finally:
         down.cleanup()

@@ -15,7 +15,8 @@ import yaml
 from conftest import ROOT, SERVER_MODES, execute, start_gateway
 
 import customer_verification
-from customer_auth import signature
+from customer_auth.core import options, v1
+from customer_auth.kong import plugin as kong_plugin
 
 BIN = os.path.dirname(sys.executable)
 
@@ -66,10 +67,10 @@ def passed_variables():
 
 
 def variables_the_runtime_reads():
-    from customer_auth.connection import LIBPQ_VARIABLES
+    from customer_auth.store.connection import LIBPQ_VARIABLES
 
     names = set(LIBPQ_VARIABLES)
-    for path in [ROOT / "customer_verification.py", *(ROOT / "customer_auth").glob("*.py")]:
+    for path in [ROOT / "customer_verification.py", *(ROOT / "customer_auth").rglob("*.py")]:
         text = path.read_text()
         names |= set(re.findall(r"""os\.environ(?:\.get\(|\[)\s*["']([A-Z0-9_]+)["']""", text))
         # named by a constant
@@ -174,7 +175,7 @@ def test_paths_and_ports_agree_across_files():
 def test_declarative_config_enables_the_plugin_with_valid_options():
     plugin = declarative()["services"][0]["plugins"][0]
     assert plugin["name"] == "customer_verification"
-    assert set(plugin["config"]) <= set(customer_verification.DEFAULTS)
+    assert set(plugin["config"]) <= set(options.DEFAULTS)
 
 
 def test_the_demo_limits_each_customer_by_its_kong_consumer():
@@ -189,12 +190,12 @@ def test_the_demo_limits_each_customer_by_its_kong_consumer():
 
 def test_fail_closed_rule_is_present_and_global():
     plugins = {plugin["name"]: plugin for plugin in declarative()["plugins"]}
-    header = customer_verification.DEFAULTS["customer_id_header"]
+    header = options.DEFAULTS["customer_id_header"]
     clear = plugins["pre-function"]["config"]["access"]
     assert clear == [f'kong.service.request.clear_header("{header}")']
     check = plugins["post-function"]["config"]["access"][0]
     assert "if not kong.client.get_credential() and not kong.client.get_consumer()" in check
-    assert f"and not kong.ctx.shared.{customer_verification.PREFLIGHT_MARK} then" in check
+    assert f"and not kong.ctx.shared.{kong_plugin.PREFLIGHT_MARK} then" in check
     assert "kong.response.exit(503" in check
     for plugin in plugins.values():
         assert not {"service", "route", "consumer"} & set(plugin)
@@ -277,7 +278,7 @@ def test_the_demo_customer_verifies_through_the_kong_standin(deployed_database):
     try:
         gateway.kong.consumers = declarative()["consumers"]
         outcome = gateway.send(
-            list(signature.signed_headers("demo-certificate", "demo-client-key").items())
+            list(v1.signed_headers("demo-certificate", "demo-client-key").items())
         )
         assert outcome.upstream["x-customer-id"] == ["6f1d8d2e-3b1a-4c52-9a57-0d7e2f6b9c41"]
         assert outcome.upstream["x-consumer-username"] == ["demo-certificate"]

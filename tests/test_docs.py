@@ -10,7 +10,7 @@ import sys
 from conftest import ROOT
 from test_deployment import variables_the_runtime_reads
 
-from customer_auth import schema
+from customer_auth.core import options
 from devtools import config_reference
 
 BIN = os.path.dirname(sys.executable)
@@ -36,14 +36,14 @@ def test_the_configuration_reference_is_generated_from_the_schema():
 
 
 def test_every_variable_the_runtime_reads_has_a_row_and_every_row_is_read():
-    from customer_auth.connection import LIBPQ_VARIABLES
+    from customer_auth.store.connection import LIBPQ_VARIABLES
 
     documented = set(config_reference.ENVIRONMENT) - {"PG*"} | set(LIBPQ_VARIABLES)
     assert documented == variables_the_runtime_reads()
 
 
 def test_every_option_has_a_description_kong_accepts():
-    for field in schema.Schema:
+    for field in options.Schema:
         for name, spec in field.items():
             assert 10 <= len(spec["description"]) <= 500, name  # Kong's metaschema bounds
 
@@ -72,6 +72,6 @@ def test_mypy_strict_passes_on_the_public_api():
 
 
 def test_the_middlewares_typed_options_are_the_plugins():
-    from customer_auth.service_verification import Options
+    from customer_auth.service.common import Options
 
-    assert set(Options.__annotations__) == set(schema.DEFAULTS) | {"exempt"}
+    assert set(Options.__annotations__) == set(options.DEFAULTS) | {"exempt"}

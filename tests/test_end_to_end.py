@@ -7,13 +7,13 @@ import time
 import pytest
 from conftest import ROOT, start_gateway
 
-from customer_auth import signature
+from customer_auth.core import v1
 
 KEY = "e2e-key"
 
 
 def signed(certificate_id="cert-e2e", client_key=KEY, now=None):
-    return list(signature.signed_headers(certificate_id, client_key, now).items())
+    return list(v1.signed_headers(certificate_id, client_key, now).items())
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def test_verified_request_reaches_upstream_with_only_the_verified_customer_id(ga
     outcome = gateway.send(signed() + [("X-Customer-Id", "forged")])
     assert outcome.status == 200 and not outcome.errors
     assert outcome.upstream["x-customer-id"] == [customer_id]
-    assert outcome.upstream[signature.SIGNATURE_HEADER]  # forwarded unless hide_credentials
+    assert outcome.upstream[v1.SIGNATURE_HEADER]  # forwarded unless hide_credentials
     assert outcome.round_trips == 4  # HandleEvent, get_headers, authenticate, set_headers
 
 
@@ -34,9 +34,9 @@ def test_verified_request_reaches_upstream_with_only_the_verified_customer_id(ga
     [
         ([], 400),
         (signed()[:2], 400),
-        (signed() + [(signature.REQUEST_TIME_HEADER, "1")], 400),
-        ([(n, "12.5" if n == signature.REQUEST_TIME_HEADER else v) for n, v in signed()], 400),
-        ([(n, "xyz" if n == signature.SIGNATURE_HEADER else v) for n, v in signed()], 400),
+        (signed() + [(v1.REQUEST_TIME_HEADER, "1")], 400),
+        ([(n, "12.5" if n == v1.REQUEST_TIME_HEADER else v) for n, v in signed()], 400),
+        ([(n, "xyz" if n == v1.SIGNATURE_HEADER else v) for n, v in signed()], 400),
         (signed("cert-nobody"), 403),
         (signed(client_key="wrong"), 403),
         (signed(now=time.time() - 3600), 403),
@@ -80,11 +80,11 @@ def test_store_unreachable_is_503(server_mode, customer_id):
 
 
 def test_config_change_starts_a_new_instance(gateway, customer_id):
-    assert signature.SIGNATURE_HEADER in gateway.send(signed()).upstream
+    assert v1.SIGNATURE_HEADER in gateway.send(signed()).upstream
     gateway.kong.configure("plugin", {"hide_credentials": True})
     outcome = gateway.send(signed())
     assert outcome.upstream["x-customer-id"] == [customer_id]
-    assert signature.SIGNATURE_HEADER not in outcome.upstream
+    assert v1.SIGNATURE_HEADER not in outcome.upstream
     assert outcome.round_trips == 4  # HandleEvent, get_headers, authenticate, set_headers
 
 

@@ -9,7 +9,7 @@ import psycopg2
 import pytest
 from conftest import ROOT, SCHEMA, SERVER_MODES, SHIPPED, Customers, execute, start_gateway
 
-from customer_auth import signature
+from customer_auth.core import v1
 from devtools.kong_standin import FailClosedRule, KongStandIn
 from devtools.throwaway_postgres import ThrowawayPostgres
 
@@ -33,9 +33,7 @@ def customers(own_postgres):
 
 
 def signed(certificate_id, client_key=None):
-    return list(
-        signature.signed_headers(certificate_id, client_key or f"key-{certificate_id}").items()
-    )
+    return list(v1.signed_headers(certificate_id, client_key or f"key-{certificate_id}").items())
 
 
 def gateway_for(own_postgres, mode=SHIPPED, config=None, timeout="2", fail_closed=False):

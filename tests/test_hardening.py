@@ -10,10 +10,12 @@ import psycopg2
 import pytest
 from conftest import ROOT, start_gateway
 
-from customer_auth import admin, signature
-from customer_auth.cache import CredentialCache
-from customer_auth.connection import Settings, StoreUnavailable
-from customer_auth.lookup import CustomerStore
+from customer_auth import cli as command_line
+from customer_auth.core import v1
+from customer_auth.errors import StoreUnavailable
+from customer_auth.store.cache import CredentialCache
+from customer_auth.store.connection import Settings
+from customer_auth.store.customers import CustomerStore
 from devtools.tcp_proxy import FreezableProxy
 
 # The four shapes libpq quotes in its errors, each with a password whose pieces must never show.
@@ -31,7 +33,7 @@ def assert_no_secret(text):
 
 
 def signed(certificate_id, client_key):
-    return list(signature.signed_headers(certificate_id, client_key).items())
+    return list(v1.signed_headers(certificate_id, client_key).items())
 
 
 @pytest.mark.parametrize("shape", list(MALFORMED_URLS))
@@ -69,14 +71,16 @@ def test_a_malformed_url_is_named_without_any_of_its_secrets_by_the_plugin_serve
 @pytest.mark.parametrize("shape", list(MALFORMED_URLS))
 def test_a_malformed_url_is_named_without_any_of_its_secrets_by_the_cli(shape, monkeypatch, capsys):
     monkeypatch.setenv("DATABASE_URL", MALFORMED_URLS[shape])
-    assert admin.main(["list"]) == admin.EXIT_USAGE  # a setting to fix, not a database to wait for
+    assert (
+        command_line.main(["list"]) == command_line.EXIT_USAGE
+    )  # a setting to fix, not a database to wait for
     err = capsys.readouterr().err
     assert "DATABASE_URL is not a valid connection URL" in err and "Traceback" not in err
     assert_no_secret(err)
 
 
 def test_percent_encoded_passwords_and_multi_host_urls_are_accepted(monkeypatch):
-    from customer_auth.connection import check_dsn
+    from customer_auth.store.connection import check_dsn
 
     monkeypatch.setenv("PGHOST", "db.internal")
     check_dsn(
@@ -188,7 +192,7 @@ def test_a_flood_of_unknown_certificates_leaves_known_customers_cached(
 
 def run_cli(*argv):
     out = io.StringIO()
-    return admin.main(list(argv), out=out), out.getvalue()
+    return command_line.main(list(argv), out=out), out.getvalue()
 
 
 @pytest.fixture

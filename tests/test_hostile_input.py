@@ -8,14 +8,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from customer_auth import signature
-from customer_verification import DEFAULTS, Plugin
+from customer_auth.core import v1
+from customer_auth.core.options import DEFAULTS
+from customer_verification import Plugin
 from devtools.kong_standin import Request, in_process_kong
 
 SIGNATURE_HEADERS = [
-    signature.CERTIFICATE_ID_HEADER,
-    signature.REQUEST_TIME_HEADER,
-    signature.SIGNATURE_HEADER,
+    v1.CERTIFICATE_ID_HEADER,
+    v1.REQUEST_TIME_HEADER,
+    v1.SIGNATURE_HEADER,
 ]
 
 hostile_text = st.one_of(
@@ -48,14 +49,14 @@ header_lines = st.lists(st.tuples(header_name, hostile_text), max_size=12)
 def with_some_valid_parts(lines, parts):
     """Mixes hostile lines with well-formed signature headers, so parsing gets past the first
     check."""
-    valid = signature.signed_headers("cert-hostile", "wrong-key")
+    valid = v1.signed_headers("cert-hostile", "wrong-key")
     return [(name, valid[name]) for name in parts] + lines
 
 
 @pytest.fixture(scope="module")
 def plugin(database_url):
-    from customer_auth.connection import Settings
-    from customer_auth.credentials import Credentials
+    from customer_auth.store.connection import Settings
+    from customer_auth.store.credentials import Credentials
 
     credentials = Credentials(Settings(dsn=database_url, pool_size=2, timeout=2.0))
     yield Plugin(dict(DEFAULTS), credentials)
@@ -87,7 +88,7 @@ def test_any_headers_get_a_400_or_403_with_a_json_message(plugin, lines, parts):
     )
 )
 def test_any_well_formed_certificate_id_is_looked_up_safely(plugin, certificate_id):
-    request = Request(list(signature.signed_headers(certificate_id, "k").items()))
+    request = Request(list(v1.signed_headers(certificate_id, "k").items()))
     plugin.access(in_process_kong(request))
     assert request.response[0] == 403
 

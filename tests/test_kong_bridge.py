@@ -9,8 +9,8 @@ import pytest
 import requests
 from conftest import ROOT, short_directory
 
-from customer_auth import signature
 from customer_auth.client import SignedRequestAuth, sign_message
+from customer_auth.core import v1
 from devtools.kong_bridge import KongBridge, kong_source, missing_nginx
 from devtools.kong_standin import PluginServer
 
@@ -66,7 +66,7 @@ def quiet(gateway):
 
 
 def v1_headers(client_key=SECRET):
-    return list(signature.signed_headers("cert-1", client_key).items())
+    return list(v1.signed_headers("cert-1", client_key).items())
 
 
 def rfc9421_headers(gateway, method, target, body=None):

@@ -17,27 +17,27 @@ MAX_MODULE_LINES = 450
 # Each runtime module may import only modules of a lower layer: the Kong glue -> the process's
 # credentials -> cache, lookup, listener -> connections.
 LAYERS = {
-    "customer_auth.terms": -1,
-    "customer_auth.expiring": -1,
-    "customer_auth.signature": 0,
+    "customer_auth.core.terms": -1,
+    "customer_auth.core.expiring": -1,
+    "customer_auth.core.v1": 0,
     "customer_auth.metrics": 0,
-    "customer_auth.operator_log": 0,
-    "customer_auth.events": 0,
-    "customer_auth.plugin_server": 1,
-    "customer_auth.replication": 0,
-    "customer_auth.consumers": 0,
-    "customer_auth.message_signatures": 1,
+    "customer_auth.kong.operator_log": 0,
+    "customer_auth.kong.events": 0,
+    "customer_auth.kong.transport": 1,
+    "customer_auth.store.replication": 0,
+    "customer_auth.kong.consumers": 0,
+    "customer_auth.core.rfc9421": 1,
     "customer_auth.client": 1,
-    "customer_auth.connection": 1,
-    "customer_auth.lookup": 2,
-    "customer_auth.nonces": 2,
-    "customer_auth.changes": 2,
-    "customer_auth.cache": 3,
-    "customer_auth.credentials": 4,
-    "customer_auth.verification": 4,
-    "customer_auth.admin": 5,
-    "customer_auth.schema": 5,
-    "customer_auth.service_verification": 6,
+    "customer_auth.store.connection": 1,
+    "customer_auth.store.customers": 2,
+    "customer_auth.store.nonces": 2,
+    "customer_auth.store.changes": 2,
+    "customer_auth.store.cache": 3,
+    "customer_auth.store.credentials": 4,
+    "customer_auth.core.decision": 4,
+    "customer_auth.cli": 5,
+    "customer_auth.core.options": 5,
+    "customer_auth.service.common": 6,
     "customer_auth.wsgi": 7,
     "customer_auth.asgi": 7,
     "customer_auth.middleware": 8,
@@ -84,7 +84,7 @@ def test_the_signatures_need_neither_kong_nor_a_database():
     assert {
         name
         for name in imported_modules(RUNTIME_PACKAGE / "signature.py")
-        if not name.startswith("customer_auth.terms")
+        if not name.startswith("customer_auth.core.terms")
     } <= {
         "__future__",
         "__future__.annotations",
@@ -130,7 +130,7 @@ def test_the_wheel_holds_the_plugin_its_runtime_and_the_cli_and_nothing_else(whe
         .read(next(n for n in names if n.endswith("entry_points.txt")))
         .decode()
     )
-    assert "customer-verification = customer_auth.admin:main" in entry_points
+    assert "customer-verification = customer_auth.cli:main" in entry_points
 
 
 def test_the_installed_wheel_runs_as_kong_starts_it_in_a_fresh_virtualenv(wheel, tmp_path):

@@ -333,7 +333,7 @@ def test_an_exempt_prefix_covers_whole_path_segments_only(service, customer):
 
 
 def test_exempt_prefixes_match_segments():
-    from customer_auth.service_verification import _under
+    from customer_auth.service.common import _under
 
     assert (
         _under("/health", "/health")

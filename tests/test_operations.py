@@ -15,16 +15,17 @@ import urllib.request
 from conftest import ROOT, start_gateway
 from prometheus_client.parser import text_string_to_metric_families
 
-from customer_auth import signature
-from customer_auth.operator_log import OperatorLog
-from customer_verification import DEFAULTS, Plugin
+from customer_auth.core import v1
+from customer_auth.core.options import DEFAULTS
+from customer_auth.kong.operator_log import OperatorLog
+from customer_verification import Plugin
 from devtools.kong_standin import Request, in_process_kong
 
 UNREACHABLE = "postgresql://cv:Hunter7Tail9x@127.0.0.1:1/customers"
 
 
 def signed(certificate_id, client_key):
-    return list(signature.signed_headers(certificate_id, client_key).items())
+    return list(v1.signed_headers(certificate_id, client_key).items())
 
 
 def free_port():

@@ -1,10 +1,10 @@
-"""One option check for every face: the schema's rules (customer_auth/schema.py) applied to the
-config Kong sends on the socket and to the middleware's keyword options alike."""
+"""One option check for every face: the schema's rules (customer_auth/core/options.py) applied to
+the config Kong sends on the socket and to the middleware's keyword options alike."""
 
 import pytest
 from conftest import ROOT, start_gateway
 
-from customer_auth import schema
+from customer_auth.core import options
 from customer_auth.middleware import ASGIMiddleware, WSGIMiddleware
 from customer_verification import Plugin
 
@@ -21,24 +21,24 @@ REFUSED = {
 
 @pytest.mark.parametrize("option", list(REFUSED))
 def test_the_schema_refuses_what_kong_would(option):
-    with pytest.raises(schema.InvalidOption) as refused:
-        schema.checked({option: REFUSED[option]})
+    with pytest.raises(options.InvalidOption) as refused:
+        options.checked({option: REFUSED[option]})
     assert refused.value.option == option and str(refused.value).startswith(f"{option}: ")
 
 
 def test_the_schema_takes_what_kong_stores():
     stored = {
-        **schema.DEFAULTS,
+        **options.DEFAULTS,
         "cache_ttl": 1.5,
         "anonymous": None,
         "__seq__": 3,
         "__plugin_id": "x",
     }
-    assert schema.checked(stored) == {**schema.DEFAULTS, "cache_ttl": 1.5}
+    assert options.checked(stored) == {**options.DEFAULTS, "cache_ttl": 1.5}
 
 
 def test_the_plugin_refuses_a_config_its_schema_refuses():
-    with pytest.raises(schema.InvalidOption, match="clock_skew"):
+    with pytest.raises(options.InvalidOption, match="clock_skew"):
         Plugin({"clock_skew": "abc"})
 
 
@@ -59,7 +59,7 @@ def test_a_refused_config_on_the_socket_starts_no_instance_and_kong_says_why(dat
 
 @pytest.mark.parametrize("middleware", [WSGIMiddleware, ASGIMiddleware])
 def test_the_middleware_refuses_a_bad_option_when_it_is_built(middleware):
-    with pytest.raises(schema.InvalidOption) as refused:
+    with pytest.raises(options.InvalidOption) as refused:
         middleware(lambda *args: None, signature_schemes=["V1"])
     assert refused.value.option == "signature_schemes"
 
@@ -72,7 +72,7 @@ def test_the_middleware_refuses_options_that_act_on_kong_alone(option):
     value = {"consumer_by": ["username"], "anonymous": "guest", "run_on_preflight": False}.get(
         option, True
     )
-    with pytest.raises(schema.InvalidOption) as refused:
+    with pytest.raises(options.InvalidOption) as refused:
         WSGIMiddleware(lambda *args: None, **{option: value})
     assert refused.value.option == option
-    WSGIMiddleware(lambda *args: None, **{option: schema.DEFAULTS[option]})  # the default is fine
+    WSGIMiddleware(lambda *args: None, **{option: options.DEFAULTS[option]})  # the default is fine

@@ -8,8 +8,9 @@ import time
 import gevent
 import pytest
 
-from customer_auth import signature
-from customer_verification import DEFAULTS, Plugin, Schema, priority, version
+from customer_auth.core import v1
+from customer_auth.core.options import DEFAULTS
+from customer_verification import Plugin, Schema, priority, version
 from devtools.kong_standin import Request, in_process_kong, round_trips
 
 KEY = "k3y-0f-cert-1"
@@ -31,9 +32,7 @@ def plugin(credentials):
 
 
 def signed(certificate_id="cert-1", client_key=KEY, now=None, **extra):
-    return list(signature.signed_headers(certificate_id, client_key, now).items()) + list(
-        extra.items()
-    )
+    return list(v1.signed_headers(certificate_id, client_key, now).items()) + list(extra.items())
 
 
 def run(plugin, header_lines, lua_style=True):
@@ -79,8 +78,7 @@ def test_verified_request_reaches_upstream_with_customer_id_in_four_round_trips(
 
 def test_signature_hex_is_case_insensitive(plugin, customer_id):
     lines = [
-        (name, value.upper() if name == signature.SIGNATURE_HEADER else value)
-        for name, value in signed()
+        (name, value.upper() if name == v1.SIGNATURE_HEADER else value) for name, value in signed()
     ]
     assert run(plugin, lines).upstream["x-customer-id"] == [customer_id]
 
@@ -94,12 +92,12 @@ def test_spoofed_customer_id_never_reaches_upstream(plugin, customer_id):
 
 def test_credentials_forwarded_by_default_and_hidden_on_request(credentials, customer_id):
     shown = run(Plugin(dict(DEFAULTS), credentials), signed())
-    assert signature.SIGNATURE_HEADER in shown.upstream
+    assert v1.SIGNATURE_HEADER in shown.upstream
     hidden = run(Plugin({**DEFAULTS, "hide_credentials": True}, credentials), signed())
     assert not {
-        signature.CERTIFICATE_ID_HEADER,
-        signature.REQUEST_TIME_HEADER,
-        signature.SIGNATURE_HEADER,
+        v1.CERTIFICATE_ID_HEADER,
+        v1.REQUEST_TIME_HEADER,
+        v1.SIGNATURE_HEADER,
     } & set(hidden.upstream)
     assert hidden.upstream["x-customer-id"] == [customer_id]
     assert round_trips(hidden) == 4
@@ -108,8 +106,7 @@ def test_credentials_forwarded_by_default_and_hidden_on_request(credentials, cus
 def test_configured_header_names(credentials, customer_id):
     config = {**DEFAULTS, "certificate_id_header": "X-Cert", "customer_id_header": "X-Client"}
     lines = [
-        ("X-Cert" if name == signature.CERTIFICATE_ID_HEADER else name, value)
-        for name, value in signed()
+        ("X-Cert" if name == v1.CERTIFICATE_ID_HEADER else name, value) for name, value in signed()
     ]
     request = run(Plugin(config, credentials), lines)
     assert request.upstream["x-client"] == [customer_id]
@@ -124,25 +121,19 @@ def replaced(lines, header, value):
 
 
 BAD_REQUESTS = {
-    "no certificate id": lambda: without(signed(), signature.CERTIFICATE_ID_HEADER),
-    "no time": lambda: without(signed(), signature.REQUEST_TIME_HEADER),
-    "no signature": lambda: without(signed(), signature.SIGNATURE_HEADER),
+    "no certificate id": lambda: without(signed(), v1.CERTIFICATE_ID_HEADER),
+    "no time": lambda: without(signed(), v1.REQUEST_TIME_HEADER),
+    "no signature": lambda: without(signed(), v1.SIGNATURE_HEADER),
     "no headers at all": lambda: [],
-    "empty certificate id": lambda: replaced(signed(), signature.CERTIFICATE_ID_HEADER, ""),
-    "certificate id twice": lambda: signed() + [(signature.CERTIFICATE_ID_HEADER, "cert-1")],
-    "time twice": lambda: signed() + [(signature.REQUEST_TIME_HEADER, "1")],
-    "signature twice": lambda: signed() + [(signature.SIGNATURE_HEADER, "a" * 64)],
-    "time not an integer": lambda: replaced(
-        signed(), signature.REQUEST_TIME_HEADER, "1700000000.5"
-    ),
-    "time as a date": lambda: replaced(
-        signed(), signature.REQUEST_TIME_HEADER, "2026-11-22T00:00:00Z"
-    ),
-    "signature too short": lambda: replaced(signed(), signature.SIGNATURE_HEADER, "ab" * 31),
-    "signature not hex": lambda: replaced(signed(), signature.SIGNATURE_HEADER, "zz" * 32),
-    "certificate id with a space": lambda: replaced(
-        signed(), signature.CERTIFICATE_ID_HEADER, "cert 1"
-    ),
+    "empty certificate id": lambda: replaced(signed(), v1.CERTIFICATE_ID_HEADER, ""),
+    "certificate id twice": lambda: signed() + [(v1.CERTIFICATE_ID_HEADER, "cert-1")],
+    "time twice": lambda: signed() + [(v1.REQUEST_TIME_HEADER, "1")],
+    "signature twice": lambda: signed() + [(v1.SIGNATURE_HEADER, "a" * 64)],
+    "time not an integer": lambda: replaced(signed(), v1.REQUEST_TIME_HEADER, "1700000000.5"),
+    "time as a date": lambda: replaced(signed(), v1.REQUEST_TIME_HEADER, "2026-11-22T00:00:00Z"),
+    "signature too short": lambda: replaced(signed(), v1.SIGNATURE_HEADER, "ab" * 31),
+    "signature not hex": lambda: replaced(signed(), v1.SIGNATURE_HEADER, "zz" * 32),
+    "certificate id with a space": lambda: replaced(signed(), v1.CERTIFICATE_ID_HEADER, "cert 1"),
 }
 
 
@@ -178,13 +169,13 @@ def test_unverified_requests_get_one_identical_403(plugin, customer_id, case, lu
 def test_a_repeated_request_is_recalled_not_hashed_again(plugin, customer_id, monkeypatch):
     lines = signed()
     hashed = []
-    digest = signature._digest
-    monkeypatch.setattr(signature, "_digest", lambda *args: hashed.append(args) or digest(*args))
+    digest = v1._digest
+    monkeypatch.setattr(v1, "_digest", lambda *args: hashed.append(args) or digest(*args))
     for _ in range(3):
         assert run(plugin, lines).upstream["x-customer-id"] == [customer_id]
     assert len(hashed) == 1
     # The same certificate and time with another signature is checked in full, and refused.
-    assert answer(run(plugin, replaced(lines, signature.SIGNATURE_HEADER, "ab" * 32)))[0] == 403
+    assert answer(run(plugin, replaced(lines, v1.SIGNATURE_HEADER, "ab" * 32)))[0] == 403
     assert len(hashed) == 2
 
 
@@ -220,7 +211,7 @@ def test_reasons_go_to_the_log_and_secrets_do_not(plugin, customer_id, caplog):
     )
     assert KEY not in text
     for header_lines in lines.values():
-        assert dict(header_lines)[signature.SIGNATURE_HEADER] not in text
+        assert dict(header_lines)[v1.SIGNATURE_HEADER] not in text
 
 
 def test_revoked_customer_is_refused(plugin, customers, customer_id):
@@ -243,8 +234,8 @@ def test_previous_key_works_only_during_its_grace_period(credentials, customers)
 
 
 def test_store_unreachable_without_cache_is_503(customer_id):
-    from customer_auth.connection import Settings
-    from customer_auth.credentials import Credentials
+    from customer_auth.store.connection import Settings
+    from customer_auth.store.credentials import Credentials
 
     unreachable = Credentials(
         Settings(dsn="postgresql://u:hunter2@127.0.0.1:1/x", pool_size=1, timeout=1)

@@ -1,4 +1,4 @@
-"""The lean transport (customer_auth/plugin_server.py) against stock kong-pdk, message by message,
+"""The lean transport (customer_auth/kong/transport.py) against stock kong-pdk, message by message,
 and what it does where kong-pdk never answers: raw MessagePack-RPC on the unix socket, as Kong's
 Rpc:call sends it (a connection per call, Steps on other connections, events interleaved)."""
 
@@ -16,7 +16,7 @@ import msgpack
 import pytest
 from conftest import SERVER_MODES, ServerMode, short_directory
 
-from customer_auth import plugin_server
+from customer_auth.kong import transport
 from devtools.kong_standin import PluginServer
 
 TINY = pathlib.Path(__file__).with_name("tiny_plugin.py")
@@ -28,7 +28,7 @@ class Wire:
     connection (by number; each is opened on first use) and returns the raw answer, or None when
     none comes within ``timeout``.
 
-    A server numbers instances and events from an id of its own (plugin_server.first_id): the
+    A server numbers instances and events from an id of its own (transport.first_id): the
     ids the tests write and read are relative to the first instance's, so that two servers'
     conversations compare (an answer with an id is packed again with the relative one)."""
 
@@ -446,13 +446,13 @@ def test_a_message_larger_than_kong_could_send_ends_its_connection_within_the_bo
     connection.sendall(b"\x94\x00\x01" + msgpack.packb("plugin.Step") + b"\x91\xdb\x40\x00\x00\x00")
     sent, chunk = 0, b"x" * (1024 * 1024)
     with pytest.raises(OSError):  # reset or broken pipe: the server ended it
-        while sent < 2 * plugin_server.MAX_MESSAGE_SIZE:
+        while sent < 2 * transport.MAX_MESSAGE_SIZE:
             connection.sendall(chunk)
             sent += len(chunk)
-    assert sent <= plugin_server.MAX_MESSAGE_SIZE + 8 * len(chunk)  # what the socket buffers
+    assert sent <= transport.MAX_MESSAGE_SIZE + 8 * len(chunk)  # what the socket buffers
     wire.connections.pop(1)
     assert decoded(wire.call("plugin.InstanceStatus", 0, 2))[3]["Name"] == "tiny"  # still serving
-    assert server.log().count(f"sent a message over {plugin_server.MAX_MESSAGE_SIZE} bytes") == 1
+    assert server.log().count(f"sent a message over {transport.MAX_MESSAGE_SIZE} bytes") == 1
 
 
 def test_accept_errors_are_survived_logged_once_and_backed_off(served):

@@ -16,10 +16,13 @@ from conftest import ROOT, SCHEMA, Customers, execute, serving, start_gateway
 from http_message_signatures.structures import CaseInsensitiveDict
 from test_middleware import command
 
-from customer_auth import client, nonces
-from customer_auth.connection import Settings, StoreUnavailable
-from customer_auth.credentials import Credentials
-from customer_verification import DEFAULTS, Plugin
+from customer_auth import client
+from customer_auth.core.options import DEFAULTS
+from customer_auth.errors import StoreUnavailable
+from customer_auth.store import nonces
+from customer_auth.store.connection import Settings
+from customer_auth.store.credentials import Credentials
+from customer_verification import Plugin
 from devtools.kong_standin import Request, in_process_kong
 from devtools.tcp_proxy import FreezableProxy
 from devtools.throwaway_postgres import ThrowawayPostgres
@@ -121,11 +124,11 @@ def test_a_signature_without_a_nonce_is_told_what_to_sign(credentials, keyed):
 
 
 def test_v1_requests_get_400_on_a_protected_route(credentials, keyed):
-    from customer_auth import signature
+    from customer_auth.core import v1
 
     request = run(
         Plugin(PROTECTED, credentials),
-        dict(header_lines=list(signature.signed_headers("cert-1", SECRET).items())),
+        dict(header_lines=list(v1.signed_headers("cert-1", SECRET).items())),
     )
     assert answer(request) == (
         400,

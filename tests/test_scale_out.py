@@ -10,8 +10,8 @@ import psycopg2
 import pytest
 from conftest import ROOT, SCHEMA, Customers, execute, start_gateway
 
-from customer_auth import signature
-from customer_auth.changes import WAL_POSITION
+from customer_auth.core import v1
+from customer_auth.store.changes import WAL_POSITION
 from devtools.throwaway_pgbouncer import PGBOUNCER, ThrowawayPgBouncer
 from devtools.throwaway_postgres import ThrowawayPostgres
 
@@ -96,7 +96,7 @@ def close_nodes():
 
 
 def signed(certificate_id, client_key):
-    return list(signature.signed_headers(certificate_id, client_key).items())
+    return list(v1.signed_headers(certificate_id, client_key).items())
 
 
 def statuses(nodes, header_lines):
@@ -287,7 +287,7 @@ def test_a_listener_pointed_at_a_transaction_pool_is_a_clear_warning(cluster, bo
 
 
 def test_replay_floors_are_per_certificate_bounded_and_forgotten_once_passed():
-    from customer_auth.replication import ReplayFloors
+    from customer_auth.store.replication import ReplayFloors
 
     floors = ReplayFloors(max_certificates=3)
     floors.raise_to("a", 100)

@@ -5,8 +5,9 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from customer_auth import signature
+from customer_auth import errors
 from customer_auth.client import SignedRequestAuth
+from customer_auth.core import v1
 
 # Computed independently with: printf 'cert-1|key-1|1700000000' | sha256sum
 VECTORS = [
@@ -28,11 +29,11 @@ VECTORS = [
 
 @pytest.mark.parametrize("certificate_id, client_key, request_time, expected", VECTORS)
 def test_sign_matches_fixed_vectors(certificate_id, client_key, request_time, expected):
-    assert signature.sign(certificate_id, client_key, request_time) == expected
+    assert v1.sign(certificate_id, client_key, request_time) == expected
 
 
 def test_signed_headers_are_what_existing_clients_send():
-    headers = signature.signed_headers("cert-1", "key-1", now=1700000000.9)
+    headers = v1.signed_headers("cert-1", "key-1", now=1700000000.9)
     assert headers == {
         "client-certificate-id": "cert-1",
         "client-request-time": "1700000000",
@@ -41,39 +42,37 @@ def test_signed_headers_are_what_existing_clients_send():
 
 
 def test_verify_accepts_upper_case_hex_after_parsing():
-    parsed = signature.parse_signature(VECTORS[0][3].upper())
-    signature.verify(parsed, "cert-1", "1700000000", ["key-1"])
+    parsed = v1.parse_signature(VECTORS[0][3].upper())
+    v1.verify(parsed, "cert-1", "1700000000", ["key-1"])
 
 
 def test_verify_rejects_other_key_time_or_certificate():
-    good = signature.parse_signature(VECTORS[0][3])
+    good = v1.parse_signature(VECTORS[0][3])
     for args in (
         ("cert-1", "1700000000", ["key-2"]),
         ("cert-1", "1700000001", ["key-1"]),
         ("cert-2", "1700000000", ["key-1"]),
     ):
-        with pytest.raises(signature.BadSignature):
-            signature.verify(good, *args)
+        with pytest.raises(errors.BadSignature):
+            v1.verify(good, *args)
 
 
 def test_verify_accepts_any_of_several_keys():
-    good = signature.parse_signature(VECTORS[0][3])
-    signature.verify(good, "cert-1", "1700000000", ["old", "key-1"])
-    with pytest.raises(signature.BadSignature):
-        signature.verify(good, "cert-1", "1700000000", [])
+    good = v1.parse_signature(VECTORS[0][3])
+    v1.verify(good, "cert-1", "1700000000", ["old", "key-1"])
+    with pytest.raises(errors.BadSignature):
+        v1.verify(good, "cert-1", "1700000000", [])
 
 
 def test_the_time_is_signed_as_sent_not_as_a_number():
-    with pytest.raises(signature.BadSignature):
-        signature.verify(
-            signature.parse_signature(VECTORS[1][3]), "ABC-123", "1700000000", ["s3cr3t/+="]
-        )
+    with pytest.raises(errors.BadSignature):
+        v1.verify(v1.parse_signature(VECTORS[1][3]), "ABC-123", "1700000000", ["s3cr3t/+="])
 
 
 @pytest.mark.parametrize("text", ["", "12.5", "-1", "1e9", " 1", "1" * 13, "１２３", "0x10"])
 def test_malformed_request_times(text):
-    with pytest.raises(signature.MalformedSignature):
-        signature.parse_request_time(text)
+    with pytest.raises(errors.MalformedSignature):
+        v1.parse_request_time(text)
 
 
 @pytest.mark.parametrize(
@@ -92,22 +91,22 @@ def test_malformed_request_times(text):
     ],
 )
 def test_malformed_signatures(text):
-    with pytest.raises(signature.MalformedSignature):
-        signature.parse_signature(text)
+    with pytest.raises(errors.MalformedSignature):
+        v1.parse_signature(text)
 
 
 @pytest.mark.parametrize("text", ["", "a b", "x" * 257, "tab\there", "nul\x00", "é"])
 def test_malformed_certificate_ids(text):
-    with pytest.raises(signature.MalformedSignature):
-        signature.parse_certificate_id(text)
+    with pytest.raises(errors.MalformedSignature):
+        v1.parse_certificate_id(text)
 
 
 # The header grammar as regular expressions: the parsers use str methods for speed and must
 # accept exactly these.
 GRAMMAR = {
-    signature.parse_certificate_id: re.compile(r"[\x21-\x7e]{1,256}"),
-    signature.parse_request_time: re.compile(r"[0-9]{1,12}"),
-    signature.parse_signature: re.compile(r"[0-9a-fA-F]{64}"),
+    v1.parse_certificate_id: re.compile(r"[\x21-\x7e]{1,256}"),
+    v1.parse_request_time: re.compile(r"[0-9]{1,12}"),
+    v1.parse_signature: re.compile(r"[0-9a-fA-F]{64}"),
 }
 HEADER_TEXT = st.one_of(
     st.text(max_size=300),
@@ -128,22 +127,22 @@ def test_parsers_accept_exactly_the_grammar(text):
         try:
             parse(text)
             accepted = True
-        except signature.MalformedSignature:
+        except errors.MalformedSignature:
             accepted = False
         assert accepted == bool(grammar.fullmatch(text)), (parse.__name__, text)
 
 
 def test_clock_skew_both_directions():
-    signature.check_fresh("1000", 300, now=1300)
-    signature.check_fresh("1300", 300, now=1000)
+    v1.check_fresh("1000", 300, now=1300)
+    v1.check_fresh("1300", 300, now=1000)
     for request_time in ("699", "1301"):
-        with pytest.raises(signature.SignatureExpired):
-            signature.check_fresh(request_time, 300, now=1000)
+        with pytest.raises(errors.SignatureExpired):
+            v1.check_fresh(request_time, 300, now=1000)
 
 
 def test_exceptions_are_one_family():
-    for error in (signature.BadSignature, signature.SignatureExpired, signature.MalformedSignature):
-        assert issubclass(error, signature.SignatureError)
+    for error in (errors.BadSignature, errors.SignatureExpired, errors.MalformedSignature):
+        assert issubclass(error, errors.SignatureError)
 
 
 def assert_signed(headers):
@@ -179,7 +178,7 @@ def test_importable_without_kong_pdk():
 
     code = (
         "import sys; sys.modules['kong_pdk'] = None; from customer_auth import signature; "
-        "print(signature.sign('a', 'b', '1'))"
+        "print(v1.sign('a', 'b', '1'))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == hashlib.sha256(b"a|b|1").hexdigest()

@@ -14,8 +14,9 @@ import subprocess
 import pytest
 from conftest import ROOT
 
-from customer_auth import message_signatures
-from customer_verification import DEFAULTS, Plugin
+from customer_auth.core import rfc9421
+from customer_auth.core.options import DEFAULTS
+from customer_verification import Plugin
 from devtools.kong_standin import Request, in_process_kong
 
 GUIDE = (ROOT / "docs" / "signing.md").read_text()
@@ -45,19 +46,16 @@ def example():
 
 def test_the_worked_examples_signature_base_and_signature_are_what_the_plugin_computes():
     headers, base = example()
-    parsed = message_signatures.parse_signature_input([headers["Signature-Input"]])
-    chosen = message_signatures.choose(
+    parsed = rfc9421.parse_signature_input([headers["Signature-Input"]])
+    chosen = rfc9421.choose(
         parsed,
-        message_signatures.parse_signature([headers["Signature"]]),
+        rfc9421.parse_signature([headers["Signature"]]),
         DEFAULTS["required_components"],
     )
-    message = message_signatures.Message(
-        lambda: "POST",
-        lambda: "/orders?id=7",
-        lambda: "https",
-        {name.lower(): [value] for name, value in headers.items()},
+    message = rfc9421.Message(
+        "POST", "/orders?id=7", "https", {name.lower(): [value] for name, value in headers.items()}
     )
-    assert message_signatures.signature_base(message, chosen).decode() == base
+    assert rfc9421.signature_base(message, chosen).decode() == base
     expected = hmac.new(b"my-client-key", base.encode(), hashlib.sha256).digest()
     assert headers["Signature"] == f"sig1=:{base64.b64encode(expected).decode()}:"
     digest = base64.b64encode(hashlib.sha256(b'{"qty": 1}').digest()).decode()
@@ -103,8 +101,8 @@ def node(script, cwd=None):
 def test_the_worked_example_verifies_through_the_plugin(credentials, customers, monkeypatch):
     headers, _ = example()
     customers.execute("DELETE FROM customer_nonce")
-    monkeypatch.setattr("customer_auth.verification.time.time", lambda: 1700000000)
-    monkeypatch.setattr("customer_auth.nonces.time.time", lambda: 1700000000)
+    monkeypatch.setattr("customer_auth.core.decision.time.time", lambda: 1700000000)
+    monkeypatch.setattr("customer_auth.store.nonces.time.time", lambda: 1700000000)
     assert verified(credentials, customers, headers) == 403
 
 

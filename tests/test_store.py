@@ -7,9 +7,10 @@ import time
 import psycopg2
 import pytest
 
-from customer_auth.cache import CredentialCache
-from customer_auth.connection import Settings, StoreUnavailable
-from customer_auth.lookup import Credential, CustomerStore
+from customer_auth.errors import StoreUnavailable
+from customer_auth.store.cache import CredentialCache
+from customer_auth.store.connection import Settings
+from customer_auth.store.customers import Credential, CustomerStore
 
 
 @pytest.fixture
@@ -246,7 +247,7 @@ def test_verified_requests_are_bounded_and_the_oldest_leave_first(store, custome
 
 
 def test_plugin_instances_with_the_same_cache_settings_share_one_cache(database_url):
-    from customer_auth.credentials import Credentials
+    from customer_auth.store.credentials import Credentials
 
     credentials = Credentials(Settings(dsn=database_url, pool_size=1, timeout=1.0))
     try:

@@ -12,10 +12,10 @@ if "-g" in sys.argv:
 
 import gevent
 
-from customer_auth import plugin_server
+from customer_auth.kong import transport
 
 # the transport CUSTOMER_VERIFICATION_TRANSPORT names
-from customer_auth.plugin_server import (
+from customer_auth.kong.transport import (
     start_dedicated_server,
 )
 
@@ -118,6 +118,6 @@ def stats():
 
 if __name__ == "__main__":
     # Short timeouts, so that the tests see the sweep end what Kong gave up.
-    plugin_server.LeanTransport.handler_timeout = float(os.environ.get("TINY_HANDLER_TIMEOUT", 60))
-    plugin_server.LeanTransport.step_timeout = float(os.environ.get("TINY_STEP_TIMEOUT", 600))
+    transport.LeanTransport.handler_timeout = float(os.environ.get("TINY_HANDLER_TIMEOUT", 60))
+    transport.LeanTransport.step_timeout = float(os.environ.get("TINY_STEP_TIMEOUT", 600))
     start_dedicated_server("tiny", Plugin, version, priority, list(Schema))

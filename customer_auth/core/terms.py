@@ -1,5 +1,8 @@
 """The terms every part of the runtime shares: the logger operators read, the signature schemes,
-and the one tree of signature errors (pure: clients import it without Kong or a database)."""
+the ways to a Kong consumer, the certificate id rule (pure: clients import it without Kong or a
+database)."""
+
+from customer_auth.errors import MalformedSignature
 
 LOGGER_NAME = "customer_verification"  # the plugin server's logger; warnings reach Kong's log
 
@@ -7,21 +10,8 @@ LOGGER_NAME = "customer_verification"  # the plugin server's logger; warnings re
 V1, RFC9421 = "v1", "rfc9421"
 
 
-class SignatureError(Exception):
-    """The request's signature cannot be accepted."""
-
-
-class MalformedSignature(SignatureError):
-    """A signature header is not of the form the scheme defines."""
-
-
-class SignatureExpired(SignatureError):
-    """The request time is outside the allowed clock skew."""
-
-
-class BadSignature(SignatureError):
-    """The signature does not match any key the customer may sign with."""
-
+# How a verified customer maps to a Kong consumer (the option consumer_by).
+BY_ID, BY_USERNAME = "id", "username"
 
 MAX_CERTIFICATE_ID = 256
 

@@ -5,11 +5,12 @@ import os
 import threading
 import weakref
 
-from customer_auth.cache import CredentialCache
-from customer_auth.changes import ChangeListener
-from customer_auth.connection import Settings, StoreUnavailable
-from customer_auth.lookup import CustomerStore
-from customer_auth.nonces import NonceStore
+from customer_auth.errors import StoreUnavailable
+from customer_auth.store.cache import CredentialCache
+from customer_auth.store.changes import ChangeListener
+from customer_auth.store.connection import Settings
+from customer_auth.store.customers import CustomerStore
+from customer_auth.store.nonces import NonceStore
 
 
 class Credentials:

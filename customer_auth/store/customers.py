@@ -1,16 +1,29 @@
-"""A customer's credential, read from Postgres by certificate id."""
+"""The customer table: a customer's credential read by certificate id (the plugin's lookups),
+and the ``authentication`` document written (the operator's command). Its layout is known here
+only: ``client_key`` or ``public_key``, ``previous_*`` with ``previous_key_expires_at`` during a
+rotation, ``revoked_at``."""
 
 import base64
 import binascii
-import dataclasses
+import json
 import logging
 import math
+import secrets
 import time
 
+import psycopg2.errors
+
 from customer_auth import metrics
-from customer_auth.connection import PRIMARY, Pool, StoreUnavailable
-from customer_auth.replication import ReplayFloors
-from customer_auth.terms import LOGGER_NAME
+from customer_auth.core.credential import Credential
+from customer_auth.core.terms import LOGGER_NAME
+from customer_auth.errors import (
+    CertificateExists,
+    NoActiveCustomer,
+    OtherKeyKind,
+    StoreUnavailable,
+)
+from customer_auth.store.connection import PRIMARY, Pool
+from customer_auth.store.replication import ReplayFloors
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -32,43 +45,6 @@ _LOOKUP = """
                AND authentication->>'revoked_at' IS NULL
              LIMIT 2) AS found ON true
 """
-
-
-@dataclasses.dataclass(frozen=True)
-class Credential:
-    """A customer's keys: a shared secret (``client_key``, for v1 and RFC 9421 hmac-sha256) or an
-    ed25519 public key (RFC 9421 only; the gateway then holds nothing that can sign), each with
-    the key it replaced, valid until ``previous_key_expires_at``."""
-
-    customer_id: str
-    client_key: str = None
-    previous_client_key: str = None
-    previous_key_expires_at: float = None
-    public_key: bytes = None  # raw, 32 bytes
-    previous_public_key: bytes = None
-
-    def keys_valid_at(self, now):
-        """The secrets a signature may be made with at ``now``: during a rotation's grace period
-        the previous one still counts, so clients can roll over without downtime."""
-        return self._valid(self.client_key, self.previous_client_key, now)
-
-    def public_keys_valid_at(self, now):
-        return self._valid(self.public_key, self.previous_public_key, now)
-
-    def keys_valid_until(self, now):
-        """When the keys valid at ``now`` stop being the answer: the end of a grace period."""
-        return self.previous_key_expires_at if self._in_grace_period(now) else math.inf
-
-    def _valid(self, current, previous, now):
-        keys = (
-            (current, previous)
-            if previous is not None and self._in_grace_period(now)
-            else (current,)
-        )
-        return tuple(key for key in keys if key is not None)
-
-    def _in_grace_period(self, now):
-        return bool(self.previous_key_expires_at and now < self.previous_key_expires_at)
 
 
 class CustomerStore:
@@ -185,3 +161,108 @@ def _epoch_or_none(text):
     except (TypeError, ValueError):
         return None
     return epoch if math.isfinite(epoch) else None
+
+
+# -- writes: the operator's command (customer_auth/cli.py) ------------------------------
+
+
+def new_client_key():
+    return secrets.token_urlsafe(32)  # 256 bits
+
+
+def add_customer(conn, certificate_id, public_key=None):
+    """Creates a customer; returns ``(customer_id, client_key)``. With ``public_key`` (raw ed25519
+    bytes) the customer signs with its private key and has no client key (None)."""
+    client_key = None if public_key else new_client_key()
+    authentication = (
+        {"public_key": base64.b64encode(public_key).decode()}
+        if public_key
+        else {"client_key": client_key}
+    )
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO customer (certificate, authentication) VALUES (%s, %s) RETURNING "
+                "uuid::text",
+                (certificate_id, json.dumps(authentication)),
+            )
+            return cursor.fetchone()[0], client_key
+    except psycopg2.errors.UniqueViolation:
+        raise CertificateExists(f"certificate {certificate_id!r} already exists") from None
+
+
+def rotate_key(conn, certificate_id, grace, now=None, public_key=None):
+    """Gives the customer a new key of the kind it has (a new random client key, or the given
+    ed25519 ``public_key``); the current one keeps working for ``grace`` seconds. Returns the new
+    client key (None for a public key)."""
+    field, new_key = (
+        ("public_key", base64.b64encode(public_key).decode())
+        if public_key
+        else ("client_key", new_client_key())
+    )
+    expires_at = (time.time() if now is None else now) + grace
+    with conn.cursor() as cursor:
+        cursor.execute(
+            """UPDATE customer
+                  SET authentication = authentication || jsonb_build_object(
+                          %(field)s, %(key)s::text,
+                          'previous_' || %(field)s, authentication->%(field)s,
+                          'previous_key_expires_at', %(expires)s::float8)
+                WHERE certificate = %(certificate)s AND authentication->>'revoked_at' IS NULL
+                  AND authentication ? %(field)s
+            RETURNING 1""",
+            {"field": field, "key": new_key, "expires": expires_at, "certificate": certificate_id},
+        )
+        if cursor.rowcount == 0:
+            cursor.execute(
+                "SELECT 1 FROM customer WHERE certificate = %s AND authentication->>'revoked_at' "
+                "IS NULL",
+                (certificate_id,),
+            )
+            if cursor.fetchone():
+                other = "a client key" if public_key else "a public key"
+                raise OtherKeyKind(f"certificate {certificate_id!r} has {other}")
+            raise NoActiveCustomer(f"no active customer has certificate {certificate_id!r}")
+    return None if public_key else new_key
+
+
+def revoke(conn, certificate_id, now=None):
+    with conn.cursor() as cursor:
+        cursor.execute(
+            """UPDATE customer
+                  SET authentication = authentication
+                                       || jsonb_build_object('revoked_at', %s::float8)
+                WHERE certificate = %s AND authentication->>'revoked_at' IS NULL""",
+            (time.time() if now is None else now, certificate_id),
+        )
+        if cursor.rowcount == 0:
+            raise NoActiveCustomer(f"no active customer has certificate {certificate_id!r}")
+
+
+def list_customers(conn, now=None):
+    """Rows of ``(customer_id, certificate_id, status)``; keys are never read out."""
+    now = time.time() if now is None else now
+    with conn.cursor() as cursor:
+        cursor.execute("""SELECT uuid::text, certificate, authentication->>'revoked_at',
+                                 authentication->>'previous_key_expires_at'
+                            FROM customer ORDER BY certificate""")
+        rows = cursor.fetchall()
+    return [
+        (customer_id, certificate_id, _status(revoked_at, previous_expiry, now))
+        for customer_id, certificate_id, revoked_at, previous_expiry in rows
+    ]
+
+
+def _status(revoked_at, previous_expiry, now):
+    if revoked_at is not None:
+        return "revoked"
+    if previous_expiry is None:
+        return "active"
+    try:
+        if float(previous_expiry) > now:
+            until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(previous_expiry)))
+            return f"rotating (previous key until {until})"
+    except (TypeError, ValueError, OverflowError, OSError):
+        # Written by hand, not by this tool (a string, infinity, a year past 9999): shown as stored.
+        return f"active (unreadable previous_key_expires_at: {previous_expiry})"
+    return "active"

@@ -11,8 +11,8 @@ stored.
 import secrets
 import time
 
-from customer_auth.connection import PRIMARY, Pool
-from customer_auth.expiring import ExpiringMap
+from customer_auth.core.expiring import ExpiringMap
+from customer_auth.store.connection import PRIMARY, Pool
 
 # Through a function the plugin's role may only execute (customer_nonce_claim): it inserts and
 # expires, and nothing else can be done with the table.

@@ -16,11 +16,7 @@ import psycopg2.errors
 import psycopg2.extensions
 
 from customer_auth import metrics
-
-
-class StoreUnavailable(Exception):
-    """The credential store could not answer in time."""
-
+from customer_auth.errors import InvalidSettings, StoreUnavailable
 
 ENV_FILE = "CUSTOMER_VERIFICATION_ENV_FILE"
 POOL_SIZE = "CUSTOMER_VERIFICATION_POOL_SIZE"
@@ -115,11 +111,6 @@ LIBPQ_VARIABLES = LIBPQ_TARGET_VARIABLES + (
     "PGLOADBALANCEHOSTS",
     "PGCONNECT_TIMEOUT",
 )
-
-
-class InvalidSettings(psycopg2.ProgrammingError):
-    """The connection settings cannot work. Its message names the problem and never quotes the
-    URL: libpq's own messages for these cases quote it, password included."""
 
 
 def check_dsn(dsn):
@@ -222,7 +213,10 @@ class Pool:
                 conn = self._idle.pop() if self._idle and not fresh else None
             reused = conn is not None
             if conn is None:
-                conn = connect(self._settings, self._role)
+                try:
+                    conn = connect(self._settings, self._role)
+                except InvalidSettings as error:  # no database can answer until it is fixed
+                    raise StoreUnavailable(f"{error.name}: {error}") from None
                 conn.autocommit = True
             try:
                 yield conn, reused

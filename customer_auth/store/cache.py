@@ -7,10 +7,10 @@ import threading
 import time
 
 from customer_auth import metrics
-from customer_auth.connection import StoreUnavailable
-from customer_auth.expiring import ExpiringMap
-from customer_auth.lookup import Credential
-from customer_auth.terms import LOGGER_NAME
+from customer_auth.core.expiring import ExpiringMap
+from customer_auth.core.terms import LOGGER_NAME
+from customer_auth.errors import StoreUnavailable
+from customer_auth.store.customers import Credential
 
 log = logging.getLogger(LOGGER_NAME)
 

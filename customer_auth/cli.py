@@ -7,22 +7,27 @@ Exit codes: 0 done, 2 bad usage or settings, 3 certificate already exists, 4 no 
 """
 
 import argparse
-import base64
 import functools
 import importlib.metadata
-import json
 import math
-import secrets
 import shlex
 import sys
-import time
 import types
 
 import psycopg2
 import psycopg2.errors
 
-from customer_auth import client, signature
-from customer_auth.connection import PRIMARY, InvalidSettings, Settings, connect, describe
+from customer_auth import client, errors
+from customer_auth.core import v1
+from customer_auth.errors import (
+    CertificateExists,
+    CustomerAuthError,
+    InvalidSettings,
+    NoActiveCustomer,
+    OtherKeyKind,
+)
+from customer_auth.store import customers
+from customer_auth.store.connection import PRIMARY, Settings, connect, describe
 
 DEFAULT_GRACE = 24 * 3600
 # a rotation is meant to end: longer would keep an old key alive for good
@@ -40,116 +45,12 @@ exit codes: 0 done, 2 bad usage or settings, 3 certificate already exists,
   4 no such certificate, 5 database unreachable, refusing or failing."""
 
 
-class Failure(Exception):
+class Failure(CustomerAuthError):
+    """The command fails with ``exit_code``, saying ``message``."""
+
     def __init__(self, exit_code, message):
         super().__init__(message)
         self.exit_code = exit_code
-
-
-def new_client_key():
-    return secrets.token_urlsafe(32)  # 256 bits
-
-
-def add_customer(conn, certificate_id, public_key=None):
-    """Creates a customer; returns ``(customer_id, client_key)``. With ``public_key`` (raw ed25519
-    bytes) the customer signs with its private key and has no client key (None)."""
-    client_key = None if public_key else new_client_key()
-    authentication = (
-        {"public_key": base64.b64encode(public_key).decode()}
-        if public_key
-        else {"client_key": client_key}
-    )
-    try:
-        with conn.cursor() as cursor:
-            cursor.execute(
-                "INSERT INTO customer (certificate, authentication) VALUES (%s, %s) RETURNING "
-                "uuid::text",
-                (certificate_id, json.dumps(authentication)),
-            )
-            return cursor.fetchone()[0], client_key
-    except psycopg2.errors.UniqueViolation:
-        raise Failure(EXIT_EXISTS, f"certificate {certificate_id!r} already exists") from None
-
-
-def rotate_key(conn, certificate_id, grace, now=None, public_key=None):
-    """Gives the customer a new key of the kind it has (a new random client key, or the given
-    ed25519 ``public_key``); the current one keeps working for ``grace`` seconds. Returns the new
-    client key (None for a public key)."""
-    field, new_key = (
-        ("public_key", base64.b64encode(public_key).decode())
-        if public_key
-        else ("client_key", new_client_key())
-    )
-    expires_at = (time.time() if now is None else now) + grace
-    with conn.cursor() as cursor:
-        cursor.execute(
-            """UPDATE customer
-                  SET authentication = authentication || jsonb_build_object(
-                          %(field)s, %(key)s::text,
-                          'previous_' || %(field)s, authentication->%(field)s,
-                          'previous_key_expires_at', %(expires)s::float8)
-                WHERE certificate = %(certificate)s AND authentication->>'revoked_at' IS NULL
-                  AND authentication ? %(field)s
-            RETURNING 1""",
-            {"field": field, "key": new_key, "expires": expires_at, "certificate": certificate_id},
-        )
-        if cursor.rowcount == 0:
-            cursor.execute(
-                "SELECT 1 FROM customer WHERE certificate = %s AND authentication->>'revoked_at' "
-                "IS NULL",
-                (certificate_id,),
-            )
-            if cursor.fetchone():
-                other = "a client key" if public_key else "a public key"
-                raise Failure(
-                    2,
-                    f"certificate {certificate_id!r} has {other}: rotate it with "
-                    f"{'no --public-key' if public_key else '--public-key FILE'}",
-                )
-            raise Failure(EXIT_UNKNOWN, f"no active customer has certificate {certificate_id!r}")
-    return None if public_key else new_key
-
-
-def revoke(conn, certificate_id, now=None):
-    with conn.cursor() as cursor:
-        cursor.execute(
-            """UPDATE customer
-                  SET authentication = authentication
-                                       || jsonb_build_object('revoked_at', %s::float8)
-                WHERE certificate = %s AND authentication->>'revoked_at' IS NULL""",
-            (time.time() if now is None else now, certificate_id),
-        )
-        if cursor.rowcount == 0:
-            raise Failure(EXIT_UNKNOWN, f"no active customer has certificate {certificate_id!r}")
-
-
-def list_customers(conn, now=None):
-    """Rows of ``(customer_id, certificate_id, status)``; keys are never read out."""
-    now = time.time() if now is None else now
-    with conn.cursor() as cursor:
-        cursor.execute("""SELECT uuid::text, certificate, authentication->>'revoked_at',
-                                 authentication->>'previous_key_expires_at'
-                            FROM customer ORDER BY certificate""")
-        rows = cursor.fetchall()
-    return [
-        (customer_id, certificate_id, _status(revoked_at, previous_expiry, now))
-        for customer_id, certificate_id, revoked_at, previous_expiry in rows
-    ]
-
-
-def _status(revoked_at, previous_expiry, now):
-    if revoked_at is not None:
-        return "revoked"
-    if previous_expiry is None:
-        return "active"
-    try:
-        if float(previous_expiry) > now:
-            until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(previous_expiry)))
-            return f"rotating (previous key until {until})"
-    except (TypeError, ValueError, OverflowError, OSError):
-        # Written by hand, not by this tool (a string, infinity, a year past 9999): shown as stored.
-        return f"active (unreadable previous_key_expires_at: {printable(str(previous_expiry))})"
-    return "active"
 
 
 def printable(text):
@@ -164,8 +65,8 @@ def printable(text):
 def certificate_id(text):
     """An argparse type: the plugin's own rule for a certificate id."""
     try:
-        return signature.parse_certificate_id(text)
-    except signature.MalformedSignature as error:
+        return v1.parse_certificate_id(text)
+    except errors.MalformedSignature as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
@@ -320,6 +221,16 @@ def main(argv=None, out=sys.stdout):
     except Failure as failure:
         print(f"customer-verification: {failure}", file=sys.stderr)
         return failure.exit_code
+    except CertificateExists as error:
+        print(f"customer-verification: {error}", file=sys.stderr)
+        return EXIT_EXISTS
+    except NoActiveCustomer as error:
+        print(f"customer-verification: {error}", file=sys.stderr)
+        return EXIT_UNKNOWN
+    except OtherKeyKind as error:
+        other = "no --public-key" if args.public_key is None else "--public-key FILE"
+        print(f"customer-verification: {error}: rotate it with {other}", file=sys.stderr)
+        return EXIT_USAGE
     except psycopg2.errors.InsufficientPrivilege:
         print(
             "customer-verification: the database refused: permission denied (this role may not "
@@ -355,7 +266,7 @@ def _connect():
 
 def _run(args, conn, out):
     if args.command == "add":
-        customer_id, client_key = add_customer(conn, args.certificate_id, args.public_key)
+        customer_id, client_key = customers.add_customer(conn, args.certificate_id, args.public_key)
         key_line = (
             "public key registered: the customer signs with its private key (RFC 9421, ed25519)"
             if args.public_key
@@ -366,14 +277,16 @@ def _run(args, conn, out):
             file=out,
         )
     elif args.command == "rotate":
-        client_key = rotate_key(conn, args.certificate_id, args.grace, public_key=args.public_key)
+        client_key = customers.rotate_key(
+            conn, args.certificate_id, args.grace, public_key=args.public_key
+        )
         key_line = "new public key registered" if args.public_key else f"client_key: {client_key}"
         print(f"{key_line}\n(the previous key works for {args.grace:g} more seconds)", file=out)
     elif args.command == "revoke":
-        revoke(conn, args.certificate_id)
+        customers.revoke(conn, args.certificate_id)
         print(f"revoked {args.certificate_id}", file=out)
     elif args.command == "list":
-        for row in list_customers(conn):
+        for row in customers.list_customers(conn):
             print("\t".join(map(printable, row)), file=out)
 
 
@@ -389,7 +302,7 @@ def _sign(args, out):
     if args.v1:
         if client_key is None:
             raise Failure(2, "--v1 signs with --key")
-        headers = signature.signed_headers(args.certificate_id, client_key)
+        headers = v1.signed_headers(args.certificate_id, client_key)
     else:
         message = types.SimpleNamespace(method=method, url=url, headers=CaseInsensitiveDict())
         try:

@@ -6,7 +6,8 @@ label). The member's ``keyid`` is the certificate id, ``created`` is required, `
 ``alg`` (``hmac-sha256`` with the customer's client key, or ``ed25519`` with a registered public
 key) are optional. The covered components are rebuilt from the request as received into the
 signature base (RFC 9421 §2.5); a covered ``Content-Digest`` (RFC 9530) is checked against the
-body. Every check raises its own exception of ``signature``, which callers map to a response.
+body. Every check raises its own exception (customer_auth/errors.py), which the decision maps to
+an answer.
 
 The common form of the fields is parsed here directly; anything else goes through ``http_sf``, a
 complete RFC 8941 parser, which gives the same result for the common form (a test holds them to it).
@@ -20,12 +21,8 @@ import hmac
 import re
 from collections.abc import Mapping
 
-from customer_auth.terms import (
-    BadSignature,
-    MalformedSignature,
-    SignatureExpired,
-    parse_certificate_id,
-)
+from customer_auth.core.terms import parse_certificate_id
+from customer_auth.errors import BadSignature, MalformedSignature, PolicyViolation, SignatureExpired
 
 HMAC_SHA256 = "hmac-sha256"
 ED25519 = "ed25519"
@@ -53,10 +50,6 @@ NONCE_LENGTH = (16, 128)
 MAX_UNCOMMON_LENGTH = 1024
 MAX_UNCOMMON_ITEMS = 100  # its spaces and ';' (items and parameters)
 DEFAULT_PORTS = {"http": "80", "https": "443"}
-
-
-class PolicyViolation(MalformedSignature):
-    """No signature of the request meets the route's policy (what it must cover)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,34 +281,49 @@ def check_fresh(signature, clock_skew, now):
 # -- the signature base ----------------------------------------------------------------------
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Message:
-    """A request as received, for the components: each part is asked for only when covered, since
-    asking may cost a round trip (Kong) or a read (the body)."""
+    """A request as received, for the components: only the parts the covered components need
+    (parts_needed) are filled in, since asking for one may cost a round trip (Kong)."""
 
-    method: (
-        object  # callables returning str: the method, the raw target (path and query), the scheme
-    )
-    target: object
-    scheme: object
+    method: str  # the request method
+    target: str  # the raw request target: path and query, as received
+    scheme: str
     headers: Mapping[str, list[str]]  # lower-case name -> [value, ...] as received
+
+
+# The derived components that need each part of the request line.
+_NEEDS_TARGET = frozenset(("@request-target", "@path", "@query", "@target-uri"))
+_NEEDS_SCHEME = frozenset(("@scheme", "@target-uri"))
+
+
+def parts_needed(signature, headers):
+    """``(method, target, scheme)``: which parts of the request line the signature base of
+    ``signature`` needs. @authority needs the scheme only when the Host's port may be its
+    default one."""
+    covered = set(signature.covered_components)
+    scheme = bool(covered & _NEEDS_SCHEME)
+    if "@authority" in covered and not scheme:
+        hosts = headers.get("host") or [""]
+        scheme = hosts[0].strip().rpartition(":")[2] in DEFAULT_PORTS.values()
+    return "@method" in covered, bool(covered & _NEEDS_TARGET), scheme
 
 
 def component_value(message, name):
     if name == "@method":
-        return message.method()
+        return message.method
     if name == "@request-target":
-        return message.target()
+        return message.target
     if name == "@path":
-        return message.target().partition("?")[0] or "/"
+        return message.target.partition("?")[0] or "/"
     if name == "@query":
-        return "?" + message.target().partition("?")[2]
+        return "?" + message.target.partition("?")[2]
     if name == "@authority":
         return _authority(message)
     if name == "@scheme":
-        return message.scheme().lower()
+        return message.scheme.lower()
     if name == "@target-uri":
-        return f"{message.scheme().lower()}://{_authority(message)}{message.target()}"
+        return f"{message.scheme.lower()}://{_authority(message)}{message.target}"
     if name.startswith("@"):
         raise MalformedSignature(f"component {name} is not supported")
     values = message.headers.get(name)
@@ -330,8 +338,7 @@ def _authority(message):
         raise MalformedSignature("@authority needs one Host header")
     authority = hosts[0].strip().lower()
     host, _, port = authority.rpartition(":")
-    # The scheme costs a round trip in Kong: asked only when the port may be its default.
-    if port in DEFAULT_PORTS.values() and DEFAULT_PORTS.get(message.scheme().lower()) == port:
+    if port in DEFAULT_PORTS.values() and DEFAULT_PORTS.get(message.scheme.lower()) == port:
         return host
     return authority
 

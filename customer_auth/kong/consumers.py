@@ -9,9 +9,8 @@ is kept for the credential cache's TTL, within its bound, so a cached customer c
 import time
 import uuid
 
-from customer_auth.expiring import ExpiringMap
-
-BY_ID, BY_USERNAME = "id", "username"
+from customer_auth.core.expiring import ExpiringMap
+from customer_auth.core.terms import BY_ID
 
 
 class ConsumerMap:

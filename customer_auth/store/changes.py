@@ -8,8 +8,8 @@ import time
 import psycopg2
 
 from customer_auth import metrics
-from customer_auth.connection import LISTENER, connect, describe
-from customer_auth.terms import LOGGER_NAME
+from customer_auth.core.terms import LOGGER_NAME
+from customer_auth.store.connection import LISTENER, connect, describe
 
 log = logging.getLogger(LOGGER_NAME)
 

@@ -12,11 +12,8 @@ import hmac
 import time
 from collections.abc import Iterable
 
-from customer_auth.terms import BadSignature as BadSignature  # this module's interface too
-from customer_auth.terms import MalformedSignature as MalformedSignature
-from customer_auth.terms import SignatureError as SignatureError
-from customer_auth.terms import SignatureExpired as SignatureExpired
-from customer_auth.terms import parse_certificate_id as parse_certificate_id
+from customer_auth.core.terms import parse_certificate_id as parse_certificate_id
+from customer_auth.errors import BadSignature, MalformedSignature, SignatureExpired
 
 CERTIFICATE_ID_HEADER = "client-certificate-id"
 REQUEST_TIME_HEADER = "client-request-time"

@@ -38,10 +38,10 @@ from kong_pdk import listener as pdk_listener
 from kong_pdk import module as pdk_module
 from kong_pdk.exception import PDKException, PluginServerException
 
-from customer_auth.terms import LOGGER_NAME
-
-from . import metrics
-from .events import RET, TERMINAL_METHODS, TIMED_OUT, Event, Namespace
+from customer_auth import metrics
+from customer_auth.core.terms import LOGGER_NAME
+from customer_auth.errors import MalformedMessage
+from customer_auth.kong.events import RET, TERMINAL_METHODS, TIMED_OUT, Event, Namespace
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -79,10 +79,6 @@ ACCEPT_BACKOFF = (0.01, 1.0)
 ACCEPT_WARNING_INTERVAL = 60.0
 # The phases kong-pdk serves: an event names one the plugin defines, never another attribute.
 PHASES = frozenset(pdk_module.phases)
-
-
-class MalformedMessage(Exception):
-    """Not a MessagePack-RPC request Kong would send: the connection ends."""
 
 
 class LeanTransport:

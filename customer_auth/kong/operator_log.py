@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 
-from customer_auth.terms import LOGGER_NAME as LOGGER_NAME  # where the queue listens
+from customer_auth.core.terms import LOGGER_NAME as LOGGER_NAME  # where the queue listens
 
 KONG_LOG_METHOD = {
     logging.WARNING: "kong.log.warn",

@@ -4,9 +4,9 @@ same options, with the same defaults."""
 
 import re
 
-from customer_auth import signature
-from customer_auth.consumers import BY_ID, BY_USERNAME
-from customer_auth.terms import RFC9421, V1
+from customer_auth.core import v1
+from customer_auth.core.terms import BY_ID, BY_USERNAME, RFC9421, V1
+from customer_auth.errors import InvalidOption
 
 _HEADER_NAME = {"match": "^[%w%-]+$"}
 
@@ -54,7 +54,7 @@ Schema = (
     {
         "certificate_id_header": _field(
             "string",
-            signature.CERTIFICATE_ID_HEADER,
+            v1.CERTIFICATE_ID_HEADER,
             "v1: the header holding the certificate id.",
             **_HEADER_NAME,
         )
@@ -62,7 +62,7 @@ Schema = (
     {
         "request_time_header": _field(
             "string",
-            signature.REQUEST_TIME_HEADER,
+            v1.REQUEST_TIME_HEADER,
             "v1: the header holding the request time, Unix epoch seconds.",
             **_HEADER_NAME,
         )
@@ -70,7 +70,7 @@ Schema = (
     {
         "signature_header": _field(
             "string",
-            signature.SIGNATURE_HEADER,
+            v1.SIGNATURE_HEADER,
             "v1: the header holding the hex SHA-256 signature.",
             **_HEADER_NAME,
         )
@@ -181,14 +181,6 @@ Schema = (
 )
 
 DEFAULTS = {name: spec["default"] for field in Schema for name, spec in field.items()}
-
-
-class InvalidOption(ValueError):
-    """An option's value that the schema refuses; ``option`` names it."""
-
-    def __init__(self, option, reason):
-        super().__init__(f"{option}: {reason}")
-        self.option = option
 
 
 # The Lua patterns the schema uses, as Python regular expressions.
