@@ -1,5 +1,6 @@
-"""What ships and how it is arranged: the wheel holds the runtime alone, it works installed in a
-fresh virtualenv, and the runtime's modules stay small and import one way."""
+"""What ships and how it is arranged: the runtime package in folders by role, imports running one
+way between them, a core that needs no driver, Kong or metrics, and a wheel that holds the runtime
+alone and works installed in a fresh virtualenv."""
 
 import ast
 import os
@@ -13,43 +14,35 @@ from conftest import ROOT
 RUNTIME_PACKAGE = ROOT / "customer_auth"
 # As ruff formats them (100 columns); functions are held small by its complexity rule (C901).
 MAX_MODULE_LINES = 450
+CONTRACT_LINES = 60  # customer_verification.py: the Kong contract at a glance
 
-# Each runtime module may import only modules of a lower layer: the Kong glue -> the process's
-# credentials -> cache, lookup, listener -> connections.
-LAYERS = {
-    "customer_auth.core.terms": -1,
-    "customer_auth.core.expiring": -1,
-    "customer_auth.core.v1": 0,
-    "customer_auth.metrics": 0,
-    "customer_auth.kong.operator_log": 0,
-    "customer_auth.kong.events": 0,
-    "customer_auth.kong.transport": 1,
-    "customer_auth.store.replication": 0,
-    "customer_auth.kong.consumers": 0,
-    "customer_auth.core.rfc9421": 1,
-    "customer_auth.client": 1,
-    "customer_auth.store.connection": 1,
-    "customer_auth.store.customers": 2,
-    "customer_auth.store.nonces": 2,
-    "customer_auth.store.changes": 2,
-    "customer_auth.store.cache": 3,
-    "customer_auth.store.credentials": 4,
-    "customer_auth.core.decision": 4,
-    "customer_auth.cli": 5,
-    "customer_auth.core.options": 5,
-    "customer_auth.service.common": 6,
-    "customer_auth.wsgi": 7,
-    "customer_auth.asgi": 7,
-    "customer_auth.middleware": 8,
-    "customer_verification": 6,
+# The folders by role, and what each may import of the others: the core is imported by all and
+# imports none; the store never knows a face; the faces never know each other.
+FOLDERS = {
+    "core": {"errors"},
+    "store": {"errors", "core", "metrics"},
+    "kong": {"errors", "core", "store", "metrics"},
+    "service": {"errors", "core", "store", "metrics"},
 }
+# Modules at the package's top, what they may import (a shim imports the face it stands for).
+TOP = {
+    "errors": set(),
+    "metrics": {"core"},
+    "client": {"errors", "core"},
+    "cli": {"errors", "core", "store", "client"},
+    "middleware": {"service"},
+    "wsgi": {"service"},
+    "asgi": {"service"},
+}
+# Never in the core, directly or through what it imports (checked in a fresh interpreter).
+NOT_IN_THE_CORE = ("psycopg2", "gevent", "kong_pdk", "prometheus_client", "greenlet", "msgpack")
 
 
 def runtime_modules():
     yield "customer_verification", ROOT / "customer_verification.py"
-    for path in sorted(RUNTIME_PACKAGE.glob("*.py")):
-        if path.name != "__init__.py":
-            yield f"customer_auth.{path.stem}", path
+    for path in sorted(RUNTIME_PACKAGE.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        yield ".".join(part for part in parts if part != "__init__"), path
 
 
 def imported_modules(path):
@@ -61,43 +54,52 @@ def imported_modules(path):
             yield from (f"{node.module}.{alias.name}" for alias in node.names)
 
 
-def test_every_runtime_module_has_a_layer_and_stays_small():
+def role(module):
+    """The folder (or top-level module) a runtime module belongs to."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def test_every_runtime_module_lives_in_a_folder_of_its_role_and_stays_small():
     for name, path in runtime_modules():
-        assert name in LAYERS, f"{name}: give it a layer in this test"
+        if name in ("customer_verification", "customer_auth"):
+            continue
+        assert role(name) in FOLDERS or role(name) in TOP, f"{name}: a folder of its role"
+        if role(name) in TOP:
+            assert name.count(".") == 1, f"{name}: the top holds modules only"
         assert len(path.read_text().splitlines()) <= MAX_MODULE_LINES, name
 
 
-def test_runtime_imports_run_one_way_and_never_reach_development_tools():
+def test_imports_between_folders_run_one_way():
     for name, path in runtime_modules():
+        if name == "customer_verification":
+            continue
+        allowed = FOLDERS.get(role(name), TOP.get(role(name), set())) | {role(name)}
         for imported in imported_modules(path):
-            assert not imported.startswith(("devtools", "tests", "conftest")), (
-                f"{name} imports {imported}"
-            )
-            if imported in LAYERS:
-                assert LAYERS[imported] < LAYERS[name], (
-                    f"{name} imports {imported}, which is not below it"
-                )
+            assert not imported.startswith(("devtools", "tests", "conftest")), (name, imported)
+            if imported.startswith("customer_auth.") and imported.count(".") >= 1:
+                target = role(imported)
+                assert target in allowed, f"{name} imports {imported}"
 
 
-def test_the_signatures_need_neither_kong_nor_a_database():
-    assert set(imported_modules(RUNTIME_PACKAGE / "terms.py")) == set()
-    assert {
-        name
-        for name in imported_modules(RUNTIME_PACKAGE / "signature.py")
-        if not name.startswith("customer_auth.core.terms")
-    } <= {
-        "__future__",
-        "__future__.annotations",
-        "hashlib",
-        "hmac",
-        "time",
-        "collections.abc",
-        "collections.abc.Iterable",
-    }
-    imported = set(imported_modules(RUNTIME_PACKAGE / "message_signatures.py"))
-    assert not {
-        name for name in imported if name.split(".")[0] in ("kong_pdk", "psycopg2", "gevent")
-    }
+def test_the_core_loads_no_driver_no_kong_and_no_metrics():
+    code = (
+        "import sys, pkgutil, importlib, customer_auth.core as core\n"
+        "for module in pkgutil.iter_modules(core.__path__):\n"
+        "    importlib.import_module('customer_auth.core.' + module.name)\n"
+        f"print(sorted(n for n in sys.modules if n.split('.')[0] in {NOT_IN_THE_CORE!r}))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert loaded.strip() == "[]"
+
+
+def test_the_contract_file_is_the_kong_contract_at_a_glance():
+    import customer_verification
+
+    assert len((ROOT / "customer_verification.py").read_text().splitlines()) < CONTRACT_LINES
+    assert {"Schema", "version", "priority", "Plugin"} <= set(vars(customer_verification))
 
 
 @pytest.fixture(scope="module")
@@ -117,12 +119,8 @@ def test_the_wheel_holds_the_plugin_its_runtime_and_the_cli_and_nothing_else(whe
     names = zipfile.ZipFile(wheel).namelist()
     code = sorted(name for name in names if ".dist-info/" not in name)
     expected = sorted(
-        ["customer_verification.py", "customer_auth/__init__.py", "customer_auth/py.typed"]
-        + [
-            f"customer_auth/{path.name}"
-            for path in RUNTIME_PACKAGE.glob("*.py")
-            if path.name != "__init__.py"
-        ]
+        ["customer_verification.py", "customer_auth/py.typed"]
+        + [str(path.relative_to(ROOT)) for path in RUNTIME_PACKAGE.rglob("*.py")]
     )
     assert code == expected
     entry_points = (

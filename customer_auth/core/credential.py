@@ -1,10 +1,11 @@
-"""A customer's credential: the keys its requests may be signed with, and when."""
+"""The domain's types: a customer's credential (the keys its requests may be signed with, and
+when) and a verified Customer."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 Key = TypeVar("Key", str, bytes)
 
@@ -45,3 +46,10 @@ class Credential:
 
     def _in_grace_period(self, now: float) -> bool:
         return bool(self.previous_key_expires_at and now < self.previous_key_expires_at)
+
+
+class Customer(NamedTuple):
+    """A verified caller."""
+
+    customer_id: str
+    certificate_id: str

@@ -12,15 +12,13 @@ import gevent
 from customer_auth import metrics
 from customer_auth.core import options
 from customer_auth.core.decision import (
-    Parts,
     Rejection,
     Verifier,
-    answers,
     internal_error,
     log_rejection,
-    run,
     too_many_headers,
 )
+from customer_auth.core.needs import Parts, answers, run
 from customer_auth.core.terms import LOGGER_NAME
 from customer_auth.errors import BodyTooLarge, PDKError
 from customer_auth.kong import operator_log

@@ -9,11 +9,11 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from customer_auth.core.decision import (
+from customer_auth.core.credential import Customer
+from customer_auth.core.needs import (
     ANSWER_ERRORS,
     Body,
     CredentialFor,
-    Customer,
     HasBody,
     Need,
     Parts,

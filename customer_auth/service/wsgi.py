@@ -8,7 +8,7 @@ import urllib.parse
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from customer_auth.core.decision import Parts, RequestParts, answers, run
+from customer_auth.core.needs import Parts, RequestParts, answers, run
 from customer_auth.errors import BodyIncomplete, BodyTooLarge
 from customer_auth.service.common import SAFE_IN_PATH, Verification
 
