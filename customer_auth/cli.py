@@ -6,13 +6,16 @@ Exit codes: 0 done, 2 bad usage or settings, 3 certificate already exists, 4 no 
 5 database unreachable, refusing or failing.
 """
 
+from __future__ import annotations
+
 import argparse
-import functools
 import importlib.metadata
 import math
 import shlex
 import sys
 import types
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TextIO
 
 import psycopg2
 import psycopg2.errors
@@ -27,7 +30,10 @@ from customer_auth.errors import (
     OtherKeyKind,
 )
 from customer_auth.store import customers
-from customer_auth.store.connection import PRIMARY, Settings, connect, describe
+from customer_auth.store.connection import PRIMARY, Connection, Settings, connect, describe
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 DEFAULT_GRACE = 24 * 3600
 # a rotation is meant to end: longer would keep an old key alive for good
@@ -48,12 +54,12 @@ exit codes: 0 done, 2 bad usage or settings, 3 certificate already exists,
 class Failure(CustomerAuthError):
     """The command fails with ``exit_code``, saying ``message``."""
 
-    def __init__(self, exit_code, message):
+    def __init__(self, exit_code: int, message: str) -> None:
         super().__init__(message)
         self.exit_code = exit_code
 
 
-def printable(text):
+def printable(text: str) -> str:
     """``text`` safe for a terminal: control characters and non-ASCII are shown escaped."""
     return (
         text
@@ -62,7 +68,7 @@ def printable(text):
     )
 
 
-def certificate_id(text):
+def certificate_id(text: str) -> str:
     """An argparse type: the plugin's own rule for a certificate id."""
     try:
         return v1.parse_certificate_id(text)
@@ -70,7 +76,7 @@ def certificate_id(text):
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def grace_seconds(text):
+def grace_seconds(text: str) -> float:
     """An argparse type: a finite number of seconds from 0 to MAX_GRACE."""
     try:
         seconds = float(text)
@@ -81,7 +87,9 @@ def grace_seconds(text):
     return seconds
 
 
-def curl_command(headers, method, url, body_file=None):
+def curl_command(
+    headers: Mapping[str, str], method: str, url: str, body_file: str | None = None
+) -> str:
     parts = [
         "curl",
         "-sS",
@@ -95,7 +103,7 @@ def curl_command(headers, method, url, body_file=None):
     return " ".join(shlex.quote(part) for part in parts)
 
 
-def client_key_text(text):
+def client_key_text(text: str) -> str:
     """An argparse type: a client key is never empty."""
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
@@ -107,21 +115,23 @@ CERTIFICATE_HELP = (
 )
 
 
-def _parser():
-    common = {"epilog": DATABASE_HELP, "formatter_class": argparse.RawDescriptionHelpFormatter}
-    parser = argparse.ArgumentParser(
-        prog="customer-verification", description=__doc__.split("\n\n")[0], **common
-    )
+class _Parser(argparse.ArgumentParser):
+    """The command's and each subcommand's parser: the epilog on the database and exit codes."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(
+            epilog=DATABASE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter, **options
+        )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="customer-verification", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument(
         "--version",
         action="version",
         version=f"%(prog)s {importlib.metadata.version('customer-verification')}",
     )
-    commands = parser.add_subparsers(
-        dest="command",
-        required=True,
-        parser_class=functools.partial(argparse.ArgumentParser, **common),
-    )
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     public_key_help = (
         "an ed25519 public key file (PEM, or base64 of the raw key) instead of a shared secret"
     )
@@ -184,7 +194,7 @@ def _parser():
     return parser
 
 
-def public_key_file(path):
+def public_key_file(path: str) -> bytes:
     """An argparse type: the raw ed25519 public key in ``path``."""
     try:
         with open(path, encoding="ascii") as key_file:
@@ -195,7 +205,7 @@ def public_key_file(path):
         ) from None
 
 
-def private_key_file(path):
+def private_key_file(path: str) -> Ed25519PrivateKey:
     try:
         with open(path, encoding="ascii") as key_file:
             return client.load_private_key(key_file.read())
@@ -205,11 +215,11 @@ def private_key_file(path):
         ) from None
 
 
-def main(argv=None, out=sys.stdout):
+def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     try:
         args = _parser().parse_args(argv)
     except SystemExit as usage:  # argparse has printed why; 0 after --help, 2 for bad usage
-        return usage.code
+        return usage.code if isinstance(usage.code, int) else EXIT_USAGE
     try:
         if args.command == "sign":
             return _sign(args, out)
@@ -253,7 +263,7 @@ def main(argv=None, out=sys.stdout):
     return 0
 
 
-def _connect():
+def _connect() -> Connection:
     try:
         conn = connect(Settings.from_environment(), PRIMARY)  # writes: never a standby
     except InvalidSettings as error:
@@ -264,7 +274,7 @@ def _connect():
     return conn
 
 
-def _run(args, conn, out):
+def _run(args: argparse.Namespace, conn: Connection, out: TextIO) -> None:
     if args.command == "add":
         customer_id, client_key = customers.add_customer(conn, args.certificate_id, args.public_key)
         key_line = (
@@ -290,7 +300,7 @@ def _run(args, conn, out):
             print("\t".join(map(printable, row)), file=out)
 
 
-def _sign(args, out):
+def _sign(args: argparse.Namespace, out: TextIO) -> int:
     """The headers of a signed request; with --curl, a curl command sending it."""
     from http_message_signatures.structures import CaseInsensitiveDict
 

@@ -61,7 +61,7 @@ def sign_message(
 
     secret = private_key if private_key is not None else str(client_key).encode("utf-8")
 
-    class OneKey(HTTPSignatureKeyResolver):
+    class OneKey(HTTPSignatureKeyResolver):  # type: ignore[misc]  # the library is untyped
         def resolve_private_key(self, key_id: str) -> object:
             return secret
 

@@ -4,6 +4,8 @@ Metric objects live here, once per process. No label takes a value a client choo
 ids are unbounded): every label has a fixed set of values, so cardinality stays fixed.
 """
 
+from __future__ import annotations
+
 import json
 import logging
 import os
@@ -11,10 +13,17 @@ import socket
 import socketserver
 import threading
 import wsgiref.simple_server
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import prometheus_client
 
 from customer_auth.core.terms import LOGGER_NAME
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+Request = socket.socket | tuple[bytes, socket.socket]  # socketserver's request
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -114,7 +123,7 @@ DEFAULT_ADDRESS = "127.0.0.1"  # as Kong's status_listen: set 0.0.0.0 where a sc
 class _QuietHandler(wsgiref.simple_server.WSGIRequestHandler):
     timeout = CONNECTION_TIMEOUT  # applied to the connection before it is read
 
-    def log_message(self, format, *args):  # a scrape every few seconds is not news
+    def log_message(self, format: str, *args: Any) -> None:  # a scrape a few seconds is no news
         pass
 
 
@@ -125,11 +134,11 @@ class _Server(socketserver.ThreadingMixIn, wsgiref.simple_server.WSGIServer):
     block_on_close = False
     request_queue_size = 64  # the connections over the bound are accepted, and closed, quickly
 
-    def server_bind(self):
+    def server_bind(self) -> None:
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().server_bind()
 
-    def process_request(self, request, client_address):
+    def process_request(self, request: Request, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
             self.shutdown_request(request)
             return
@@ -139,7 +148,7 @@ class _Server(socketserver.ThreadingMixIn, wsgiref.simple_server.WSGIServer):
             self._slots.release()
             raise
 
-    def process_request_thread(self, request, client_address):
+    def process_request_thread(self, request: Request, client_address: Any) -> None:
         deadline = threading.Timer(REQUEST_DEADLINE, _cut, (request,))
         deadline.daemon = True
         deadline.start()
@@ -149,14 +158,14 @@ class _Server(socketserver.ThreadingMixIn, wsgiref.simple_server.WSGIServer):
             deadline.cancel()
             self._slots.release()
 
-    def handle_error(self, request, client_address):
+    def handle_error(self, request: Request, client_address: Any) -> None:
         pass  # a client that timed out or went away: not worth a traceback in Kong's log
 
 
-def _cut(connection):
+def _cut(connection: Request) -> None:
     """Ends a connection past its deadline: its handler's next read or write fails at once."""
     try:
-        connection.shutdown(socket.SHUT_RDWR)
+        connection.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]  # a stream socket
     except OSError:
         pass  # already closed
 
@@ -164,16 +173,17 @@ def _cut(connection):
 HEALTH_STATUS = {"up": "200 OK", "degraded": "200 OK", "down": "503 Service Unavailable"}
 
 
-def application(health):
+def application(health: Callable[[], str]) -> WSGIApplication:
     """The WSGI app: ``/metrics`` for Prometheus, ``/health`` from ``health()``: "up", "degraded"
     (the store fails, cached customers are still served) or "down". Nothing more: whoever reaches
     the port learns nothing about the database."""
     metrics = prometheus_client.make_wsgi_app()
 
-    def app(environ, start_response):
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
-            return metrics(environ, start_response)
+            scraped: Iterable[bytes] = metrics(environ, start_response)
+            return scraped
         if path == "/health":
             status = health()
             start_response(HEALTH_STATUS[status], [("Content-Type", "application/json")])
@@ -184,7 +194,7 @@ def application(health):
     return app
 
 
-def serve_from_environment(health):
+def serve_from_environment(health: Callable[[], str]) -> _Server | None:
     """Serves /metrics and /health when ``CUSTOMER_VERIFICATION_METRICS_PORT`` is set (on
     ``CUSTOMER_VERIFICATION_METRICS_ADDRESS``, by default loopback only); else nothing listens."""
     port = os.environ.get("CUSTOMER_VERIFICATION_METRICS_PORT", "").strip()
@@ -204,9 +214,9 @@ def serve_from_environment(health):
         return None
 
 
-def serve(port, health, address=DEFAULT_ADDRESS):
+def serve(port: int, health: Callable[[], str], address: str = DEFAULT_ADDRESS) -> _Server:
     """Serves /metrics and /health on ``address:port`` from a daemon thread; returns the server."""
-    server = wsgiref.simple_server.make_server(
+    server: _Server = wsgiref.simple_server.make_server(
         address, port, application(health), _Server, _QuietHandler
     )
     threading.Thread(

@@ -248,7 +248,8 @@ class Verifier:
             (yield RequestParts(method, target, scheme)) if method or target or scheme else Parts()
         )
         try:
-            base = rfc9421.signature_base(rfc9421.Message(*parts, headers), chosen)
+            message = rfc9421.Message(parts.method, parts.target, parts.scheme, headers)
+            base = rfc9421.signature_base(message, chosen)
         except MalformedSignature as error:
             raise Rejection(
                 400,

@@ -2,16 +2,23 @@
 The Kong plugin declares it (customer_verification.Schema); the service middlewares take the
 same options, with the same defaults."""
 
+from __future__ import annotations
+
 import re
+from collections.abc import Mapping
+from typing import Any
 
 from customer_auth.core import v1
 from customer_auth.core.terms import BY_ID, BY_USERNAME, RFC9421, V1
 from customer_auth.errors import InvalidOption
 
+# One option as Kong's schema declares it (a JSON object: type, default, rules, description).
+Spec = dict[str, Any]
+
 _HEADER_NAME = {"match": "^[%w%-]+$"}
 
 
-def _field(kind, default, description, **rules):
+def _field(kind: str, default: object, description: str, **rules: object) -> Spec:
     """One option as Kong's schema declares it: its type, default, rules and what it does."""
     return {
         "type": kind,
@@ -22,7 +29,7 @@ def _field(kind, default, description, **rules):
     }
 
 
-Schema = (
+Schema: tuple[dict[str, Spec], ...] = (
     {
         "signature_schemes": _field(
             "array",
@@ -180,7 +187,8 @@ Schema = (
     },
 )
 
-DEFAULTS = {name: spec["default"] for field in Schema for name, spec in field.items()}
+SPECS: dict[str, Spec] = {name: spec for field in Schema for name, spec in field.items()}
+DEFAULTS: dict[str, Any] = {name: spec["default"] for name, spec in SPECS.items()}
 
 
 # The Lua patterns the schema uses, as Python regular expressions.
@@ -190,7 +198,7 @@ _LUA_CLASSES = (("%w", "A-Za-z0-9"), ("%-", "\\-"))
 _TYPES = {"string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,)}
 
 
-def _check(name, value, spec):
+def _check(name: str, value: object, spec: Spec) -> None:
     """Raises InvalidOption unless ``value`` meets ``spec`` (type, between, len_min, one_of,
     match, elements), as Kong's schema validation would."""
     kind = spec["type"]
@@ -206,26 +214,23 @@ def _check(name, value, spec):
         raise InvalidOption(
             name, f"expected {'an' if kind == 'integer' else 'a'} {kind}, got {value!r}"
         )
-    if "between" in spec and not spec["between"][0] <= value <= spec["between"][1]:
-        low, high = spec["between"]
+    low, high = spec.get("between", (None, None))
+    if low is not None and not low <= value <= high:
         raise InvalidOption(name, f"value should be between {low} and {high}, got {value!r}")
     if "one_of" in spec and value not in spec["one_of"]:
         raise InvalidOption(name, f"expected one of: {', '.join(spec['one_of'])}, got {value!r}")
-    if "match" in spec and not re.fullmatch(_regex(spec["match"]), value):
+    if "match" in spec and not re.fullmatch(_regex(spec["match"]), str(value)):
         raise InvalidOption(name, f"invalid value {value!r}")
 
 
-def _regex(lua_pattern):
+def _regex(lua_pattern: str) -> str:
     pattern = lua_pattern.removeprefix("^").removesuffix("$")
     for lua, python in _LUA_CLASSES:
         pattern = pattern.replace(lua, python)
     return pattern
 
 
-SPECS = {name: spec for field in Schema for name, spec in field.items()}
-
-
-def checked(config):
+def checked(config: Mapping[str, Any]) -> dict[str, Any]:
     """``with_defaults(config)``, once every option in it meets the schema; InvalidOption for
     the first that does not. Kong validates a config before it stores it, but the plugin
     server takes whatever arrives on its socket, and the middleware takes keyword options."""
@@ -235,7 +240,7 @@ def checked(config):
     return with_defaults(config)
 
 
-def with_defaults(config):
+def with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
     """Every option: its value in ``config`` (Kong's keys such as ``__seq__`` left out), or its
     default where it has none."""
     return {

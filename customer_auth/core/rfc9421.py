@@ -19,7 +19,8 @@ import dataclasses
 import hashlib
 import hmac
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from customer_auth.core.terms import parse_certificate_id
 from customer_auth.errors import BadSignature, MalformedSignature, PolicyViolation, SignatureExpired
@@ -55,17 +56,21 @@ DEFAULT_PORTS = {"http": "80", "https": "443"}
 @dataclasses.dataclass(frozen=True)
 class MessageSignature:
     label: str
-    covered_components: tuple  # component names, as signed (parameters are not accepted)
+    covered_components: tuple[str, ...]  # component names, as signed (no parameters accepted)
     created: int
     keyid: str
-    alg: str = None
-    expires: int = None
+    alg: str | None = None
+    expires: int | None = None
     signature: bytes = b""
     signature_params: str = ""  # the serialized inner list with its parameters, as in the base
-    nonce: str = None
+    nonce: str | None = None
 
 
 # -- parsing ---------------------------------------------------------------------------------
+
+# A Signature-Input member: the covered components, the parameters, the inner list as serialized.
+Input = tuple[tuple[str, ...], dict[str, Any], str]
+Member = TypeVar("Member")
 
 # Strings without escapes, spaces, ')' or ';' (so they can be split on those); others take the
 # full parser.
@@ -84,7 +89,7 @@ _SIGNATURE_MEMBER = re.compile(r"([a-z*][a-z0-9_.*-]{0,63})=:([A-Za-z0-9+/]*={0,
 _MEMBER_SEPARATOR = re.compile(r"[ \t]*,[ \t]*")
 
 
-def _field(values):
+def _field(values: Sequence[str]) -> str:
     """A field's lines as one value (RFC 9110 §5.3), bounded."""
     text = ", ".join(value.strip(" \t") for value in values)
     if len(text) > MAX_FIELD_LENGTH:
@@ -96,9 +101,10 @@ def _field(values):
     return text
 
 
-def _fast_members(text, member):
+def _fast_members(text: str, member: re.Pattern[str]) -> list[tuple[str, re.Match[str]]] | None:
     """``[(label, match)]`` when every member has the common form, else None."""
-    members, position = [], 0
+    members: list[tuple[str, re.Match[str]]] = []
+    position = 0
     while True:
         match = member.match(text, position)
         if match is None:
@@ -113,7 +119,7 @@ def _fast_members(text, member):
         position = separator.end()
 
 
-def _no_duplicates(labels):
+def _no_duplicates(labels: list[str]) -> None:
     if len(set(labels)) != len(labels):
         raise MalformedSignature("a label appears twice")
 
@@ -121,7 +127,7 @@ def _no_duplicates(labels):
 _LABEL = re.compile(r"[a-z*][a-z0-9_.*-]{0,63}")
 
 
-def _parse_dictionary(text):
+def _parse_dictionary(text: str) -> dict[str, tuple[Any, Any]]:
     """The full RFC 8941 parser: ``{label: (value, params)}``; duplicate labels are refused."""
     import http_sf
 
@@ -131,7 +137,7 @@ def _parse_dictionary(text):
             f"or {MAX_UNCOMMON_ITEMS} items the full parser is given"
         )
 
-    labels = []
+    labels: list[str] = []
     try:
         parsed = http_sf.parse(
             text.encode("ascii"),
@@ -142,13 +148,25 @@ def _parse_dictionary(text):
         raise MalformedSignature("not a structured field dictionary (RFC 8941)") from None
     if labels:
         raise MalformedSignature("a label appears twice")
+    if not isinstance(parsed, dict):
+        raise MalformedSignature("not a structured field dictionary (RFC 8941)")
     if not all(_LABEL.fullmatch(label) for label in parsed):
         # RFC 8941 keys allow no other form
         raise MalformedSignature("a label is longer than 64 characters")
-    return parsed
+    members: dict[str, tuple[Any, Any]] = {}
+    for label, member in parsed.items():
+        if not isinstance(member, tuple):  # an inner list or item always has its parameters
+            raise MalformedSignature(f"{label} is not an item or an inner list")
+        members[label] = member
+    return members
 
 
-def _parse_members(values, member, from_match, from_parsed):
+def _parse_members(
+    values: Sequence[str],
+    member: re.Pattern[str],
+    from_match: Callable[[str, re.Match[str]], Member],
+    from_parsed: Callable[[str, Any, Any], Member],
+) -> dict[str, Member]:
     """A dictionary field: the common form by ``member`` and ``from_match(label, match)``, any
     other through the full parser and ``from_parsed(label, value, params)``."""
     text = _field(values)
@@ -162,56 +180,62 @@ def _parse_members(values, member, from_match, from_parsed):
     }
 
 
-def parse_signature_input(values):
+def parse_signature_input(values: Sequence[str]) -> dict[str, Input]:
     """``{label: (covered_components, params, signature_params_text)}`` from the field's lines."""
     return _parse_members(values, _INPUT_MEMBER, _input_from_match, _input_from_parsed)
 
 
-def _input_from_match(label, match):
+def _input_from_match(label: str, match: re.Match[str]) -> Input:
     serialized = match.group(2)
     inner, _, params_text = serialized.partition(")")
     covered = tuple(item[1:-1] for item in inner[1:].split(" ")) if inner != "(" else ()
-    params = {}
+    params: dict[str, str | int] = {}
     for param in params_text.split(";")[1:]:  # strings hold no ';' here: the regex saw to it
         name, _, raw = param.partition("=")
         params[name] = raw[1:-1] if raw.startswith('"') else int(raw)
     return covered, params, serialized
 
 
-def _input_from_parsed(label, value, params):
+def _input_from_parsed(label: str, value: Any, params: Any) -> Input:
     import http_sf
 
     if not isinstance(value, list):
         raise MalformedSignature(f"{label} is not a list of components")
-    covered = []
+    covered: list[str] = []
     for name, component_params in value:
         if not isinstance(name, str):
             raise MalformedSignature(f"{label}: a component is not a string")
         if component_params:
             raise MalformedSignature(f"{label}: component parameters are not supported")
         covered.append(name)
-    return tuple(covered), dict(params), http_sf.ser({label: (value, params)}).split("=", 1)[1]
+    serialized: str = http_sf.ser({label: (value, params)}).split("=", 1)[1]
+    return tuple(covered), dict(params), serialized
 
 
-def parse_signature(values):
+def parse_signature(values: Sequence[str]) -> dict[str, bytes]:
     """``{label: signature bytes}`` from the field's lines."""
     return _parse_members(values, _SIGNATURE_MEMBER, _signature_from_match, _signature_from_parsed)
 
 
-def _signature_from_match(label, match):
+def _signature_from_match(label: str, match: re.Match[str]) -> bytes:
     try:
         return base64.b64decode(match.group(2), validate=True)
     except binascii.Error:
         raise MalformedSignature(f"{label} is not base64") from None
 
 
-def _signature_from_parsed(label, value, params):
+def _signature_from_parsed(label: str, value: Any, params: Any) -> bytes:
     if not isinstance(value, bytes):
         raise MalformedSignature(f"{label} is not a byte sequence")
     return value
 
 
-def choose(inputs, signatures, required_components, nonce_required=False) -> MessageSignature:
+def choose(
+    inputs: Mapping[str, Input],
+    signatures: Mapping[str, bytes],
+    required_components: Sequence[str],
+    nonce_required: bool = False,
+) -> MessageSignature:
     """The first signature whose parameters meet the policy; PolicyViolation if none does.
 
     ``required_components`` must all be covered; ``created`` (an integer) and ``keyid`` (a
@@ -219,7 +243,7 @@ def choose(inputs, signatures, required_components, nonce_required=False) -> Mes
     ``nonce``, when required, must be a string of NONCE_LENGTH characters (else it is not looked
     at).
     """
-    reasons = []
+    reasons: list[str] = []
     for label, (covered, params, serialized) in list(inputs.items())[:MAX_SIGNATURES]:
         missing = [name for name in required_components if name not in covered]
         if missing:
@@ -267,7 +291,7 @@ def choose(inputs, signatures, required_components, nonce_required=False) -> Mes
     )
 
 
-def check_fresh(signature, clock_skew, now):
+def check_fresh(signature: MessageSignature, clock_skew: float, now: float) -> None:
     offset = now - signature.created
     if abs(offset) > clock_skew:
         raise SignatureExpired(
@@ -297,7 +321,9 @@ _NEEDS_TARGET = frozenset(("@request-target", "@path", "@query", "@target-uri"))
 _NEEDS_SCHEME = frozenset(("@scheme", "@target-uri"))
 
 
-def parts_needed(signature, headers):
+def parts_needed(
+    signature: MessageSignature, headers: Mapping[str, list[str]]
+) -> tuple[bool, bool, bool]:
     """``(method, target, scheme)``: which parts of the request line the signature base of
     ``signature`` needs. @authority needs the scheme only when the Host's port may be its
     default one."""
@@ -309,7 +335,7 @@ def parts_needed(signature, headers):
     return "@method" in covered, bool(covered & _NEEDS_TARGET), scheme
 
 
-def component_value(message, name):
+def component_value(message: Message, name: str) -> str:
     if name == "@method":
         return message.method
     if name == "@request-target":
@@ -332,7 +358,7 @@ def component_value(message, name):
     return ", ".join(value.strip(" \t") for value in values)
 
 
-def _authority(message):
+def _authority(message: Message) -> str:
     hosts = message.headers.get("host")
     if not hosts or len(hosts) != 1:
         raise MalformedSignature("@authority needs one Host header")
@@ -343,7 +369,7 @@ def _authority(message):
     return authority
 
 
-def signature_base(message, signature):
+def signature_base(message: Message, signature: MessageSignature) -> bytes:
     lines = []
     for name in signature.covered_components:
         value = component_value(message, name)
@@ -359,7 +385,7 @@ def signature_base(message, signature):
 # -- content digest and verification ---------------------------------------------------------
 
 
-def check_content_digest(values, body):
+def check_content_digest(values: Sequence[str] | None, body: bytes) -> None:
     """The body against ``Content-Digest`` (RFC 9530): every known algorithm it names must match."""
     digests = parse_signature(values) if values else {}
     known = {name: value for name, value in digests.items() if name in DIGEST_ALGORITHMS}
@@ -370,7 +396,12 @@ def check_content_digest(values, body):
             raise BadSignature("content digest does not match the body")
 
 
-def verify(signature, base, client_keys=(), public_keys=()):
+def verify(
+    signature: MessageSignature,
+    base: bytes,
+    client_keys: Sequence[str] = (),
+    public_keys: Sequence[bytes] = (),
+) -> None:
     """Accept if ``signature`` was made over ``base`` with any of the keys its ``alg`` allows.
 
     Every key of the kind is tried, so timing does not tell which matched.
@@ -387,7 +418,7 @@ def verify(signature, base, client_keys=(), public_keys=()):
         raise BadSignature("signature does not match")
 
 
-def _ed25519_verifies(public_key, signature, base):
+def _ed25519_verifies(public_key: bytes, signature: bytes, base: bytes) -> bool:
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -398,7 +429,7 @@ def _ed25519_verifies(public_key, signature, base):
         return False
 
 
-def accept_signature(required_components, nonce_required=False):
+def accept_signature(required_components: Sequence[str], nonce_required: bool = False) -> str:
     """``Accept-Signature`` (RFC 9421 §5.1): what a signature must cover here."""
     covered = " ".join(f'"{name}"' for name in required_components)
     return f"sig1=({covered});created;keyid" + (";nonce" if nonce_required else "")

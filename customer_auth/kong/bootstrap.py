@@ -2,12 +2,16 @@
 listener and kong-pdk's start_dedicated_server on the lean transport. Imports nothing at module
 level but the standard library, so that ``patch_for_gevent`` comes before any other import."""
 
+from __future__ import annotations
+
 import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")  # CUSTOMER_VERIFICATION_LOG_LEVEL
 
 
-def patch_for_gevent():
+def patch_for_gevent() -> None:
     """kong-pdk's gevent mode (``-g``) does not patch the standard library: without this, a lock
     held by one request or a database wait would stall every other request. It must come before
     any module that uses the standard library's I/O is imported."""
@@ -17,7 +21,9 @@ def patch_for_gevent():
         monkey.patch_all()
 
 
-def serve(name, plugin, version, priority, schema):
+def serve(
+    name: str, plugin: type, version: str, priority: int, schema: Sequence[Mapping[str, Any]]
+) -> None:
     """Runs the plugin server as Kong starts it (``--dump``: only the description, on stdout)."""
     import logging
     import os
@@ -45,7 +51,7 @@ def serve(name, plugin, version, priority, schema):
     start_dedicated_server(name, plugin, version, priority, list(schema))
 
 
-def accept_raw_bytes():
+def accept_raw_bytes() -> None:
     """Lets every byte a client may send reach the plugin.
 
     HTTP allows any byte from 0x80 up in a header value, and Kong passes header values and bodies

@@ -1,16 +1,23 @@
 """A plugin event: the handler's greenlet, and the ``kong`` object its PDK calls go through.
 
-The lean transport (plugin_server.py) and the handler switch to each other directly, with no
+The lean transport (transport.py) and the handler switch to each other directly, with no
 queue between them: a connection carrying a message for the event waits as its ``waiter`` while
 the handler runs; the handler, at a PDK call, switches back to it with the call, and is resumed
 with Kong's result by whichever connection brings the next Step. The handler still waits on
 gevent I/O as usual (the Postgres driver's waits) meanwhile.
 """
 
+from __future__ import annotations
+
 import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 from greenlet import GreenletExit, getcurrent, greenlet
 from kong_pdk.exception import PDKException
+
+if TYPE_CHECKING:
+    from customer_auth.kong.transport import LeanTransport
 
 RET = "ret"  # the answer's Data when the handler has finished
 # Kong never answers these
@@ -22,11 +29,15 @@ class Failure:
 
     __slots__ = ("error",)
 
-    def __init__(self, error):
+    def __init__(self, error: BaseException) -> None:
         self.error = error
 
 
-TIMED_OUT = object()  # handed by the sweep to a connection that has waited too long for a handler
+# handed by the sweep to a connection that has waited too long for a handler
+TIMED_OUT: Final = object()
+
+# What a handler gives its waiter: a PDK call ({"Method", "Args"}), RET, or a Failure.
+Output = dict[str, Any] | str | Failure
 
 
 class Event(greenlet):
@@ -39,18 +50,21 @@ class Event(greenlet):
     and answers the next Step Kong sends, whose result was for the interrupted call.
     """
 
-    def __init__(self, event_id, phase, transport):
+    def __init__(
+        self, event_id: int, phase: Callable[[Any], None], transport: LeanTransport
+    ) -> None:
         super().__init__(self._run, parent=transport.hub)
         self.id = event_id
         self.phase = phase
         self.transport = transport
-        self.waiter = None
-        self.ready = None  # an output made while no connection waited for it
+        self.waiter: greenlet | None = None
+        self.ready: Output | None = None  # an output made while no connection waited for it
         self.parked = False  # the handler waits at a PDK call for Kong's answer
         self.ended = False  # Kong will send nothing more: PDK calls fail at once
         self.since = time.monotonic()
 
-    def _run(self):
+    def _run(self) -> Output:
+        outcome: Output
         try:
             self.phase(self.transport.kong)
             outcome = RET
@@ -60,13 +74,13 @@ class Event(greenlet):
             self.ready = outcome
         return outcome  # to the parent: the waiting connection, or the hub
 
-    def wait_on(self, waiter):
+    def wait_on(self, waiter: greenlet | None) -> None:
         self.waiter = waiter
         if not self.dead:
             self.parent = waiter or self.transport.hub
 
     # -- in the handler's greenlet --------------------------------------------------------------
-    def call(self, method, args):
+    def call(self, method: str, args: Sequence[Any]) -> Any:
         """One PDK call: Kong runs it and steps its result back."""
         if self.ended:
             return self._result(
@@ -98,7 +112,7 @@ class Event(greenlet):
         data, error = reply
         return self._result(method, data, error)
 
-    def _result(self, method, data, error):
+    def _result(self, method: str, data: Any, error: str | None) -> Any:
         if self.transport.lua_style:
             return data, error
         if error:
@@ -111,21 +125,21 @@ class Namespace:
     is shared by every event (the call finds its event as the current greenlet) and grows once per
     name the plugin code uses."""
 
-    def __init__(self, name):
+    def __init__(self, name: str) -> None:
         self._name = name
 
-    def __getattr__(self, attribute):
+    def __getattr__(self, attribute: str) -> Namespace:
         if attribute.startswith("__"):
             raise AttributeError(attribute)
         child = Namespace(self._name + "." + attribute)
         setattr(self, attribute, child)
         return child
 
-    def __call__(self, *args):
+    def __call__(self, *args: Any) -> Any:
         event = getcurrent()
         if type(event) is not Event:
             raise PDKException("%s called outside a plugin handler's greenlet" % self._name)
         return event.call(self._name, args)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<kong PDK %s>" % self._name

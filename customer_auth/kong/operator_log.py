@@ -10,12 +10,17 @@ seconds, which says how many more of it were left out. Client mistakes are logge
 never reach this queue.
 """
 
+from __future__ import annotations
+
 import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from customer_auth.core.terms import LOGGER_NAME as LOGGER_NAME  # where the queue listens
+
+Line = tuple[str, str]  # (kong.log method, text)
 
 KONG_LOG_METHOD = {
     logging.WARNING: "kong.log.warn",
@@ -27,22 +32,22 @@ KONG_LOG_METHOD = {
 class _Kind:
     __slots__ = ("logged_at", "left_out", "pending")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.logged_at = -float("inf")
         self.left_out = 0
-        self.pending = None  # (kong.log method, text) waiting for a request
+        self.pending: Line | None = None  # waiting for a request
 
 
 class OperatorLog(logging.Handler):
-    def __init__(self, interval=10.0, clock=time.monotonic):
+    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(level=logging.WARNING)
         self._interval = interval
         self._clock = clock
-        self._kinds = collections.defaultdict(_Kind)
-        self._due = collections.deque()  # kinds with a pending line, oldest first
+        self._kinds: collections.defaultdict[object, _Kind] = collections.defaultdict(_Kind)
+        self._due: collections.deque[_Kind] = collections.deque()  # pending lines, oldest first
         self._lock = threading.Lock()
 
-    def emit(self, record):
+    def emit(self, record: logging.LogRecord) -> None:
         method = KONG_LOG_METHOD[
             min(max(record.levelno, logging.WARNING) // 10 * 10, logging.CRITICAL)
         ]
@@ -55,15 +60,16 @@ class OperatorLog(logging.Handler):
             kind.pending = (method, text)
             self._due.append(kind)
 
-    def __bool__(self):
+    def __bool__(self) -> bool:
         return bool(self._due)  # read without the lock on every request: a stale answer only delays
 
-    def take(self):
+    def take(self) -> Line | None:
         """The next line for Kong's error log as ``(kong.log method, text)``, or None."""
         with self._lock:
             if not self._due:
                 return None
             kind = self._due.popleft()
+            assert kind.pending is not None  # a due kind has its line
             (method, text), kind.pending = kind.pending, None
             kind.logged_at = self._clock()
             if kind.left_out:
@@ -72,11 +78,11 @@ class OperatorLog(logging.Handler):
             return method, text
 
 
-_installed = None
+_installed: OperatorLog | None = None
 _install_lock = threading.Lock()
 
 
-def install():
+def install() -> OperatorLog:
     """The process's operator log, attached to the plugin's logger once."""
     global _installed
     with _install_lock:

@@ -5,22 +5,26 @@ Every PDK call is a round trip to Kong, so the request's parts are asked for onl
 decision needs them, and the body's length is nginx's before the body is (see _body_length).
 """
 
+from __future__ import annotations
+
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 import gevent
 
 from customer_auth import metrics
 from customer_auth.core import options
+from customer_auth.core.credential import Customer
 from customer_auth.core.decision import (
-    Rejection,
     Verifier,
     internal_error,
     log_rejection,
     too_many_headers,
 )
-from customer_auth.core.needs import Parts, answers, run
+from customer_auth.core.needs import Parts, RequestParts, answers, run
 from customer_auth.core.terms import LOGGER_NAME
-from customer_auth.errors import BodyTooLarge, PDKError
+from customer_auth.errors import BodyTooLarge, PDKError, Rejection
 from customer_auth.kong import operator_log
 from customer_auth.kong.consumers import ConsumerMap, is_uuid
 from customer_auth.store.credentials import Credentials
@@ -38,8 +42,13 @@ PREFLIGHT_MARK = "customer_verification_preflight"
 
 FORM = "application/x-www-form-urlencoded"
 
+# kong-pdk's ``kong`` (or the lean transport's): each attribute path is a PDK call, typed by Kong.
+Kong = Any
+Consumer = dict[str, Any]  # a Kong consumer entity
+UpstreamHeaders = dict[str, str | list[str]]  # set a header, or clear it ([])
 
-def pdk_value(result):
+
+def pdk_value(result: Any) -> Any:
     """kong-pdk returns ``(value, err)`` by default and raises with --no-lua-style."""
     if isinstance(result, tuple):
         value, error = result
@@ -53,23 +62,24 @@ class KongRequest:
     """The request as verification sees it: every header line, read at once, and the rest asked
     of Kong (one round trip each) only when a signature needs it."""
 
-    def __init__(self, kong):
+    def __init__(self, kong: Kong) -> None:
         self._kong = kong
-        self.headers = pdk_value(kong.request.get_headers(MAX_HEADER_LINES))
+        self.headers: dict[str, list[str]] = pdk_value(kong.request.get_headers(MAX_HEADER_LINES))
         if sum(len(values) for values in self.headers.values()) >= MAX_HEADER_LINES:
             raise too_many_headers(MAX_HEADER_LINES - 1)
-        self._asked = {}
-        self._length = None
+        self._asked: dict[str, Any] = {}
+        self._length: int | None = None
 
-    def _ask(self, function):
+    def _ask(self, function: str) -> Any:
         if function not in self._asked:
             self._asked[function] = pdk_value(getattr(self._kong.request, function)())
         return self._asked[function]
 
-    def method(self):
-        return self._ask("get_method")
+    def method(self) -> str:
+        method: str = self._ask("get_method")
+        return method
 
-    def parts(self, need):
+    def parts(self, need: RequestParts) -> Parts:
         """Only the parts asked for: each is a round trip."""
         return Parts(
             self._ask("get_method") if need.method else "",
@@ -77,13 +87,13 @@ class KongRequest:
             self._ask("get_scheme") if need.scheme else "",
         )
 
-    def http_version(self):
-        return self._ask("get_http_version") or 1.1
+    def http_version(self) -> float:
+        return float(self._ask("get_http_version") or 1.1)
 
-    def has_body(self):
+    def has_body(self) -> bool:
         return self._body_length() > 0
 
-    def body(self, limit):
+    def body(self, limit: int) -> bytes:
         if self._body_length() > limit:
             raise BodyTooLarge()
         # Any size (0): the length is known to be within the limit, and so the answer is never
@@ -95,7 +105,7 @@ class KongRequest:
             body.encode("utf-8", "surrogateescape") if isinstance(body, str) else bytes(body or b"")
         )
 
-    def _body_length(self):
+    def _body_length(self) -> int:
         """How many body bytes nginx reads and forwards, whatever the framing. A Content-Length
         is nginx's own count (it refuses a request whose value is not one number, or whose body
         differs from it). HTTP/1.x sends a body only with it or Transfer-Encoding. Otherwise
@@ -116,7 +126,9 @@ class KongRequest:
 
 
 class Plugin:
-    def __init__(self, config, credentials=None):
+    """One plugin entity's instance (kong-pdk starts one per config): its options and verifier."""
+
+    def __init__(self, config: Mapping[str, Any], credentials: Credentials | None = None) -> None:
         # Kong validated it before storing it; the socket may carry anything: refused, Kong logs
         # "starting instance: <option>: <reason>" at error level and answers the request 500.
         self.config = options.checked(config)
@@ -136,7 +148,7 @@ class Plugin:
         self.checks_preflight = not self.config["run_on_preflight"]
         # The identity headers of a verified customer without a consumer (the common case), to
         # copy and fill in: cleared ones are an empty list, as nginx takes it.
-        self.cleared = {
+        self.cleared: UpstreamHeaders = {
             name: []
             for name in (
                 "X-Consumer-ID",
@@ -150,7 +162,7 @@ class Plugin:
                 (name, []) for name in self.verifier.v1_headers + ("signature-input", "signature")
             )
 
-    def access(self, kong):
+    def access(self, kong: Kong) -> None:
         outcome = "verified"
         try:
             request = KongRequest(kong)
@@ -181,7 +193,7 @@ class Plugin:
         finally:
             metrics.REQUESTS_BY_OUTCOME[outcome].inc()
 
-    def skip(self, kong, request):
+    def skip(self, kong: Kong, request: KongRequest) -> bool:
         """A CORS preflight when run_on_preflight is off, or (with ``anonymous`` set) a request
         another auth plugin has authenticated: Kong's logical OR. Costs other requests nothing."""
         if (
@@ -196,7 +208,7 @@ class Plugin:
             return True
         return self.anonymous is not None and pdk_value(kong.client.get_credential()) is not None
 
-    def consumer_of(self, kong, customer):
+    def consumer_of(self, kong: Kong, customer: Customer) -> Consumer | None:
         if not self.consumers.consumer_by:
             return None
         consumer = self.consumers.for_customer(
@@ -219,7 +231,7 @@ class Plugin:
             )
         return consumer
 
-    def anonymous_consumer(self, kong):
+    def anonymous_consumer(self, kong: Kong) -> Consumer:
         anonymous = self.anonymous
         consumer = self.consumers.by_name(
             anonymous, lambda key, by_username: load_consumer(kong, key, by_username)
@@ -235,7 +247,7 @@ class Plugin:
             )
         return consumer
 
-    def let_in(self, kong, consumer, customer):
+    def let_in(self, kong: Kong, consumer: Consumer | None, customer: Customer | None) -> None:
         """One set_headers call that sets or clears every identity header (a client can never
         supply one), then tells Kong who the caller is, as its auth plugins do. In this order:
         should the plugin server die between the two, the fail-closed rule finds no credential
@@ -245,11 +257,13 @@ class Plugin:
         pdk_value(kong.service.request.set_headers(self.upstream_headers(consumer, customer)))
         pdk_value(kong.client.authenticate(consumer, credential))
 
-    def upstream_headers(self, consumer, customer):
+    def upstream_headers(
+        self, consumer: Consumer | None, customer: Customer | None
+    ) -> UpstreamHeaders:
         """Sets (never adds) or clears (an empty list, as in nginx) each identity header; with
         hide_credentials also removes the signature headers."""
         headers = dict(self.cleared)
-        customer_id = customer.customer_id if customer else []
+        customer_id: str | list[str] = customer.customer_id if customer else []
         headers[self.config["customer_id_header"]] = headers["X-Credential-Identifier"] = (
             customer_id
         )
@@ -262,7 +276,7 @@ class Plugin:
         return headers
 
     @staticmethod
-    def reject(kong, rejection):
+    def reject(kong: Kong, rejection: Rejection) -> None:
         log_rejection(rejection)
         tell_operator(kong)
         kong.response.exit(
@@ -271,7 +285,7 @@ class Plugin:
         end_event()
 
 
-def load_consumer(kong, key, by_username):
+def load_consumer(kong: Kong, key: str, by_username: bool) -> Consumer | None:
     """Kong's consumer by id (a uuid) or, with ``by_username``, by username; None if none. Kong
     raises on a key that is not a uuid unless ``by_username``, so such a key is never sent."""
     if not by_username and not is_uuid(key):
@@ -279,7 +293,7 @@ def load_consumer(kong, key, by_username):
     return pdk_value(kong.client.load_consumer(key, by_username)) or None
 
 
-def tell_operator(kong):
+def tell_operator(kong: Kong) -> None:
     """Hands one waiting problem to Kong's error log, where its default level shows it: one round
     trip, only on a request that finds a problem waiting."""
     if OPERATOR_LOG:
@@ -289,7 +303,7 @@ def tell_operator(kong):
             pdk_value(getattr(kong.log, method.rsplit(".", 1)[1])(text))
 
 
-def end_event():
+def end_event() -> None:
     """Ends the handler right after kong.response.exit, which Kong never answers.
 
     On stock kong-pdk any PDK call after it would wait forever, and in gevent mode kong-pdk hands

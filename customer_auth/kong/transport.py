@@ -23,11 +23,15 @@ other side of an A/B measurement); so does a server started without ``-g``: this
 gevent's.
 """
 
+from __future__ import annotations
+
 import _socket
 import logging
 import os
 import time
 import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import gevent
 import gevent.socket
@@ -87,21 +91,22 @@ class LeanTransport:
     handler_timeout = HANDLER_TIMEOUT
     step_timeout = STEP_TIMEOUT
 
-    def __init__(self, plugin_server):
-        self.server = plugin_server
+    def __init__(self, plugin_server: Any) -> None:
+        self.server = plugin_server  # kong-pdk's PluginServer
         self.lua_style = plugin_server.lua_style
         self.hub = gevent.get_hub()
         self.kong = Namespace("kong")
-        self.events = {}
+        self.events: dict[int, Event] = {}
         self._packer = msgpack.Packer(unicode_errors="surrogateescape")
-        self._names = {}  # kong-pdk's method name -> its PluginServer method, converted once
-        self._sweeper = None
+        # kong-pdk's method name -> its PluginServer method, converted once
+        self._names: dict[str, Callable[..., Any]] = {}
+        self._sweeper: Any = None
         self.connections = 0
         metrics.KONG_CONNECTIONS.set_function(lambda: self.connections)
         metrics.EVENTS_OPEN.set_function(lambda: len(self.events))
 
     # -- the socket ---------------------------------------------------------------------------
-    def serve_forever(self, path, backlog=4096):
+    def serve_forever(self, path: str, backlog: int = 4096) -> None:
         if os.path.exists(path):
             os.remove(path)
         listener = gevent.socket.socket(gevent.socket.AF_UNIX, gevent.socket.SOCK_STREAM)
@@ -116,11 +121,12 @@ class LeanTransport:
         self.start_sweeping()
         self.accept_forever(listener)
 
-    def accept_forever(self, listener):
+    def accept_forever(self, listener: gevent.socket.socket) -> None:
         """Accepts one connection at a time, letting the handlers run in between (so that it
         never accepts faster than it serves), and survives what accept() may raise: out of
         file descriptors or memory, backed off while it lasts, logged once a minute."""
-        backoff, warned = None, -ACCEPT_WARNING_INTERVAL
+        backoff: float | None = None
+        warned = -ACCEPT_WARNING_INTERVAL
         while True:
             try:
                 connection, _address = listener.accept()
@@ -140,7 +146,7 @@ class LeanTransport:
             gevent.spawn(self.serve_connection, _socket.socket(fileno=connection.detach()))
             gevent.sleep(0)
 
-    def serve_connection(self, connection):
+    def serve_connection(self, connection: _socket.socket) -> None:
         """Reads a connection's messages and answers each, until Kong closes it. Kong sends one
         call at a time and waits for the answer, so the socket is read only once readable."""
         connection.setblocking(False)
@@ -179,7 +185,7 @@ class LeanTransport:
             readable.close()
             connection.close()
 
-    def _send(self, connection, data):
+    def _send(self, connection: _socket.socket, data: bytes) -> None:
         try:
             sent = connection.send(data)
         except BlockingIOError:
@@ -188,7 +194,7 @@ class LeanTransport:
         if sent < len(data):
             self._send_rest(connection, memoryview(data)[sent:])
 
-    def _send_rest(self, connection, rest):
+    def _send_rest(self, connection: _socket.socket, rest: memoryview) -> None:
         writable = self.hub.loop.io(connection.fileno(), 2)
         try:
             while rest:
@@ -201,7 +207,7 @@ class LeanTransport:
             writable.close()
 
     # -- one message ----------------------------------------------------------------------------
-    def answer(self, msgid, method, args):
+    def answer(self, msgid: Any, method: Any, args: Any) -> bytes:
         if type(method) is not str or method.count(".") != 1:
             raise MalformedMessage(method)  # kong-pdk's listener ends the connection on it too
         try:
@@ -212,17 +218,21 @@ class LeanTransport:
             else:
                 result = self.pdk_method(method, args)
         except (PluginServerException, PDKException) as error:
-            return self._packer.pack([1, msgid, str(error), None])
+            return self._pack([1, msgid, str(error), None])
         except Exception as error:
             log.error(
                 "the plugin server's %s failed: %s",
                 method,
                 "".join(traceback.format_exception_only(type(error), error)).strip(),
             )
-            return self._packer.pack([1, msgid, str(error), None])
-        return self._packer.pack([1, msgid, None, result])
+            return self._pack([1, msgid, str(error), None])
+        return self._pack([1, msgid, None, result])
 
-    def pdk_method(self, method, args):
+    def _pack(self, message: list[Any]) -> bytes:
+        packed: bytes = self._packer.pack(message)
+        return packed
+
+    def pdk_method(self, method: str, args: Any) -> Any:
         """What kong-pdk's listener does with a message: its PluginServer method of that name
         (``plugin.StartInstance`` -> ``start_instance``), called with the arguments as they came."""
         function = self._names.get(method)
@@ -235,8 +245,8 @@ class LeanTransport:
             self._names[method] = function
         return function(*args)
 
-    def handle_event(self, args):
-        event = args[0] if type(args) is list and len(args) == 1 else None
+    def handle_event(self, args: Any) -> Any:
+        event: Any = args[0] if type(args) is list and len(args) == 1 else None
         if type(event) is dict and "EventName" in event and event["EventName"] not in PHASES:
             # kong-pdk would look any attribute up by that name, and call it
             raise PluginServerException("no such phase: %r" % (event["EventName"],))
@@ -256,8 +266,8 @@ class LeanTransport:
             "EventId": event_id,
         }
 
-    def step(self, args, is_error):
-        data = args[0] if type(args) is list and len(args) == 1 else None
+    def step(self, args: Any, is_error: bool) -> Any:
+        data: Any = args[0] if type(args) is list and len(args) == 1 else None
         try:
             event = self.events[data["EventId"]]
         except Exception:
@@ -278,7 +288,7 @@ class LeanTransport:
             raise PluginServerException("event id %s has ended" % event.id)
         return {"Data": self._settle(event, output), "EventId": event.id}
 
-    def _wait_for(self, event, switch, *value):
+    def _wait_for(self, event: Event, switch: Callable[..., Any], *value: Any) -> Any:
         """The handler's next output, this connection waiting as the event's waiter meanwhile
         (Kong's wait for the answer starts now: the handler timeout counts from here)."""
         event.since = time.monotonic()
@@ -288,7 +298,7 @@ class LeanTransport:
         finally:
             event.wait_on(None)
 
-    def _settle(self, event, output):
+    def _settle(self, event: Event, output: Any) -> Any:
         """The answer's Data for a handler's output; the event ends when Kong will send no more."""
         if type(output) is dict:
             event.since = time.monotonic()
@@ -319,28 +329,28 @@ class LeanTransport:
         )
         raise PluginServerException(str(error) or type(error).__name__)
 
-    def _end(self, event):
+    def _end(self, event: Event) -> None:
         event.ended = True
         self.events.pop(event.id, None)
 
     @staticmethod
-    def _go_on_after_exit(event):
+    def _go_on_after_exit(event: Event) -> None:
         """kong.response.exit returns at once: the handler goes on (in the hub's turn, so no
         connection waits for it) and ends; a PDK call it makes raises at once."""
         if event.parked and not event.dead:
             event.switch(None)
 
     @staticmethod
-    def _kill(event):
+    def _kill(event: Event) -> None:
         if not event.dead:
             event.throw(gevent.GreenletExit)
 
     # -- the sweep ------------------------------------------------------------------------------
-    def start_sweeping(self, interval=SWEEP_INTERVAL):
+    def start_sweeping(self, interval: float = SWEEP_INTERVAL) -> None:
         self._sweeper = self.hub.loop.timer(interval, interval)
         self._sweeper.start(self.sweep)
 
-    def sweep(self):
+    def sweep(self) -> None:
         """Runs in the hub: ends events whose handler Kong has waited for too long (Kong gets an
         error answer, if it still listens) and events Kong stopped stepping."""
         now = time.monotonic()
@@ -358,15 +368,16 @@ class LeanTransport:
                 self._kill(event)
 
 
-def _snake_case(command):
+def _snake_case(command: str) -> str:
     """kong-pdk's conversion of an RPC command to its method name (with its own pattern):
     StartInstance -> start_instance."""
-    return command[0].lower() + pdk_listener.cmdre.sub(
+    rest: str = pdk_listener.cmdre.sub(
         lambda m: "%s_%s" % (m.group(1), m.group(2).lower()), command[1:]
     )
+    return command[0].lower() + rest
 
 
-def chosen_transport():
+def chosen_transport() -> str:
     """The transport CUSTOMER_VERIFICATION_TRANSPORT names: lean (the default) or kong-pdk."""
     name = os.environ.get(TRANSPORT, "").strip().lower() or "lean"
     if name not in TRANSPORTS:
@@ -380,15 +391,22 @@ class _LeanListener:
     (same arguments), so that kong-pdk still parses the options, builds the plugin server and
     names the socket, and this transport serves it."""
 
-    def __init__(self, plugin_server, path, sock_name, use_gevent, listen_queue_size):
+    def __init__(
+        self,
+        plugin_server: Any,
+        path: str,
+        sock_name: str,
+        use_gevent: bool,
+        listen_queue_size: int,
+    ) -> None:
         self._transport = LeanTransport(plugin_server)
         self._path, self._backlog = os.path.join(path, sock_name), listen_queue_size
 
-    def serve_forever(self):
+    def serve_forever(self) -> None:
         self._transport.serve_forever(self._path, self._backlog)
 
 
-def first_id():
+def first_id() -> int:
     """Where this process starts numbering instances and events: the microseconds since the
     machine booted. Each Kong worker keeps the instance id StartInstance gave it, and forgets it
     only when told "no plugin instance"; a server that numbered from 0 again after a restart
@@ -403,15 +421,21 @@ class _NumberedFromNow:
     """Wraps the listener kong-pdk's ``start_dedicated_server`` builds, to number the plugin
     server's instances and events from first_id()."""
 
-    def __init__(self, listener):
+    def __init__(self, listener: Callable[..., Any]) -> None:
         self._listener = listener
 
-    def __call__(self, plugin_server, *args, **options):
+    def __call__(self, plugin_server: Any, *args: Any, **options: Any) -> Any:
         plugin_server.instance_id = plugin_server.event_id = first_id()
         return self._listener(plugin_server, *args, **options)
 
 
-def start_dedicated_server(name, plugin, version=None, priority=0, schema=()):
+def start_dedicated_server(
+    name: str,
+    plugin: type,
+    version: str | None = None,
+    priority: int = 0,
+    schema: Sequence[Any] = (),
+) -> Any:
     """kong-pdk's ``start_dedicated_server``, with its options, on the lean transport.
 
     ``--dump``, a server without ``-g`` and ``CUSTOMER_VERIFICATION_TRANSPORT=kong-pdk`` are

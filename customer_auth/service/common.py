@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, TypedDict
 
 from customer_auth import metrics
 from customer_auth.core import options
-from customer_auth.core.decision import Rejection, Verifier, internal_error, log_rejection
+from customer_auth.core.decision import Verifier, internal_error, log_rejection
 from customer_auth.core.terms import LOGGER_NAME
-from customer_auth.errors import InvalidOption
+from customer_auth.errors import InvalidOption, Rejection
 from customer_auth.store.credentials import Credentials
 
 if TYPE_CHECKING:

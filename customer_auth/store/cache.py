@@ -1,23 +1,28 @@
 """Credentials kept in memory in front of the store, and requests verified lately."""
 
+from __future__ import annotations
+
 import collections
 import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from customer_auth import metrics
+from customer_auth.core.credential import Credential
 from customer_auth.core.expiring import ExpiringMap
 from customer_auth.core.terms import LOGGER_NAME
 from customer_auth.errors import StoreUnavailable
-from customer_auth.store.customers import Credential
 
 log = logging.getLogger(LOGGER_NAME)
+
+Signed = tuple[str, str, str]  # a v1 request's three header values: certificate, time, signature
 
 
 @dataclasses.dataclass
 class _Entry:
-    credential: Credential  # None: the certificate is known not to exist
+    credential: Credential | None  # None: the certificate is known not to exist
     fresh_until: float
     stale_until: float
 
@@ -25,10 +30,10 @@ class _Entry:
 class _Flight:
     """One lookup in progress, which concurrent misses for the same certificate wait on."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.done = threading.Event()
-        self.credential = None
-        self.error = None
+        self.credential: Credential | None = None
+        self.error: StoreUnavailable | None = None
 
 
 class VerifiedRequests:
@@ -44,25 +49,28 @@ class VerifiedRequests:
     without a key; beyond ``max_entries`` the oldest leave first.
     """
 
-    def __init__(self, cache, max_entries):
+    def __init__(self, cache: CredentialCache, max_entries: int) -> None:
         self._cache = cache
         self._entries = ExpiringMap(max_entries)  # values -> (credential, request time)
 
-    def recall(self, signed, now, clock_skew):
+    def recall(self, signed: Signed, now: float, clock_skew: float) -> str | None:
         """The customer id ``signed`` was verified for, if that still holds; else None."""
         found, remembered = self._entries.lookup(signed, now)
         if not found:
             return None
         credential, request_time = remembered
-        if abs(now - request_time) <= clock_skew and self._cache.fresh(signed[0]) is credential:
+        fresh = self._cache.fresh(signed[0])
+        if abs(now - request_time) <= clock_skew and fresh is not None and fresh is credential:
             metrics.CACHE_HIT.inc()
-            return credential.customer_id
+            return fresh.customer_id
         return None
 
-    def remember(self, signed, credential, request_time, now):
+    def remember(
+        self, signed: Signed, credential: Credential, request_time: int, now: float
+    ) -> None:
         self._entries.put(signed, (credential, request_time), credential.keys_valid_until(now))
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._entries)
 
 
@@ -75,21 +83,30 @@ class CredentialCache:
     own: any number of them never pushes a known customer out.
     """
 
-    def __init__(self, fetch, ttl, negative_ttl, stale_ttl, max_entries, clock=time.monotonic):
+    def __init__(
+        self,
+        fetch: Callable[[str], Credential | None],
+        ttl: float,
+        negative_ttl: float,
+        stale_ttl: float,
+        max_entries: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._fetch = fetch
         self._ttl = ttl
         self._negative_ttl = negative_ttl
         self._stale_ttl = stale_ttl
         self._max_entries = max_entries
         self._clock = clock
-        self._known = collections.OrderedDict()  # customers
-        self._unknown = collections.OrderedDict()  # certificates known not to exist
-        self._flights = {}
+        self._known: collections.OrderedDict[str, _Entry] = collections.OrderedDict()  # customers
+        # certificates known not to exist
+        self._unknown: collections.OrderedDict[str, _Entry] = collections.OrderedDict()
+        self._flights: dict[str, _Flight] = {}
         self._generation = 0  # bumped by every eviction, so a lookup older than it is not stored
         self._lock = threading.Lock()
         self.verified = VerifiedRequests(self, max_entries)
 
-    def get(self, certificate_id):
+    def get(self, certificate_id: str) -> Credential | None:
         # A hit takes no lock: reading and reordering an OrderedDict are single, atomic
         # operations under the GIL, and this is the path every verified request takes.
         entry = self._fresh_entry(certificate_id)
@@ -106,11 +123,10 @@ class CredentialCache:
                 metrics.CACHE_HIT.inc()
                 return entry.credential
             metrics.CACHE_MISS.inc()
-            flight = self._flights.get(certificate_id)
-            leading = flight is None
-            if leading:
-                flight = self._flights[certificate_id] = _Flight()
-                generation = self._generation
+            known = self._flights.get(certificate_id)
+            leading = known is None
+            flight = self._flights[certificate_id] = known or _Flight()
+            generation = self._generation
         if leading:
             self._lead(certificate_id, flight, generation)
         else:
@@ -127,22 +143,22 @@ class CredentialCache:
             return entry.credential
         raise flight.error
 
-    def cached(self, certificate_id):
+    def cached(self, certificate_id: str) -> tuple[bool, Credential | None]:
         """``(True, credential or None)`` when a fresh entry answers without the store, else
         ``(False, None)``: a caller that must not block can tell a miss from an unknown."""
         entry = self._fresh_entry(certificate_id)
         return (False, None) if entry is None else (True, entry.credential)
 
-    def fresh(self, certificate_id):
+    def fresh(self, certificate_id: str) -> Credential | None:
         """The cached credential while it is fresh, else None; never asks the store."""
         entry = self._fresh_entry(certificate_id)
         return None if entry is None else entry.credential
 
-    def _fresh_entry(self, certificate_id):
+    def _fresh_entry(self, certificate_id: str) -> _Entry | None:
         entry = self._known.get(certificate_id) or self._unknown.get(certificate_id)
         return entry if entry is not None and self._clock() < entry.fresh_until else None
 
-    def _lead(self, certificate_id, flight, generation):
+    def _lead(self, certificate_id: str, flight: _Flight, generation: int) -> None:
         try:
             flight.credential = self._fetch(certificate_id)
         except StoreUnavailable as error:
@@ -154,7 +170,7 @@ class CredentialCache:
                     self._store(certificate_id, flight.credential)
             flight.done.set()
 
-    def _store(self, certificate_id, credential):
+    def _store(self, certificate_id: str, credential: Credential | None) -> None:
         now = self._clock()
         ttl = self._ttl if credential is not None else self._negative_ttl
         entries, other = (
@@ -166,13 +182,13 @@ class CredentialCache:
         while len(entries) > self._max_entries:
             entries.popitem(last=False)
 
-    def usable_while_the_store_fails(self):
+    def usable_while_the_store_fails(self) -> int:
         """How many customers ``get`` would still answer from memory if the store failed now."""
         now = self._clock()
         with self._lock:
             return sum(1 for entry in self._known.values() if now < entry.stale_until)
 
-    def evict(self, certificate_id=None):
+    def evict(self, certificate_id: str | None = None) -> None:
         """Forget one certificate, or everything when ``certificate_id`` is None."""
         with self._lock:
             self._generation += 1
@@ -183,5 +199,5 @@ class CredentialCache:
                 self._known.pop(certificate_id, None)
                 self._unknown.pop(certificate_id, None)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._known) + len(self._unknown)

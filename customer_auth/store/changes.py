@@ -1,15 +1,19 @@
 """Hears changes to the customer table (LISTEN/NOTIFY) and evicts them from the caches."""
 
+from __future__ import annotations
+
 import logging
 import select
 import threading
 import time
+from collections.abc import Callable
 
 import psycopg2
 
 from customer_auth import metrics
 from customer_auth.core.terms import LOGGER_NAME
-from customer_auth.store.connection import LISTENER, connect, describe
+from customer_auth.errors import CustomerAuthError
+from customer_auth.store.connection import LISTENER, Connection, Settings, connect, describe
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -37,7 +41,7 @@ WAL_POSITION = """
 """
 
 
-class NoEcho(Exception):
+class NoEcho(CustomerAuthError):
     """The listener's own notification did not come back: its LISTEN no longer holds."""
 
 
@@ -55,12 +59,12 @@ class ChangeListener:
 
     def __init__(
         self,
-        settings,
-        on_change,
-        on_lost=lambda: None,
-        retry_delay=0.5,
-        heartbeat_interval=HEARTBEAT_INTERVAL,
-    ):
+        settings: Settings,
+        on_change: Callable[[str | None, int], None],
+        on_lost: Callable[[], None] = lambda: None,
+        retry_delay: float = 0.5,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+    ) -> None:
         self._settings = settings
         self._on_change = on_change
         self._on_lost = on_lost
@@ -69,19 +73,19 @@ class ChangeListener:
         self._stopped = threading.Event()
         self._failing = False
         self.listening = threading.Event()  # set while LISTEN is in force
-        self.connection = None
+        self.connection: Connection | None = None
         self._thread = threading.Thread(target=self._run, name="customer-changes", daemon=True)
 
-    def start(self):
+    def start(self) -> ChangeListener:
         self._thread.start()
         return self
 
-    def stop(self):
+    def stop(self) -> None:
         self._stopped.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
 
-    def _run(self):
+    def _run(self) -> None:
         while not self._stopped.is_set():
             try:
                 self._listen()
@@ -109,7 +113,7 @@ class ChangeListener:
                 metrics.LISTENER_CONNECTED.set(0)
             self._stopped.wait(self._retry_delay)
 
-    def _lost(self, message, *args):
+    def _lost(self, message: str, *args: object) -> None:
         """The connection is lost: one warning per outage, and the lookup pool's idle
         connections dropped with it."""
         if not self._failing:
@@ -119,18 +123,18 @@ class ChangeListener:
             self._on_lost()
         self._failing = True
 
-    def _listen(self):
-        self.connection = connect(
+    def _listen(self) -> None:
+        self.connection = connection = connect(
             self._settings, LISTENER, application_name="customer_verification listener"
         )
-        self.connection.autocommit = True
-        with self.connection.cursor() as cursor:
+        connection.autocommit = True
+        with connection.cursor() as cursor:
             cursor.execute(f"LISTEN {CHANGES_CHANNEL}; LISTEN {HEARTBEAT_CHANNEL}")
-        self._confirm_listening()
+        self._confirm_listening(connection)
         # Whatever changed before this LISTEN was never announced, and a lookup may have cached
         # it meanwhile (at start as after a reconnect): only lookups from now on can be trusted.
         # Clearing also bumps the caches' generation, so a lookup still in flight is not stored.
-        self._on_change(None, self._wal_position())
+        self._on_change(None, _wal_position(connection))
         self.listening.set()
         metrics.LISTENER_CONNECTED.set(1)
         if self._failing:
@@ -141,17 +145,17 @@ class ChangeListener:
         heard_at = time.monotonic()
         while not self._stopped.is_set():
             # A bounded wait notices a dead server by the next poll, and stop() without delay.
-            if select.select([self.connection], [], [], 1.0)[0]:
-                self.connection.poll()
+            if select.select([connection], [], [], 1.0)[0]:
+                connection.poll()
                 heard_at = time.monotonic()
             elif time.monotonic() - heard_at >= self._heartbeat_interval:
                 # A half-open connection (a NAT or load balancer forgot it, a partition) brings
                 # no error, only silence: the echo, or the wait callback's deadline, tells.
-                self._echo(self.connection)
+                self._echo(connection, connection)
                 heard_at = time.monotonic()
-            self._announce(self._take_changes())
+            self._announce(connection, _take_changes(connection))
 
-    def _confirm_listening(self):
+    def _confirm_listening(self, listener: Connection) -> None:
         """A notification sent from another session must reach this one while it is idle.
 
         Through a pool that lends a server session per transaction (PgBouncer's
@@ -163,40 +167,43 @@ class ChangeListener:
         )
         try:
             sender.autocommit = True
-            self._echo(sender)
+            self._echo(listener, sender)
         finally:
             sender.close()
 
-    def _echo(self, sender):
-        """Notifies the heartbeat channel through ``sender`` and waits for it here, within the
-        database timeout; NoEcho if it does not come."""
-        token = f"{self.connection.get_backend_pid()}-{time.monotonic_ns()}"
+    def _echo(self, listener: Connection, sender: Connection) -> None:
+        """Notifies the heartbeat channel through ``sender`` and waits for it on ``listener``,
+        within the database timeout; NoEcho if it does not come."""
+        token = f"{listener.get_backend_pid()}-{time.monotonic_ns()}"
         with sender.cursor() as cursor:
             cursor.execute("SELECT pg_notify(%s, %s)", (HEARTBEAT_CHANNEL, token))
         deadline = time.monotonic() + self._settings.timeout
         while not any(
-            n.channel == HEARTBEAT_CHANNEL and n.payload == token for n in self.connection.notifies
+            n.channel == HEARTBEAT_CHANNEL and n.payload == token for n in listener.notifies
         ):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise NoEcho(f"none within {self._settings.timeout:g} s")
-            if select.select([self.connection], [], [], remaining)[0]:
-                self.connection.poll()
+            if select.select([listener], [], [], remaining)[0]:
+                listener.poll()
 
-    def _take_changes(self):
-        changes = [
-            n.payload or None for n in self.connection.notifies if n.channel == CHANGES_CHANNEL
-        ]
-        self.connection.notifies.clear()
-        return changes
-
-    def _announce(self, changes):
+    def _announce(self, connection: Connection, changes: list[str | None]) -> None:
         if changes:
-            wal_position = self._wal_position()  # after the commits: at or past each change
+            wal_position = _wal_position(connection)  # after the commits: at or past each change
             for certificate_id in changes:
                 self._on_change(certificate_id, wal_position)
 
-    def _wal_position(self):
-        with self.connection.cursor() as cursor:
-            cursor.execute(WAL_POSITION)
-            return cursor.fetchone()[0]
+
+def _take_changes(connection: Connection) -> list[str | None]:
+    changes = [n.payload or None for n in connection.notifies if n.channel == CHANGES_CHANNEL]
+    connection.notifies.clear()
+    return changes
+
+
+def _wal_position(connection: Connection) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(WAL_POSITION)
+        row = cursor.fetchone()
+    assert row is not None  # the statement always returns one row
+    position: int = row[0]
+    return position

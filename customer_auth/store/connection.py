@@ -5,11 +5,15 @@ variables, optionally from the dotenv file named by ``CUSTOMER_VERIFICATION_ENV_
 Kong's plugin config. Nothing connects until the first lookup.
 """
 
+from __future__ import annotations
+
 import contextlib
 import dataclasses
 import os
 import select
 import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import psycopg2
 import psycopg2.errors
@@ -17,6 +21,9 @@ import psycopg2.extensions
 
 from customer_auth import metrics
 from customer_auth.errors import InvalidSettings, StoreUnavailable
+
+Connection = psycopg2.extensions.connection
+Number = TypeVar("Number", int, float)
 
 ENV_FILE = "CUSTOMER_VERIFICATION_ENV_FILE"
 POOL_SIZE = "CUSTOMER_VERIFICATION_POOL_SIZE"
@@ -33,10 +40,10 @@ class Settings:
     problem: str = ""  # why these settings cannot work: every connection refuses with it
 
     @classmethod
-    def from_environment(cls):
+    def from_environment(cls) -> Settings:
         """The settings, each checked: a bad one never raises here (the plugin must still
         answer, closed), it becomes ``problem``, which names the variable and never its value."""
-        problems = []
+        problems: list[str] = []
         env_file = os.environ.get(ENV_FILE)
         if env_file:
             if os.path.isfile(env_file) and os.access(env_file, os.R_OK):
@@ -56,10 +63,18 @@ class Settings:
         )
 
 
-def _number(name, default, kind, low, high, what, problems):
+def _number(
+    name: str,
+    default: str,
+    kind: Callable[[str], Number],
+    low: float,
+    high: float,
+    what: str,
+    problems: list[str],
+) -> Number:
     """The variable's value as ``kind`` within [low, high]; the default, and a problem, if not."""
     try:
-        value = kind(os.environ.get(name, "").strip() or default)
+        value: Number | None = kind(os.environ.get(name, "").strip() or default)
     except ValueError:
         value = None
     if value is None or not low <= value <= high:  # also refuses nan
@@ -68,7 +83,7 @@ def _number(name, default, kind, low, high, what, problems):
     return value
 
 
-def _wait_with_deadline(timeout):
+def _wait_with_deadline(timeout: float) -> Callable[[Connection], None]:
     """A psycopg2 wait callback that gives up after ``timeout`` seconds without progress.
 
     libpq's connect_timeout and the server's statement_timeout do not cover a network that
@@ -76,7 +91,7 @@ def _wait_with_deadline(timeout):
     gevent has patched select (the plugin server's gevent mode).
     """
 
-    def wait(conn):
+    def wait(conn: Connection) -> None:
         while True:
             state = conn.poll()
             if state == psycopg2.extensions.POLL_OK:
@@ -113,7 +128,7 @@ LIBPQ_VARIABLES = LIBPQ_TARGET_VARIABLES + (
 )
 
 
-def check_dsn(dsn):
+def check_dsn(dsn: str) -> None:
     """Refuses a ``DATABASE_URL`` that libpq would reject, or misread, by quoting its secrets.
 
     A '@', '/' or ':' in a password must be percent-encoded; libpq otherwise takes what follows
@@ -154,7 +169,7 @@ PRIMARY = "primary"  # the primary: writes, and reads that must not lag
 LISTENER = "listener"  # the primary (NOTIFY reaches its sessions only), by listener_dsn if set
 
 
-def _session_attributes(dsn, role):
+def _session_attributes(dsn: str, role: str) -> dict[str, str]:
     """libpq's choice among the hosts of ``dsn`` for ``role``."""
     if role in (PRIMARY, LISTENER):
         return {"target_session_attrs": "primary"}
@@ -163,7 +178,9 @@ def _session_attributes(dsn, role):
     return {"target_session_attrs": "prefer-standby", "load_balance_hosts": "random"}
 
 
-def connect(settings, role=LOOKUPS, application_name="customer_verification"):
+def connect(
+    settings: Settings, role: str = LOOKUPS, application_name: str = "customer_verification"
+) -> Connection:
     """One connection for ``role`` with every wait bounded by ``settings.timeout``."""
     if settings.problem:
         raise InvalidSettings(settings.problem)
@@ -176,6 +193,8 @@ def connect(settings, role=LOOKUPS, application_name="customer_verification"):
     timeout_ms = int(settings.timeout * 1000)
     return psycopg2.connect(
         dsn,
+        connection_factory=None,
+        cursor_factory=None,
         connect_timeout=max(1, round(settings.timeout)),
         options=f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}",
         application_name=application_name,
@@ -183,7 +202,7 @@ def connect(settings, role=LOOKUPS, application_name="customer_verification"):
     )
 
 
-def describe(error):
+def describe(error: BaseException) -> str:
     """The first line of a driver error: enough for an operator, never a DSN or a password."""
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"
@@ -195,15 +214,15 @@ class Pool:
     psycopg2's own pools raise instead of waiting, and do not replace dead connections.
     """
 
-    def __init__(self, settings, role=LOOKUPS, size=None):
+    def __init__(self, settings: Settings, role: str = LOOKUPS, size: int | None = None) -> None:
         self._settings = settings
         self._role = role
         self._slots = threading.BoundedSemaphore(size or settings.pool_size)
-        self._idle = []
+        self._idle: list[Connection] = []
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def connection(self, fresh=False):
+    def connection(self, fresh: bool = False) -> Iterator[tuple[Connection, bool]]:
         """Yields ``(connection, reused)``; a connection that raised is closed, not returned."""
         if not self._slots.acquire(timeout=self._settings.timeout):
             raise StoreUnavailable("all database connections are busy")
@@ -229,13 +248,14 @@ class Pool:
             metrics.POOL_IN_USE.dec()
             self._slots.release()
 
-    def fetch_all(self, statement, parameters):
+    def fetch_all(self, statement: str, parameters: Sequence[object]) -> list[tuple[Any, ...]]:
         """The rows of one statement; StoreUnavailable when the database cannot answer.
 
         A reused connection may have died with a database restart (or its server went down), and
         then its idle siblings did too: they are dropped and the statement is retried once on a
         new connection, which libpq may make to another host, so a restart costs no request."""
-        for attempt in (1, 2):
+        attempt = 1
+        while True:
             reused = False
             try:
                 with self.connection(fresh=attempt == 2) as (conn, reused), conn.cursor() as cursor:
@@ -245,10 +265,11 @@ class Pool:
                 if attempt == 2 or not reused or isinstance(error, psycopg2.errors.QueryCanceled):
                     raise StoreUnavailable(describe(error)) from None
                 self.close()
+                attempt = 2
             except psycopg2.Error as error:
                 raise StoreUnavailable(describe(error)) from None
 
-    def close(self):
+    def close(self) -> None:
         """Closes the idle connections; also what to do when one was found dead (a restart)."""
         with self._lock:
             idle, self._idle = self._idle, []

@@ -3,6 +3,8 @@ and the ``authentication`` document written (the operator's command). Its layout
 only: ``client_key`` or ``public_key``, ``previous_*`` with ``previous_key_expires_at`` during a
 rotation, ``revoked_at``."""
 
+from __future__ import annotations
+
 import base64
 import binascii
 import json
@@ -10,6 +12,7 @@ import logging
 import math
 import secrets
 import time
+from typing import Any
 
 import psycopg2.errors
 
@@ -18,11 +21,12 @@ from customer_auth.core.credential import Credential
 from customer_auth.core.terms import LOGGER_NAME
 from customer_auth.errors import (
     CertificateExists,
+    CustomerAuthError,
     NoActiveCustomer,
     OtherKeyKind,
     StoreUnavailable,
 )
-from customer_auth.store.connection import PRIMARY, Pool
+from customer_auth.store.connection import PRIMARY, Connection, Pool, Settings
 from customer_auth.store.replication import ReplayFloors
 
 log = logging.getLogger(LOGGER_NAME)
@@ -46,11 +50,13 @@ _LOOKUP = """
              LIMIT 2) AS found ON true
 """
 
+Row = tuple[Any, ...]  # a customer as _LOOKUP returns it
+
 
 class CustomerStore:
     """Looks customers up by certificate id in Postgres."""
 
-    def __init__(self, settings):
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.pool = Pool(settings)  # a standby when there is one
         # For the few lookups a lagging standby cannot answer: rarely busy, so a small share.
@@ -58,7 +64,7 @@ class CustomerStore:
         self.replay_floors = ReplayFloors()
         self.queries = 0
 
-    def fetch(self, certificate_id):
+    def fetch(self, certificate_id: str) -> Credential | None:
         """The customer's credential, or None if there is none; StoreUnavailable on failure."""
         started = time.perf_counter()
         try:
@@ -76,18 +82,18 @@ class CustomerStore:
             metrics.STORE_LOOKUP_SECONDS.observe(time.perf_counter() - started)
         return self._credential(certificate_id, rows)
 
-    def probe(self):
+    def probe(self) -> None:
         """Raises StoreUnavailable unless the store answers a lookup now (one that matches no
         certificate)."""
         self._query(self.pool, "")
 
-    def _query(self, pool, certificate_id):
+    def _query(self, pool: Pool, certificate_id: str) -> tuple[int | None, list[Row]]:
         """``(replayed, rows)``: the server's replay position (None on a primary), the customers."""
         self.queries += 1
         rows = pool.fetch_all(_LOOKUP, (certificate_id,))
         return rows[0][0], [row[1:] for row in rows if row[1] is not None]
 
-    def _credential(self, certificate_id, rows):
+    def _credential(self, certificate_id: str, rows: list[Row]) -> Credential | None:
         if len(rows) != 1:
             if rows:
                 log.error(
@@ -99,20 +105,20 @@ class CustomerStore:
         customer_id, client_key, previous_key, previous_expiry, public_key, previous_public_key = (
             rows[0]
         )
-        previous_expiry = _epoch_or_none(previous_expiry)
-        in_grace_period = previous_expiry is not None and time.time() < previous_expiry
+        expiry = _epoch_or_none(previous_expiry)
+        in_grace_period = expiry is not None and time.time() < expiry
         try:
-            keys = {
-                "client_key": _secret(client_key, "client_key"),
-                "public_key": _public_key(public_key, "public_key"),
-            }
-            if keys == {"client_key": None, "public_key": None}:
+            secret = _secret(client_key, "client_key")
+            key = _public_key(public_key, "public_key")
+            if secret is None and key is None:
                 raise _UnusableKey("client_key")
-            if in_grace_period:  # a previous key only matters until its grace period ends
-                keys["previous_client_key"] = _secret(previous_key, "previous_client_key")
-                keys["previous_public_key"] = _public_key(
-                    previous_public_key, "previous_public_key"
-                )
+            # a previous key only matters until its grace period ends
+            previous_secret = (
+                _secret(previous_key, "previous_client_key") if in_grace_period else None
+            )
+            previous_public = (
+                _public_key(previous_public_key, "previous_public_key") if in_grace_period else None
+            )
         except _UnusableKey as field:
             log.error(
                 "certificate %r: authentication.%s is missing or not a usable key (a non-blank "
@@ -122,18 +128,18 @@ class CustomerStore:
                 field,
             )
             return None
-        return Credential(customer_id, previous_key_expires_at=previous_expiry, **keys)
+        return Credential(customer_id, secret, previous_secret, expiry, key, previous_public)
 
-    def close(self):
+    def close(self) -> None:
         self.pool.close()
         self.primary_pool.close()
 
 
-class _UnusableKey(Exception):
+class _UnusableKey(CustomerAuthError):
     """The named field of ``authentication`` holds something that is not a key."""
 
 
-def _secret(value, field):
+def _secret(value: object, field: str) -> str | None:
     # The JSON value as stored: false, 0, {} or " " must not become a key that anyone can guess.
     if value is None:
         return None
@@ -142,7 +148,7 @@ def _secret(value, field):
     return value
 
 
-def _public_key(value, field):
+def _public_key(value: object, field: str) -> bytes | None:
     """A raw ed25519 public key from its base64 (how ``customer-verification`` stores it)."""
     if value is None:
         return None
@@ -155,9 +161,9 @@ def _public_key(value, field):
     return key
 
 
-def _epoch_or_none(text):
+def _epoch_or_none(text: object) -> float | None:
     try:
-        epoch = float(text)
+        epoch = float(text)  # type: ignore[arg-type]  # whatever was stored: refused below
     except (TypeError, ValueError):
         return None
     return epoch if math.isfinite(epoch) else None
@@ -166,11 +172,13 @@ def _epoch_or_none(text):
 # -- writes: the operator's command (customer_auth/cli.py) ------------------------------
 
 
-def new_client_key():
+def new_client_key() -> str:
     return secrets.token_urlsafe(32)  # 256 bits
 
 
-def add_customer(conn, certificate_id, public_key=None):
+def add_customer(
+    conn: Connection, certificate_id: str, public_key: bytes | None = None
+) -> tuple[str, str | None]:
     """Creates a customer; returns ``(customer_id, client_key)``. With ``public_key`` (raw ed25519
     bytes) the customer signs with its private key and has no client key (None)."""
     client_key = None if public_key else new_client_key()
@@ -186,12 +194,19 @@ def add_customer(conn, certificate_id, public_key=None):
                 "uuid::text",
                 (certificate_id, json.dumps(authentication)),
             )
-            return cursor.fetchone()[0], client_key
+            (customer_id,) = cursor.fetchone() or ("",)
+            return customer_id, client_key
     except psycopg2.errors.UniqueViolation:
         raise CertificateExists(f"certificate {certificate_id!r} already exists") from None
 
 
-def rotate_key(conn, certificate_id, grace, now=None, public_key=None):
+def rotate_key(
+    conn: Connection,
+    certificate_id: str,
+    grace: float,
+    now: float | None = None,
+    public_key: bytes | None = None,
+) -> str | None:
     """Gives the customer a new key of the kind it has (a new random client key, or the given
     ed25519 ``public_key``); the current one keeps working for ``grace`` seconds. Returns the new
     client key (None for a public key)."""
@@ -226,7 +241,7 @@ def rotate_key(conn, certificate_id, grace, now=None, public_key=None):
     return None if public_key else new_key
 
 
-def revoke(conn, certificate_id, now=None):
+def revoke(conn: Connection, certificate_id: str, now: float | None = None) -> None:
     with conn.cursor() as cursor:
         cursor.execute(
             """UPDATE customer
@@ -239,7 +254,7 @@ def revoke(conn, certificate_id, now=None):
             raise NoActiveCustomer(f"no active customer has certificate {certificate_id!r}")
 
 
-def list_customers(conn, now=None):
+def list_customers(conn: Connection, now: float | None = None) -> list[tuple[str, str, str]]:
     """Rows of ``(customer_id, certificate_id, status)``; keys are never read out."""
     now = time.time() if now is None else now
     with conn.cursor() as cursor:
@@ -253,7 +268,7 @@ def list_customers(conn, now=None):
     ]
 
 
-def _status(revoked_at, previous_expiry, now):
+def _status(revoked_at: str | None, previous_expiry: str | None, now: float) -> str:
     if revoked_at is not None:
         return "revoked"
     if previous_expiry is None:

@@ -8,11 +8,13 @@ refused is refused again from memory, without the round trip. Nothing else of th
 stored.
 """
 
+from __future__ import annotations
+
 import secrets
 import time
 
 from customer_auth.core.expiring import ExpiringMap
-from customer_auth.store.connection import PRIMARY, Pool
+from customer_auth.store.connection import PRIMARY, Pool, Settings
 
 # Through a function the plugin's role may only execute (customer_nonce_claim): it inserts and
 # expires, and nothing else can be done with the table.
@@ -27,7 +29,7 @@ MAX_REMEMBERED = 32768  # pairs per process (a few MiB); beyond it the oldest ar
 class NonceStore:
     """Claims nonces on the primary, remembering what this process has seen."""
 
-    def __init__(self, settings, max_remembered=MAX_REMEMBERED):
+    def __init__(self, settings: Settings, max_remembered: int = MAX_REMEMBERED) -> None:
         self.pool = Pool(settings, PRIMARY, size=max(1, settings.pool_size // 2))
         # Pairs claimed or refused here, until they expire; apart from the credential cache, so a
         # flood of fresh nonces (which needs a key: only verified signatures get here) evicts no
@@ -35,7 +37,9 @@ class NonceStore:
         self.seen = ExpiringMap(max_remembered)
         self.claims = 0  # statements sent to the primary
 
-    def claim(self, certificate_id, nonce, fresh_until, now=None):
+    def claim(
+        self, certificate_id: str, nonce: str, fresh_until: float, now: float | None = None
+    ) -> bool:
         """True for the first use of ``nonce`` with this certificate until ``fresh_until`` (epoch
         seconds: the end of its signature's window), False for any other; StoreUnavailable when
         the primary cannot say."""
@@ -50,12 +54,13 @@ class NonceStore:
         token = secrets.token_hex(8)
         ((claimed,),) = self.pool.fetch_all(_CLAIM, (certificate_id, nonce, expires_at, token))
         self.seen.put((certificate_id, nonce), True, expires_at)
-        return claimed
+        return bool(claimed)
 
-    def seen_here(self, certificate_id, nonce, now=None):
+    def seen_here(self, certificate_id: str, nonce: str, now: float | None = None) -> bool:
         """Whether this process has claimed or seen refused the pair, and it has not expired."""
         now = time.time() if now is None else now
-        return self.seen.lookup((certificate_id, nonce), now)[0]
+        found: bool = self.seen.lookup((certificate_id, nonce), now)[0]
+        return found
 
-    def close(self):
+    def close(self) -> None:
         self.pool.close()

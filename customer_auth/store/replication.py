@@ -6,6 +6,8 @@ replayed past that position, its answer about that certificate predates the chan
 lookup must ask the primary instead. Positions are bytes of WAL (``pg_lsn - '0/0'``).
 """
 
+from __future__ import annotations
+
 import threading
 
 # Beyond this many certificates waiting for standbys to catch up, they are folded into one
@@ -14,13 +16,13 @@ MAX_CERTIFICATES = 10000
 
 
 class ReplayFloors:
-    def __init__(self, max_certificates=MAX_CERTIFICATES):
+    def __init__(self, max_certificates: int = MAX_CERTIFICATES) -> None:
         self._max_certificates = max_certificates
         self._everything = 0  # for a change to everything (a cleared cache, a TRUNCATE)
-        self._by_certificate = {}
+        self._by_certificate: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def raise_to(self, certificate_id, wal_position):
+    def raise_to(self, certificate_id: str | None, wal_position: int) -> None:
         """A change to ``certificate_id`` (None: to everything) is in the WAL before
         ``wal_position``."""
         with self._lock:
@@ -34,15 +36,15 @@ class ReplayFloors:
                 self._everything = max(self._everything, *self._by_certificate.values())
                 self._by_certificate.clear()
 
-    def required(self, certificate_id):
+    def required(self, certificate_id: str) -> int:
         """How far a standby must have replayed for its answer about ``certificate_id`` to count."""
         return max(self._everything, self._by_certificate.get(certificate_id, 0))
 
-    def reached(self, certificate_id, replayed):
+    def reached(self, certificate_id: str, replayed: int) -> None:
         """A standby has replayed to ``replayed``: what it passed need not be remembered."""
         with self._lock:
             if self._by_certificate.get(certificate_id, replayed + 1) <= replayed:
                 del self._by_certificate[certificate_id]
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._by_certificate)
