@@ -20,8 +20,8 @@ import uuid
 import psycopg2
 import psycopg2.extensions
 
-from customer_auth.cli import add_customer
 from customer_auth.core import v1
+from customer_auth.store import customers
 from devtools.kong_standin import KongStandIn, PluginServer, Request
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent  # the repository
@@ -102,7 +102,7 @@ def main():
         with conn.cursor() as cursor:
             cursor.execute((ROOT / "customer_schema.sql").read_text())
         certificate_id = f"demo-{uuid.uuid4().hex[:8]}"
-        customer_id, client_key = add_customer(conn, certificate_id)
+        customer_id, client_key = customers.add_customer(conn, certificate_id)
         conn.close()
         print(f"demo customer {customer_id}, certificate {certificate_id}\n")
 

@@ -199,7 +199,8 @@ def start_gateway(
 
 @contextlib.contextmanager
 def serving(command, env):
-    """A test app (tests/apps) in a real server: ``command`` runs it on the port it is given;
+    """A test app (tests/middleware/apps) in a real server: ``command`` runs it on the port it is
+    given;
     yields the base URL once /health answers, and stops the server after."""
     import socket
     import subprocess
@@ -213,11 +214,11 @@ def serving(command, env):
     env = {
         **os.environ,
         **env,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "apps"), str(ROOT)]),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "middleware" / "apps"), str(ROOT)]),
     }
     process = subprocess.Popen(
         command(port),
-        cwd=ROOT / "tests" / "apps",
+        cwd=ROOT / "tests" / "middleware" / "apps",
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -232,3 +232,23 @@ def test_kong_raises_when_authenticate_gets_neither_consumer_nor_credential():
         in_process_kong(request, lua_style=False).client.load_consumer(str(uuid.uuid4()), False)
         is None
     )
+
+
+def test_a_certificate_id_that_is_another_consumers_id_does_not_land_on_that_consumer(
+    gateway, customers
+):
+    admin_consumer = {"id": str(uuid.uuid4()), "username": "admins"}
+    customers.add(admin_consumer["id"], "key-1")  # a customer whose certificate id is that uuid
+    gateway.kong.consumers = [admin_consumer]
+    gateway.kong.configure("by-username", {"consumer_by": ["username"]})
+    request = Request(list(v1.signed_headers(admin_consumer["id"], "key-1").items()))
+    outcome = gateway.kong.handle(request, "by-username")
+    assert outcome.status == 403 and request.consumer is None
+    gateway.kong.configure(
+        "by-username-optional", {"consumer_by": ["username"], "consumer_optional": True}
+    )
+    request = Request(list(v1.signed_headers(admin_consumer["id"], "key-1").items()))
+    assert (
+        gateway.kong.handle(request, "by-username-optional").status == 200
+        and request.consumer is None
+    )

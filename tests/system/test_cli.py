@@ -382,3 +382,39 @@ def test_every_argument_of_every_command_has_a_help_text_and_every_help_names_th
         for action in parser._actions:
             if not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
                 assert action.help, (parser.prog, action.dest)
+
+
+@pytest.mark.parametrize("grace", ["inf", "-inf", "nan", "-1", "1e300", "9999999999", "soon"])
+def test_rotate_refuses_a_grace_period_that_cannot_work_and_stores_nothing(
+    cli, customers, grace, capsys
+):
+    cli("add", "cert-r")
+    before = customers.execute("SELECT authentication FROM customer WHERE certificate = 'cert-r'")
+    assert cli("rotate", "cert-r", "--grace", grace)[0] == 2
+    assert "--grace" in capsys.readouterr().err
+    assert (
+        customers.execute("SELECT authentication FROM customer WHERE certificate = 'cert-r'")
+        == before
+    )
+
+
+@pytest.mark.parametrize(
+    "certificate_id", ["", "with space", "bell\x07", "esc\x1b[31mred", "é", "x" * 257]
+)
+def test_add_refuses_a_certificate_id_the_plugin_could_never_verify(cli, customers, certificate_id):
+    assert cli("add", certificate_id)[0] == 2
+    assert customers.execute("SELECT count(*) FROM customer") == [(0,)]
+
+
+def test_list_shows_whatever_is_stored_without_crashing_or_writing_control_characters(
+    cli, customers
+):
+    customers.add("esc\x1b[2Jcert", "k")
+    for expiry in (1e308, "Infinity", "NaN", "tomorrow", -1e308):
+        customers.add(
+            f"odd-{expiry}", "k", previous_client_key="old", previous_key_expires_at=expiry
+        )
+    code, output = cli("list")
+    assert code == 0
+    assert "\x1b" not in output and "esc\\x1b[2Jcert" in output
+    assert len(output.splitlines()) == 6

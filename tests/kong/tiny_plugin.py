@@ -1,5 +1,5 @@
 """A tiny plugin of the tests' own, to test the Kong stand-in and the transports themselves
-(test_kong_standin.py, test_plugin_server.py). The action is the request's ``x-action`` header."""
+(test_kong_standin.py, test_transport.py). The action is the request's ``x-action`` header."""
 
 import json
 import os

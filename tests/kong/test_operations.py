@@ -182,7 +182,7 @@ def test_the_listener_losing_and_regaining_its_connection_is_in_kongs_log(databa
 
 
 def test_a_missing_database_url_is_in_kongs_log():
-    """(Malformed URLs: tests/test_hardening.py, each shape.)"""
+    """(Malformed URLs: tests/store/test_settings.py, each shape.)"""
     with gateway_on("") as gateway:
         assert gateway.send(signed("cert-1", "key")).status == 503
         texts = [text for level, text in operator_lines(gateway) if level == "warn"]

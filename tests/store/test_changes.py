@@ -4,10 +4,13 @@ LISTEN/NOTIFY, for plain SQL changes, also after the listener's connection was k
 import threading
 import time
 
+import psycopg2
 import pytest
+from conftest import ROOT, start_gateway
 
 from customer_auth.core import v1
 from customer_auth.store.cache import CredentialCache
+from devtools.tcp_proxy import FreezableProxy
 
 LONG_TTL = {"cache_ttl": 3600, "negative_cache_ttl": 3600}
 
@@ -124,3 +127,34 @@ def test_changes_are_seen_after_the_listener_connection_was_killed(live, custome
     # And the reconnected listener hears the next change.
     customers.set_authentication("cert-live", client_key="key-3", revoked_at=None)
     assert status_within_one_second(live, signed("key-3"), 200) == 200
+
+
+def test_a_silently_dead_listener_connection_is_replaced_and_a_revocation_holds_within_10_s(
+    postgres, customers
+):
+    """The proxy stops forwarding on every open connection without closing any, as a NAT that
+    forgot them would; new connections go through."""
+    params = psycopg2.extensions.parse_dsn(customers.url)
+    proxy = FreezableProxy(params["host"], int(params["port"]))
+    url = psycopg2.extensions.make_dsn(customers.url, host="127.0.0.1", port=proxy.port)
+    gateway = start_gateway(
+        ROOT / "customer_verification.py",
+        "customer_verification",
+        env={"DATABASE_URL": url},
+        config={"cache_ttl": 3600},
+    )
+    try:
+        customers.add("cert-quiet", "key-1")
+        assert gateway.send(signed("key-1", "cert-quiet")).status == 200  # cached for an hour
+        proxy.freeze()
+        # announced into the void
+        customers.set_authentication("cert-quiet", revoked_at=time.time())
+        revoked_at = time.monotonic()
+        while gateway.send(signed("key-1", "cert-quiet")).status == 200:
+            assert time.monotonic() - revoked_at < 10, "the revocation was not seen within 10 s"
+            time.sleep(0.1)
+        assert gateway.send(signed("key-1", "cert-quiet")).status == 403
+        assert "change listener lost its database connection" in gateway.server.log()
+    finally:
+        gateway.cleanup()
+        proxy.close()

@@ -1,6 +1,7 @@
 """The credential store and its cache against a real Postgres."""
 
 import concurrent.futures
+import json
 import threading
 import time
 
@@ -255,3 +256,72 @@ def test_plugin_instances_with_the_same_cache_settings_share_one_cache(database_
         assert one is same and credentials.cache(30, 5, 300, 100) is not one
     finally:
         credentials.close()
+
+
+@pytest.fixture
+def store(database_url):
+    store = CustomerStore(Settings(dsn=database_url, pool_size=2, timeout=2.0))
+    yield store
+    store.close()
+
+
+@pytest.mark.parametrize(
+    "stored", [False, True, 0, 1, {}, [], None, "", " ", "\t\n", ["key"], {"k": "v"}], ids=repr
+)
+def test_only_a_non_blank_json_string_is_a_client_key(store, customers, stored, caplog):
+    customers.execute(
+        "INSERT INTO customer (certificate, authentication) VALUES ('cert-odd', %s)",
+        json.dumps({"client_key": stored}),
+    )
+    assert store.fetch("cert-odd") is None
+    assert "certificate 'cert-odd': authentication.client_key" in caplog.text
+
+
+@pytest.mark.parametrize("stored", [False, 0, {}, " "], ids=repr)
+def test_a_previous_key_that_is_not_a_string_refuses_the_customer_only_during_its_grace_period(
+    store, customers, stored, caplog
+):
+    customers.add(
+        "cert-grace",
+        "new-key",
+        previous_client_key=stored,
+        previous_key_expires_at=time.time() + 600,
+    )
+    customers.add(
+        "cert-done",
+        "new-key",
+        previous_client_key=stored,
+        previous_key_expires_at=time.time() - 600,
+    )
+    assert store.fetch("cert-grace") is None
+    assert "certificate 'cert-grace': authentication.previous_client_key" in caplog.text
+    assert store.fetch("cert-done").keys_valid_at(time.time()) == ("new-key",)
+
+
+def test_an_infinite_grace_period_written_by_hand_does_not_keep_the_old_key(store, customers):
+    authentication = {
+        "client_key": "new",
+        "previous_client_key": "old",
+        "previous_key_expires_at": "Infinity",
+    }
+    customers.execute(
+        "INSERT INTO customer (certificate, authentication) VALUES ('cert-inf', %s)",
+        json.dumps(authentication),
+    )
+    assert store.fetch("cert-inf").keys_valid_at(time.time()) == ("new",)
+
+
+def test_a_flood_of_unknown_certificates_leaves_known_customers_cached(
+    store, customers, table_gone
+):
+    for i in range(5):
+        customers.add(f"cert-{i}", f"key-{i}")
+    cache = CredentialCache(store.fetch, ttl=60, negative_ttl=60, stale_ttl=300, max_entries=5)
+    for i in range(5):
+        cache.get(f"cert-{i}")
+    for i in range(200):
+        assert cache.get(f"unknown-{i}") is None
+    queries = store.queries
+    assert [cache.get(f"cert-{i}").client_key for i in range(5)] == [f"key-{i}" for i in range(5)]
+    assert store.queries == queries  # none was pushed out
+    assert len(cache) == 10  # both kinds bounded
