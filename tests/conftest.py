@@ -200,8 +200,7 @@ def start_gateway(
 @contextlib.contextmanager
 def serving(command, env):
     """A test app (tests/middleware/apps) in a real server: ``command`` runs it on the port it is
-    given;
-    yields the base URL once /health answers, and stops the server after."""
+    given; yields the base URL once /health answers, and stops the server after."""
     import socket
     import subprocess
     import time

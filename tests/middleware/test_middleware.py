@@ -415,3 +415,79 @@ def test_an_unsigned_websocket_handshake_is_refused_before_it_is_accepted(
         assert sent[0]["status"] == 400 and json.loads(sent[1]["body"])["message"].startswith(
             "Missing"
         )
+
+
+# -- one pass per request -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("replay_protection", [False, True], ids=["plain", "replay-protected"])
+def test_an_asgi_signed_post_is_decided_once_and_its_signature_verified_once(
+    database_url, customers, monkeypatch, replay_protection
+):
+    """On a cache miss the credential is looked up off the event loop, and the body received on
+    it, without deciding again: one decision, one signature verification."""
+    import asyncio
+    import types
+
+    from http_message_signatures.structures import CaseInsensitiveDict
+
+    from customer_auth.client import sign_message
+    from customer_auth.core import decision, rfc9421
+    from customer_auth.middleware import ASGIMiddleware
+    from customer_auth.store.credentials import Credentials
+
+    customers.execute("DELETE FROM customer_nonce")
+    customers.add("cert-once", "once-key")
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setattr(Credentials, "_shared", None)
+    counted = {"decide": 0, "verify": 0}
+    for owner, name, key in (
+        (decision.Verifier, "decide", "decide"),
+        (rfc9421, "verify", "verify"),
+    ):
+        original = getattr(owner, name)
+
+        def counting(*args, original=original, key=key):
+            counted[key] += 1
+            return original(*args)
+
+        monkeypatch.setattr(owner, name, counting)
+    body = b'{"pay": 10}'
+    message = types.SimpleNamespace(
+        method="POST", url="http://svc.test/pay?x=1", headers=CaseInsensitiveDict()
+    )
+    sign_message(message, "cert-once", client_key="once-key", body=body)
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/pay",
+        "raw_path": b"/pay",
+        "query_string": b"x=1",
+        "scheme": "http",
+        "headers": [(n.lower().encode(), v.encode()) for n, v in message.headers.items()],
+    }
+    chunks = [
+        {"type": "http.request", "body": body[:4], "more_body": True},
+        {"type": "http.request", "body": body[4:], "more_body": False},
+    ]
+    sent, seen = [], {}
+
+    async def app(scope, receive, send):
+        seen["customer"] = scope["state"]["customer_id"]
+        seen["body"] = (await receive())["body"] + (await receive())["body"]
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def receive():
+        return chunks.pop(0)
+
+    async def send(event):
+        sent.append(event)
+
+    middleware = ASGIMiddleware(app, replay_protection=replay_protection)
+    try:
+        asyncio.run(middleware(scope, receive, send))
+    finally:
+        Credentials.shared().close()
+    assert sent[0]["status"] == 204 and seen["body"] == body and seen["customer"]
+    assert counted == {"decide": 1, "verify": 1}
