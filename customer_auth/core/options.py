@@ -234,10 +234,19 @@ def checked(config: Mapping[str, Any]) -> dict[str, Any]:
     """``with_defaults(config)``, once every option in it meets the schema; InvalidOption for
     the first that does not. Kong validates a config before it stores it, but the plugin
     server takes whatever arrives on its socket, and the middleware takes keyword options."""
+    config = {name: _as_array(value, SPECS.get(name)) for name, value in config.items()}
     for name, spec in SPECS.items():
         if config.get(name) is not None:
             _check(name, config[name], spec)
     return with_defaults(config)
+
+
+def _as_array(value: object, spec: Spec | None) -> object:
+    """An empty array as Kong may send it: Lua has one kind of table, and cjson encodes an empty
+    one as ``{}`` unless it was marked an array (seen under Kong's own bridge)."""
+    if spec is not None and spec["type"] == "array" and value == {}:
+        return []
+    return value
 
 
 def with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ the config Kong sends on the socket and to the middleware's keyword options alik
 import pytest
 
 from customer_auth.core import options
+from customer_auth.errors import InvalidOption
 from customer_auth.middleware import ASGIMiddleware, WSGIMiddleware
 from customer_verification import Plugin
 
@@ -34,6 +35,12 @@ def test_the_schema_takes_what_kong_stores():
         "__plugin_id": "x",
     }
     assert options.checked(stored) == {**options.DEFAULTS, "cache_ttl": 1.5}
+
+
+def test_an_empty_array_kong_encoded_as_an_object_is_an_empty_array():
+    assert options.checked({"consumer_by": {}})["consumer_by"] == []
+    with pytest.raises(InvalidOption):
+        options.checked({"consumer_by": {"a": 1}})
 
 
 def test_the_plugin_refuses_a_config_its_schema_refuses():
