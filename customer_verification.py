@@ -13,7 +13,8 @@ Kong runs it as ``python customer_verification.py -p <kong prefix> -g --no-lua-s
 if __name__ == "__main__":
     from customer_auth.kong import bootstrap
 
-    bootstrap.patch_for_gevent()  # before anything else is imported
+    # Before anything else is imported: the supervisor of several processes takes over here.
+    bootstrap.supervise_or_patch("customer_verification")
 
 from customer_auth.core import options
 from customer_auth.kong.plugin import Plugin

@@ -173,11 +173,13 @@ def _cut(connection: Request) -> None:
 HEALTH_STATUS = {"up": "200 OK", "degraded": "200 OK", "down": "503 Service Unavailable"}
 
 
-def application(health: Callable[[], str]) -> WSGIApplication:
+def application(
+    health: Callable[[], str], registry: prometheus_client.CollectorRegistry | None = None
+) -> WSGIApplication:
     """The WSGI app: ``/metrics`` for Prometheus, ``/health`` from ``health()``: "up", "degraded"
     (the store fails, cached customers are still served) or "down". Nothing more: whoever reaches
     the port learns nothing about the database."""
-    metrics = prometheus_client.make_wsgi_app()
+    metrics = prometheus_client.make_wsgi_app(registry or prometheus_client.REGISTRY)
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -194,7 +196,9 @@ def application(health: Callable[[], str]) -> WSGIApplication:
     return app
 
 
-def serve_from_environment(health: Callable[[], str]) -> _Server | None:
+def serve_from_environment(
+    health: Callable[[], str], registry: prometheus_client.CollectorRegistry | None = None
+) -> _Server | None:
     """Serves /metrics and /health when ``CUSTOMER_VERIFICATION_METRICS_PORT`` is set (on
     ``CUSTOMER_VERIFICATION_METRICS_ADDRESS``, by default loopback only); else nothing listens."""
     port = os.environ.get("CUSTOMER_VERIFICATION_METRICS_PORT", "").strip()
@@ -202,7 +206,7 @@ def serve_from_environment(health: Callable[[], str]) -> _Server | None:
         return None
     address = os.environ.get("CUSTOMER_VERIFICATION_METRICS_ADDRESS", "").strip() or DEFAULT_ADDRESS
     try:
-        return serve(int(port), health, address)
+        return serve(int(port), health, address, registry)
     except (ValueError, OSError) as error:
         # The plugin still verifies: only its metrics are missing.
         log.error(
@@ -214,10 +218,15 @@ def serve_from_environment(health: Callable[[], str]) -> _Server | None:
         return None
 
 
-def serve(port: int, health: Callable[[], str], address: str = DEFAULT_ADDRESS) -> _Server:
+def serve(
+    port: int,
+    health: Callable[[], str],
+    address: str = DEFAULT_ADDRESS,
+    registry: prometheus_client.CollectorRegistry | None = None,
+) -> _Server:
     """Serves /metrics and /health on ``address:port`` from a daemon thread; returns the server."""
     server: _Server = wsgiref.simple_server.make_server(
-        address, port, application(health), _Server, _QuietHandler
+        address, port, application(health, registry), _Server, _QuietHandler
     )
     threading.Thread(
         target=server.serve_forever, name="customer-verification-metrics", daemon=True

@@ -1,19 +1,25 @@
-"""The two plugins benchmark.py compares customer_verification with, chosen by BENCHMARK_PLUGIN:
+"""The plugins benchmark.py compares customer_verification with, chosen by BENCHMARK_PLUGIN:
 
 - ``limit``: no work at all, but the same PDK calls as a verified request (read the headers, tell
   Kong the credential, set the upstream headers): the most an external Python plugin can do.
+- ``busy``: the same calls and BUSY_SECONDS of Python per request, so that the plugin server and
+  not nginx is what limits throughput (what several processes are for).
 - ``connect-per-request``: the design of the original article, a new Postgres connection for
   every request.
+
+Started as customer_verification is: several processes under the supervisor when
+CUSTOMER_VERIFICATION_PROCESSES asks for them.
 """
 
 import sys
 
-if __name__ == "__main__" and ("-g" in sys.argv or "--gevent" in sys.argv):
-    from gevent import monkey
+if __name__ == "__main__":
+    from customer_auth.kong import bootstrap
 
-    monkey.patch_all()
+    bootstrap.supervise_or_patch("customer_verification")
 
 import os
+import time
 
 import psycopg2
 import psycopg2.extensions
@@ -73,13 +79,22 @@ class ConnectPerRequest:
         pdk_value(kong.service.request.set_headers({"X-Customer-Id": customer_id}))
 
 
-PLUGINS = {"limit": Limit, "connect-per-request": ConnectPerRequest}
+BUSY_SECONDS = 0.005
+
+
+class Busy(Limit):
+    def access(self, kong):
+        deadline = time.thread_time() + BUSY_SECONDS
+        while time.thread_time() < deadline:
+            pass
+        super().access(kong)
+
+
+PLUGINS = {"limit": Limit, "busy": Busy, "connect-per-request": ConnectPerRequest}
 
 if __name__ == "__main__":
     # as customer_verification: either transport
-    from customer_auth.kong.transport import (
-        start_dedicated_server,
-    )
+    from customer_auth.kong.server import start_dedicated_server
 
     if "-g" in sys.argv or "--gevent" in sys.argv:
         # cooperative, for fairness

@@ -18,9 +18,7 @@ waiting for its socket timeout), and a PDK call after ``kong.response.exit`` rai
 (kong-pdk blocks it for ever). A handler Kong stops waiting for, and an event Kong never finishes,
 are ended by a sweep, so nothing outlives them.
 
-``CUSTOMER_VERIFICATION_TRANSPORT=kong-pdk`` runs stock kong-pdk instead (the reference, and the
-other side of an A/B measurement); so does a server started without ``-g``: this transport is
-gevent's.
+It is started by customer_auth/kong/server.py, on the socket or on a supervisor's channel.
 """
 
 from __future__ import annotations
@@ -28,16 +26,17 @@ from __future__ import annotations
 import _socket
 import logging
 import os
+import socket
+import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import gevent
 import gevent.socket
 import msgpack
 from greenlet import getcurrent
-from kong_pdk import cli as pdk_cli
 from kong_pdk import listener as pdk_listener
 from kong_pdk import module as pdk_module
 from kong_pdk.exception import PDKException, PluginServerException
@@ -46,11 +45,10 @@ from customer_auth import metrics
 from customer_auth.core.terms import LOGGER_NAME
 from customer_auth.errors import MalformedMessage
 from customer_auth.kong.events import RET, TERMINAL_METHODS, TIMED_OUT, Event, Namespace
+from customer_auth.kong.ids import Ids
+from customer_auth.kong.processes import child_slot
 
 log = logging.getLogger(LOGGER_NAME)
-
-TRANSPORT = "CUSTOMER_VERIFICATION_TRANSPORT"
-TRANSPORTS = ("lean", "kong-pdk")
 
 STEP_METHODS = frozenset(
     "plugin." + name
@@ -95,6 +93,7 @@ class LeanTransport:
         self.server = plugin_server  # kong-pdk's PluginServer
         self.lua_style = plugin_server.lua_style
         self.hub = gevent.get_hub()
+        self.ids: Ids = getattr(plugin_server, "ids", None) or Ids(child_slot() or 0)
         self.kong = Namespace("kong")
         self.events: dict[int, Event] = {}
         self._packer = msgpack.Packer(unicode_errors="surrogateescape")
@@ -120,6 +119,29 @@ class LeanTransport:
         gevent.spawn(pdk_listener.watchdog, gevent.sleep, self.server.logger)
         self.start_sweeping()
         self.accept_forever(listener)
+
+    def serve_channel(self, channel_fd: int) -> None:
+        """A supervisor's child: Kong's connections arrive as descriptors on the channel (the
+        supervisor accepted them from the nginx workers this child serves); the child exits when
+        the channel closes, the supervisor gone."""
+        channel = socket.socket(fileno=channel_fd)
+        channel.setblocking(False)
+        readable = self.hub.loop.io(channel_fd, 1)
+        self.server.logger.info("server (gevent, lean transport) serving the supervisor's channel")
+        gevent.spawn(pdk_listener.watchdog, gevent.sleep, self.server.logger)
+        self.start_sweeping()
+        while True:
+            self.hub.wait(readable)
+            try:
+                message, descriptors, _flags, _address = socket.recv_fds(channel, 64, 64)
+            except BlockingIOError:
+                continue
+            if not message and not descriptors:
+                self.server.logger.info("the supervisor has gone, terminating...")
+                sys.exit(0)
+            for descriptor in descriptors:
+                gevent.spawn(self.serve_connection, _socket.socket(fileno=descriptor))
+            gevent.sleep(0)
 
     def accept_forever(self, listener: gevent.socket.socket) -> None:
         """Accepts one connection at a time, letting the handlers run in between (so that it
@@ -257,8 +279,7 @@ class LeanTransport:
             # kong-pdk's error for it: no instance, no phase, bad shape
             return self.server.handle_event(*args)
         instance.reset_expire_ts()
-        event_id = self.server.event_id
-        self.server.event_id = event_id + 1
+        event_id = self.ids.next()
         event = Event(event_id, phase, self)
         self.events[event_id] = event
         return {
@@ -375,75 +396,3 @@ def _snake_case(command: str) -> str:
         lambda m: "%s_%s" % (m.group(1), m.group(2).lower()), command[1:]
     )
     return command[0].lower() + rest
-
-
-def chosen_transport() -> str:
-    """The transport CUSTOMER_VERIFICATION_TRANSPORT names: lean (the default) or kong-pdk."""
-    name = os.environ.get(TRANSPORT, "").strip().lower() or "lean"
-    if name not in TRANSPORTS:
-        log.error("%s must be one of %s; using lean", TRANSPORT, ", ".join(TRANSPORTS))
-        return "lean"
-    return name
-
-
-class _LeanListener:
-    """Takes the place of kong-pdk's ``UnixStreamServer`` in its own ``start_dedicated_server``
-    (same arguments), so that kong-pdk still parses the options, builds the plugin server and
-    names the socket, and this transport serves it."""
-
-    def __init__(
-        self,
-        plugin_server: Any,
-        path: str,
-        sock_name: str,
-        use_gevent: bool,
-        listen_queue_size: int,
-    ) -> None:
-        self._transport = LeanTransport(plugin_server)
-        self._path, self._backlog = os.path.join(path, sock_name), listen_queue_size
-
-    def serve_forever(self) -> None:
-        self._transport.serve_forever(self._path, self._backlog)
-
-
-def first_id() -> int:
-    """Where this process starts numbering instances and events: the microseconds since the
-    machine booted. Each Kong worker keeps the instance id StartInstance gave it, and forgets it
-    only when told "no plugin instance"; a server that numbered from 0 again after a restart
-    would serve a worker's stale id with another route's instance, under that route's policy.
-    No process issues a million ids a second, so a later process never meets an earlier one's
-    ids (the clock never goes back, and Kong's workers do not outlive a reboot). Well within
-    2^53, where Kong's Lua numbers stop being exact."""
-    return time.clock_gettime_ns(time.CLOCK_BOOTTIME) // 1000
-
-
-class _NumberedFromNow:
-    """Wraps the listener kong-pdk's ``start_dedicated_server`` builds, to number the plugin
-    server's instances and events from first_id()."""
-
-    def __init__(self, listener: Callable[..., Any]) -> None:
-        self._listener = listener
-
-    def __call__(self, plugin_server: Any, *args: Any, **options: Any) -> Any:
-        plugin_server.instance_id = plugin_server.event_id = first_id()
-        return self._listener(plugin_server, *args, **options)
-
-
-def start_dedicated_server(
-    name: str,
-    plugin: type,
-    version: str | None = None,
-    priority: int = 0,
-    schema: Sequence[Any] = (),
-) -> Any:
-    """kong-pdk's ``start_dedicated_server``, with its options, on the lean transport.
-
-    ``--dump``, a server without ``-g`` and ``CUSTOMER_VERIFICATION_TRANSPORT=kong-pdk`` are
-    kong-pdk's own, but for where ids start (first_id).
-    """
-    args = pdk_cli.parse(dedicated=True)
-    listener = pdk_cli.UnixStreamServer
-    if not args.dump and args.gevent and chosen_transport() == "lean":
-        listener = _LeanListener
-    pdk_cli.UnixStreamServer = _NumberedFromNow(listener)
-    return pdk_cli.start_dedicated_server(name, plugin, version, priority, list(schema))

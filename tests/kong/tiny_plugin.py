@@ -15,9 +15,7 @@ import gevent
 from customer_auth.kong import transport
 
 # the transport CUSTOMER_VERIFICATION_TRANSPORT names
-from customer_auth.kong.transport import (
-    start_dedicated_server,
-)
+from customer_auth.kong.server import start_dedicated_server
 
 version = "0.1.0"
 priority = 10
