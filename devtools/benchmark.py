@@ -47,12 +47,19 @@ MODES = {  # name: (start flags, environment)
     ),
     "kong-pdk": (["-g", "--no-lua-style"], {"CUSTOMER_VERIFICATION_TRANSPORT": "kong-pdk"}),
     "threading": (["--no-lua-style"], {}),  # kong-pdk's default mode
+    # two processes under the supervisor (each client process is a "worker" to route by)
+    "lean x2": (
+        ["-g", "--no-lua-style"],
+        {"CUSTOMER_VERIFICATION_TRANSPORT": "lean", "CUSTOMER_VERIFICATION_PROCESSES": "2"},
+    ),
 }
 DEFAULT_MODES = ("lean", "kong-pdk")
 WARM_CUSTOMERS = 200
 COLD_CUSTOMERS = 200_000
 SCENARIOS = {  # name: (plugin script, BENCHMARK_PLUGIN, requests, plugin config)
     "limit": ("devtools/benchmark_plugins.py", "limit", "warm", {}),
+    # 5 ms of Python per request: the plugin server, not the gateway, is the bottleneck
+    "busy": ("devtools/benchmark_plugins.py", "busy", "warm", {}),
     "warm cache": ("customer_verification.py", None, "warm", {}),
     "warm cache with consumers": (
         "customer_verification.py",

@@ -31,8 +31,14 @@ ENVIRONMENT = {
     ),
     "CUSTOMER_VERIFICATION_POOL_SIZE": (
         "4",
-        "Lookup connections per plugin server (1 to 1000); half as many more on "
-        "the primary for lagging-standby lookups, and for nonce claims.",
+        "Lookup connections per plugin server (1 to 1000), shared out among its processes; "
+        "half as many more on the primary for lagging-standby lookups, and for nonce claims.",
+    ),
+    "CUSTOMER_VERIFICATION_PROCESSES": (
+        "1",
+        "Plugin server processes (1 to 64), or `auto`: one per core, as nginx's "
+        "`worker_processes auto`. Above 1 a supervisor hands each nginx worker's connections to "
+        "one of them (lean transport, `-g`); see Performance.",
     ),
     "CUSTOMER_VERIFICATION_DB_TIMEOUT": (
         "2",

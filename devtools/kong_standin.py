@@ -185,6 +185,9 @@ class Request:
             return self._content_length()
         if name == "request_uri":
             return self.target
+        if name == "request":
+            version = "2.0" if self.http_version >= 2 else str(self.http_version)
+            return f"{self.method} {self.target} HTTP/{version}"
         return None
 
     def _content_length(self):
@@ -745,12 +748,19 @@ class PluginServer:
         return int(self._status("Threads"))
 
     def cpu_times(self):
-        """(user, system) CPU seconds the server has used so far."""
-        with open(f"/proc/{self.process.pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()  # the command name may hold spaces
-        return int(fields[11]) / os.sysconf("SC_CLK_TCK"), int(fields[12]) / os.sysconf(
-            "SC_CLK_TCK"
-        )
+        """(user, system) CPU seconds the server has used so far: its processes summed (a
+        supervisor's children included, and what its children that exited used)."""
+        user = system = 0
+        for pid in [self.process.pid, *_descendants(self.process.pid)]:
+            try:
+                with open(f"/proc/{pid}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()  # a name may hold spaces
+            except FileNotFoundError:
+                continue  # exited meanwhile
+            user += int(fields[11]) + (int(fields[13]) if pid == self.process.pid else 0)
+            system += int(fields[12]) + (int(fields[14]) if pid == self.process.pid else 0)
+        ticks = os.sysconf("SC_CLK_TCK")
+        return user / ticks, system / ticks
 
     def file_descriptors(self):
         return len(os.listdir(f"/proc/{self.process.pid}/fd"))
@@ -764,3 +774,14 @@ class PluginServer:
                 if line.startswith(field + ":"):
                     return line.split(":", 1)[1].strip()
         raise KeyError(field)
+
+
+def _descendants(pid):
+    """The pids of a process's children, and theirs."""
+    children = []
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as listed:
+            children = [int(child) for child in listed.read().split()]
+    except FileNotFoundError:
+        return []
+    return children + [grandchild for child in children for grandchild in _descendants(child)]

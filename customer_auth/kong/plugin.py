@@ -67,28 +67,48 @@ class KongRequest:
         self.headers: dict[str, list[str]] = pdk_value(kong.request.get_headers(MAX_HEADER_LINES))
         if sum(len(values) for values in self.headers.values()) >= MAX_HEADER_LINES:
             raise too_many_headers(MAX_HEADER_LINES - 1)
-        self._asked: dict[str, Any] = {}
+        self._scheme: str | None = None
+        self._line: tuple[str, str, float] | None = None
         self._length: int | None = None
 
-    def _ask(self, function: str) -> Any:
-        if function not in self._asked:
-            self._asked[function] = pdk_value(getattr(self._kong.request, function)())
-        return self._asked[function]
+    def request_line(self) -> tuple[str, str, float]:
+        """Method, raw target and HTTP version in one round trip: nginx's ``$request`` (over
+        HTTP/2 nginx writes one too). An absolute-form target (``GET http://host/p?q``) is read as
+        nginx reads it, the path and query that follow the authority."""
+        if self._line is None:
+            line = str(pdk_value(self._kong.nginx.get_var("request")) or "")
+            method, _, rest = line.partition(" ")
+            target, _, protocol = rest.rpartition(" ")
+            if not target.startswith("/") and "://" in target:
+                authority_and_rest = target.split("://", 1)[1]
+                cut = min(
+                    (
+                        at
+                        for at in (authority_and_rest.find("/"), authority_and_rest.find("?"))
+                        if at >= 0
+                    ),
+                    default=len(authority_and_rest),
+                )
+                rest = authority_and_rest[cut:]
+                target = rest if rest.startswith("/") else "/" + rest
+            version = protocol.partition("/")[2]
+            self._line = method, target, float(version) if version else 0.9
+        return self._line
 
     def method(self) -> str:
-        method: str = self._ask("get_method")
-        return method
+        return self.request_line()[0]
 
     def parts(self, need: RequestParts) -> Parts:
-        """Only the parts asked for: each is a round trip."""
-        return Parts(
-            self._ask("get_method") if need.method else "",
-            self._ask("get_path_with_query") if need.target else "",  # as received
-            self._ask("get_scheme") if need.scheme else "",
+        """Only the parts asked for: the request line is one round trip, the scheme another."""
+        method, target, _version = (
+            self.request_line() if need.method or need.target else ("", "", 0)
         )
+        if need.scheme and self._scheme is None:
+            self._scheme = str(pdk_value(self._kong.request.get_scheme()))
+        return Parts(method, target, self._scheme or "")
 
     def http_version(self) -> float:
-        return float(self._ask("get_http_version") or 1.1)
+        return self.request_line()[2]
 
     def has_body(self) -> bool:
         return self._body_length() > 0

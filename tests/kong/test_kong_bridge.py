@@ -2,6 +2,8 @@
 read from ``KONG_SOURCE``) in nginx with lua-nginx-module, two workers: what a Kong user gets,
 where the Kong stand-in is only a model. See devtools/kong_bridge and docs/development.md."""
 
+import os
+import time
 import uuid
 
 import httpx
@@ -246,3 +248,143 @@ def test_a_restart_never_hands_one_routes_requests_to_another_routes_instance(
     finally:
         bridge.stop()
         server.stop()
+
+
+# -- several processes behind several nginx workers (CUSTOMER_VERIFICATION_PROCESSES) -------------
+
+MIXED = {
+    # route, what is sent, the answer a correct server gives
+    "v1": ("/both/x", "v1", 200),
+    "v1 wrong key": ("/both/x", "v1-wrong", 403),
+    "v1 on an RFC 9421 route": ("/rfc9421/x", "v1", 403),
+    "rfc9421": ("/rfc9421/x", "rfc9421", 200),
+    "replay-protected": ("/replay/x", "rfc9421", 200),
+    "consumer (a yielding PDK call)": ("/consumer/x", "rfc9421", 200),
+    "unsigned": ("/both/x", "none", 400),
+}
+
+
+def mixed_request(gateway, case):
+    path, kind, expected = MIXED[case]
+    if kind == "v1":
+        headers = v1_headers()
+    elif kind == "v1-wrong":
+        headers = v1_headers("wrong")
+    elif kind == "rfc9421":
+        headers = rfc9421_headers(gateway, "GET", path)
+    else:
+        headers = []
+    return path, headers, expected
+
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def load(gateway, seconds, stop_early=lambda: False):
+    """Mixed requests from 8 threads, each on new connections (any worker): ``(case, expected,
+    status)`` for each."""
+    import concurrent.futures
+    import itertools
+
+    cases = itertools.cycle(MIXED)
+    deadline = time.monotonic() + seconds
+
+    def one(case):
+        path, headers, expected = mixed_request(gateway, case)
+        try:
+            status = gateway.request("GET", path, headers, timeout=10)[0]
+        except OSError:
+            status = None
+        return case, expected, status
+
+    results = []
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        while time.monotonic() < deadline and not stop_early():
+            results += pool.map(one, [next(cases) for _ in range(16)])
+    return results
+
+
+def wrong(results, allowed=()):
+    """Answers that are neither the right one nor one of ``allowed`` (the fail-closed 503)."""
+    return [result for result in results if result[2] != result[1] and result[2] not in allowed]
+
+
+@pytest.fixture
+def supervised_gateway(database_url, customers):
+    customers.execute("DELETE FROM customer_nonce")
+    customers.add("cert-1", SECRET)
+    server = PluginServer(
+        ROOT / "customer_verification.py",
+        short_directory(),
+        "customer_verification",
+        ["-g", "--no-lua-style"],
+        env={"DATABASE_URL": database_url, "CUSTOMER_VERIFICATION_PROCESSES": "2"},
+    ).start()
+    bridge = KongBridge(SOURCE, server, ROUTES, consumers=[CONSUMER], workers=4).start()
+    yield bridge, server
+    bridge.stop()
+    server.stop()
+
+
+def children_of(pid):
+    import subprocess
+
+    found = subprocess.run(["ps", "--ppid", str(pid), "-o", "pid="], capture_output=True, text=True)
+    return sorted(int(line) for line in found.stdout.split())
+
+
+def test_two_processes_behind_four_workers_answer_every_request_rightly(supervised_gateway):
+    bridge, server = supervised_gateway
+    children = children_of(server.process.pid)
+    ticks = {child: cpu_ticks(child) for child in children}
+    results = load(bridge, 6)
+    assert len(results) > 200 and wrong(results) == []
+    assert all(cpu_ticks(child) > ticks[child] for child in children)  # both served
+    assert bridge.errors() == []
+
+
+def test_a_child_killed_mid_load_costs_only_fail_closed_answers(supervised_gateway):
+    import signal
+    import threading
+
+    bridge, server = supervised_gateway
+    victim = children_of(server.process.pid)[0]
+    threading.Timer(1.5, os.kill, (victim, signal.SIGKILL)).start()
+    results = load(bridge, 5)
+    assert wrong(results, allowed=(503, None)) == []
+    assert sum(1 for result in results if result[2] == result[1]) > 100
+    assert wrong(load(bridge, 2)) == []  # replaced: all answered rightly again
+
+
+def test_an_nginx_reload_and_a_restart_of_the_whole_server_give_no_wrong_answer(
+    supervised_gateway,
+):
+    import threading
+
+    bridge, server = supervised_gateway
+    threading.Timer(1.0, bridge.reload).start()
+    assert wrong(load(bridge, 4)) == []
+    server.stop(kill=True)
+    server.start()  # as Kong respawns it: every worker's instance ids are stale now
+    time.sleep(1)
+    assert wrong(load(bridge, 3), allowed=(503,)) == []
+    assert wrong(load(bridge, 2)) == []
+
+
+def test_replay_protection_holds_across_processes(supervised_gateway):
+    import concurrent.futures
+
+    bridge, _server = supervised_gateway
+    for _ in range(3):
+        headers = rfc9421_headers(bridge, "GET", "/replay/x")
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            statuses = [
+                answer[0]
+                for answer in pool.map(
+                    bridge.request, ["GET"] * 8, ["/replay/x"] * 8, [headers] * 8
+                )
+            ]
+        assert sorted(statuses) == [200] + [403] * 7

@@ -28,15 +28,19 @@ class Wire:
     connection (by number; each is opened on first use) and returns the raw answer, or None when
     none comes within ``timeout``.
 
-    A server numbers instances and events from an id of its own (transport.first_id): the
-    ids the tests write and read are relative to the first instance's, so that two servers'
-    conversations compare (an answer with an id is packed again with the relative one)."""
+    A server numbers instances and events with ids of its own (customer_auth/kong/ids.py): the
+    tests write and read them as numbers in order of appearance (instances from 0, events from
+    1), so that two servers' conversations compare (an answer with an id is packed again with
+    the test's number). A number never seen stands for an id no server gives."""
+
+    UNSEEN = 10**15  # plus a test's number: an id no server gives
 
     def __init__(self, path, timeout=3.0):
         self.path, self.timeout = path, timeout
         self.connections = {}
         self.msgids = itertools.count(1)
-        self.base = None  # the server's first instance id, once seen
+        self.ids = {"Id": {}, "EventId": {}}  # the test's number -> the server's id, by kind
+        self.numbers = {}  # the server's id -> the test's number
 
     def connection(self, number):
         if number not in self.connections:
@@ -54,31 +58,41 @@ class Wire:
         if raw is None:
             return None
         answer = decoded(raw)
-        if method == "plugin.StartInstance" and self.base is None and answer[3]:
-            self.base = answer[3]["Id"]
+        result = answer[3] if isinstance(answer[3], dict) else {}
+        for kind, first in (("Id", 0), ("EventId", 1)):
+            if method in ("plugin.StartInstance", "plugin.HandleEvent") and kind in result:
+                given = result[kind]
+                if given not in self.numbers:
+                    self.numbers[given] = first + len(self.ids[kind])
+                    self.ids[kind][self.numbers[given]] = given
         relative = self._relative(answer)
         return raw if relative == answer else msgpack.packb(relative)
 
+    def _server_id(self, kind, number):
+        return self.ids[kind].get(number, self.UNSEEN + number)
+
     def _absolute(self, method, arg):
-        if self.base is None:
-            return arg
         if type(arg) is int and method in ("plugin.InstanceStatus", "plugin.CloseInstance"):
-            return arg + self.base
+            return self._server_id("Id", arg)
         if isinstance(arg, dict):
+            kinds = {"InstanceId": "Id", "EventId": "EventId"}
             return {
-                key: value + self.base
-                if key in ("InstanceId", "EventId") and type(value) is int
+                key: self._server_id(kinds[key], value)
+                if key in kinds and type(value) is int
                 else value
                 for key, value in arg.items()
             }
         return arg
 
+    def _number(self, given):
+        if given in self.numbers:
+            return self.numbers[given]
+        return given - self.UNSEEN if given >= self.UNSEEN else given
+
     def _relative(self, value):
-        if self.base is None:
-            return value
         if isinstance(value, dict):
             return {
-                key: item - self.base
+                key: self._number(item)
                 if key in ("Id", "EventId") and type(item) is int
                 else self._relative(item)
                 for key, item in value.items()
@@ -86,7 +100,7 @@ class Wire:
         if isinstance(value, list):
             return [self._relative(item) for item in value]
         if isinstance(value, str):
-            return re.sub(r"\d{7,}", lambda number: str(int(number.group()) - self.base), value)
+            return re.sub(r"\d{7,}", lambda found: str(self._number(int(found.group()))), value)
         return value
 
     def _call(self, method, arg, on):
@@ -406,7 +420,7 @@ def test_without_gevent_or_when_asked_the_server_is_stock_kong_pdk(served):
         wire.call("plugin.StartInstance", {"Name": "tiny", "Config": CONFIG})
         wire.call("plugin.HandleEvent", {"InstanceId": 0, "EventName": "access"})
         # kong-pdk's
-        assert wire.call("plugin.StepMultiMap", {"EventId": 0, "Data": headers_of("raise")}) is None
+        assert wire.call("plugin.StepMultiMap", {"EventId": 1, "Data": headers_of("raise")}) is None
         assert "lean transport" not in server.log()
     server, _ = served("lean")
     assert "lean transport" in server.log()
