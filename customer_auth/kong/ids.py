@@ -34,16 +34,39 @@ class Ids:
         return given
 
 
+INSTANCE_TTL = 3600.0  # seconds an instance may go unused before it is dropped
+
+
 def number_instances(plugin_server: Any, ids: Ids) -> None:
     """kong-pdk's ``start_instance`` numbers instances 0, 1, 2... in every process: each is
-    given an id of ``ids`` instead, under which Kong finds it from then on."""
+    given an id of ``ids`` instead, under which Kong finds it from then on. Every nginx worker
+    starts its own instance of each plugin entity (and new workers after each reload): a config
+    that an instance already has (Kong's JSON, its ``__seq__`` included) gets that instance, so
+    they are as many as the entities, not as the workers that came and went."""
     start_instance = plugin_server.start_instance
+    by_config: dict[str, int] = {}
 
     def numbered(config: Any) -> Any:
+        text = config.get("Config") if isinstance(config, dict) else None
+        known = by_config.get(text) if isinstance(text, str) else None
+        if known is not None and known in plugin_server.instances:
+            return plugin_server.instance_status(known)
         status = start_instance(config)
         given = ids.next()
         plugin_server.instances[given] = plugin_server.instances.pop(status["Id"])
         status["Id"] = given
+        if isinstance(text, str):
+            by_config[text] = given
         return status
 
     plugin_server.start_instance = numbered
+
+
+def expire_unused(plugin_server: Any, ttl: float = INSTANCE_TTL) -> int:
+    """Drops the instances no event has used for ``ttl`` seconds (those of a config Kong changed,
+    of nginx workers gone); a worker that still holds one's id gets "no plugin instance" and
+    starts it again. Returns how many went."""
+    expired = [iid for iid, instance in plugin_server.instances.items() if instance.is_expired(ttl)]
+    for iid in expired:
+        del plugin_server.instances[iid]
+    return len(expired)

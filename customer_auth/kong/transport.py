@@ -45,7 +45,7 @@ from customer_auth import metrics
 from customer_auth.core.terms import LOGGER_NAME
 from customer_auth.errors import MalformedMessage
 from customer_auth.kong.events import RET, TERMINAL_METHODS, TIMED_OUT, Event, Namespace
-from customer_auth.kong.ids import Ids
+from customer_auth.kong.ids import Ids, expire_unused
 from customer_auth.kong.processes import child_slot
 
 log = logging.getLogger(LOGGER_NAME)
@@ -71,6 +71,7 @@ HANDLER_TIMEOUT = 60.0
 # client's body), so this is generous; past it Kong has given the request up.
 STEP_TIMEOUT = 600.0
 SWEEP_INTERVAL = 1.0
+INSTANCE_SWEEP_INTERVAL = 60.0
 READ_SIZE = 65536
 # The largest message Kong may send: a body the plugin asked for (at most max_body_size's upper
 # bound, schema.py) and the request's headers. A connection never buffers more: past it, it ends.
@@ -100,6 +101,7 @@ class LeanTransport:
         # kong-pdk's method name -> its PluginServer method, converted once
         self._names: dict[str, Callable[..., Any]] = {}
         self._sweeper: Any = None
+        self._instances_swept = time.monotonic()
         self.connections = 0
         metrics.KONG_CONNECTIONS.set_function(lambda: self.connections)
         metrics.EVENTS_OPEN.set_function(lambda: len(self.events))
@@ -373,8 +375,12 @@ class LeanTransport:
 
     def sweep(self) -> None:
         """Runs in the hub: ends events whose handler Kong has waited for too long (Kong gets an
-        error answer, if it still listens) and events Kong stopped stepping."""
+        error answer, if it still listens) and events Kong stopped stepping; now and then, drops
+        instances nothing uses any more."""
         now = time.monotonic()
+        if now - self._instances_swept > INSTANCE_SWEEP_INTERVAL:
+            self._instances_swept = now
+            expire_unused(self.server)
         for event in list(self.events.values()):
             waiter = event.waiter
             if waiter is not None and now - event.since > self.handler_timeout:

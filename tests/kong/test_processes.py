@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+import types
 import urllib.request
 
 import pytest
@@ -141,3 +142,21 @@ def test_ids_never_meet_across_processes_or_restarts():
     later = Ids(0)
     assert later.next() > max(given)
     assert max(given) < 2**53  # exact in Kong's Lua numbers
+
+
+def test_an_instance_nothing_uses_is_dropped_and_a_used_one_kept():
+    from kong_pdk.module import Instance
+
+    from customer_auth.kong.ids import expire_unused
+
+    class Plugin:
+        def __init__(self, config):
+            self.config = config
+
+    server = types.SimpleNamespace(
+        instances={1: Instance("p", {}, Plugin, None), 2: Instance("p", {}, Plugin, None)}
+    )
+    for instance in server.instances.values():
+        instance.start_time -= 7200
+    server.instances[2].reset_expire_ts()
+    assert expire_unused(server, ttl=3600) == 1 and list(server.instances) == [2]

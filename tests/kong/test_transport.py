@@ -489,3 +489,12 @@ def test_accept_errors_are_survived_logged_once_and_backed_off(served):
     assert decoded(wire.call("plugin.InstanceStatus", 0, 3))[3]["Name"] == "tiny"
     log = server.log()
     assert log.count("cannot accept Kong's connections (Too many open files)") == 1, log
+
+
+def test_a_config_an_instance_has_gets_that_instance_whichever_worker_asks(served):
+    _, wire = served("lean")
+    first = decoded(wire.call("plugin.StartInstance", {"Name": "tiny", "Config": CONFIG}, 0))
+    again = decoded(wire.call("plugin.StartInstance", {"Name": "tiny", "Config": CONFIG}, 1))
+    changed = json.dumps({**json.loads(CONFIG), "__seq__": 2})
+    other = decoded(wire.call("plugin.StartInstance", {"Name": "tiny", "Config": changed}, 2))
+    assert first[3]["Id"] == again[3]["Id"] != other[3]["Id"]
