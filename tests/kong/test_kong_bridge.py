@@ -388,3 +388,19 @@ def test_replay_protection_holds_across_processes(supervised_gateway):
                 )
             ]
         assert sorted(statuses) == [200] + [403] * 7
+
+
+def test_an_absolute_form_request_line_is_verified_as_nginx_reads_it(gateway, customer, quiet):
+    import socket
+
+    headers = rfc9421_headers(gateway, "GET", "/rfc9421/x?a=1")
+    lines = [f"{name}: {value}" for name, value in headers]
+    request = "\r\n".join(
+        ["GET http://gateway.test/rfc9421/x?a=1 HTTP/1.1", "Host: gateway.test", *lines]
+    )
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as connection:
+        connection.sendall(request.encode() + b"\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]

@@ -515,3 +515,11 @@ def test_uncommon_forms_take_the_full_parser_and_mean_the_same():
     assert fast == spaced
     with pytest.raises(MalformedSignature):
         rfc9421.parse_signature_input(['sig1=("@method");created=1, sig1=("@path");created=2'])
+
+
+def test_an_absolute_form_target_is_signed_by_its_path_and_query(gateway, keyed):
+    request = library_signed("GET", "http://gw.test/a?b=1")
+    absolute = dict(request, target="http://gw.test/a?b=1")  # nginx's $request holds it so
+    assert send(gateway, absolute).status == 200
+    moved = dict(request, target="http://gw.test/other?b=1")
+    assert send(gateway, moved).status == 403
