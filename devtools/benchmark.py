@@ -447,8 +447,8 @@ def targets(rows, measured):
         f"{ratio(('rfc9421 hmac', shipped), warm):.2f}, "
         f"rfc9421 ed25519 / warm cache: {ratio(('rfc9421 ed25519', shipped), warm):.2f}; round "
         "trips "
-        f"{by[('rfc9421 hmac', shipped)]['round_trips']:.2f} (<= 7: the body, or whether there is "
-        "one, is asked of Kong)",
+        f"{by[('rfc9421 hmac', shipped)]['round_trips']:.2f} (<= 5 bodiless: the request line is "
+        "one call, nginx's $request)",
     ]
     protected, hmac = ("rfc9421 hmac replay-protected", shipped), ("rfc9421 hmac", shipped)
     lines.append(

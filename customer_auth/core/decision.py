@@ -166,14 +166,16 @@ class Verifier:
         """The Customer of a correctly signed request; Rejection otherwise (see the module)."""
         if RFC9421 in self.schemes and ("signature-input" in headers or "signature" in headers):
             return (yield from self._rfc9421(headers))
-        if V1 in self.schemes:
+        signed_v1 = any(name in headers for name in self.v1_headers)
+        if V1 in self.schemes and (signed_v1 or RFC9421 not in self.schemes):
             return (yield from self._v1(headers))
-        if any(name in headers for name in self.v1_headers):
+        if signed_v1:
             raise (
                 nonce_required(self._accept_signature())
                 if self.replay_protection
                 else scheme_required(self.schemes)
             )
+        # Unsigned: new clients are pointed at RFC 9421 where the route takes it.
         raise missing("Signature-Input", self._accept_signature())
 
     # -- v1: the three client-* headers -----------------------------------------------------

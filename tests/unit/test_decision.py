@@ -181,3 +181,12 @@ def test_everything_the_package_raises_has_one_base():
     assert not issubclass(errors.InvalidSettings, errors.StoreUnavailable)
     tree = errors.__doc__
     assert all(error.__name__ in tree for error in raised)
+
+
+def test_an_unsigned_request_is_pointed_at_rfc9421_where_the_route_takes_it():
+    asked, refused = needs_of(Verifier(DEFAULTS), {}, Request())
+    assert (refused.status, refused.message) == (400, "Missing Signature-Input header")
+    assert "Accept-Signature" in refused.headers
+    v1_only = Verifier({**DEFAULTS, "signature_schemes": ["v1"]})
+    asked, refused = needs_of(v1_only, {}, Request())
+    assert refused.message == "Missing client-certificate-id header" and not refused.headers
