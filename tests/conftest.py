@@ -1,5 +1,8 @@
-"""Shared fixtures: a real Postgres (``DATABASE_URL`` when set, else a throwaway server), a fresh
-database with the schema per test module, and helpers to add customers."""
+"""Shared fixtures: a real Postgres (a throwaway server, or the one ``--test-postgres`` names), a
+fresh database with the schema per test module, and helpers to add customers.
+
+The tests never use a database from the environment: ``DATABASE_URL`` exported for an operator's
+work is ignored, so a test run cannot create or drop databases on that server."""
 
 import contextlib
 import json
@@ -15,14 +18,32 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 SCHEMA = (ROOT / "customer_schema.sql").read_text()
 
 
-@pytest.fixture(scope="session")
-def postgres():
-    """A Postgres server: ``DATABASE_URL`` when set, else a throwaway one for this session.
+def pytest_configure(config):
+    """Nothing started by a test (a plugin server, a service, the CLI) may reach a database named
+    by the environment: every one is given the test's own."""
+    from customer_auth.store.connection import LIBPQ_VARIABLES
 
-    Yields ``(dsn, server)``; ``server`` is None for an external one (fault tests need their own).
-    """
-    if os.environ.get("DATABASE_URL"):
-        yield os.environ["DATABASE_URL"], None
+    for name in ("DATABASE_URL", "CUSTOMER_VERIFICATION_LISTENER_URL", *LIBPQ_VARIABLES):
+        os.environ.pop(name, None)
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--test-postgres",
+        metavar="URL",
+        help="a Postgres server the tests may create and drop databases on, as a superuser "
+        "(default: a throwaway one)",
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres(request):
+    """A Postgres server: the one ``--test-postgres`` names, else a throwaway one for this
+    session. Yields ``(dsn, server)``; ``server`` is None for an external one (fault tests need
+    their own)."""
+    named = request.config.getoption("--test-postgres")
+    if named:
+        yield named, None
         return
     from devtools.throwaway_postgres import ThrowawayPostgres
 
