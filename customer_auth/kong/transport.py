@@ -117,8 +117,6 @@ class LeanTransport:
         os.chmod(path, 0o600)
         listener.listen(backlog)
         self.server.logger.info("server (gevent, lean transport) started at path " + path)
-        # exits when Kong has gone
-        gevent.spawn(pdk_listener.watchdog, gevent.sleep, self.server.logger)
         self.start_sweeping()
         self.accept_forever(listener)
 
@@ -130,7 +128,6 @@ class LeanTransport:
         channel.setblocking(False)
         readable = self.hub.loop.io(channel_fd, 1)
         self.server.logger.info("server (gevent, lean transport) serving the supervisor's channel")
-        gevent.spawn(pdk_listener.watchdog, gevent.sleep, self.server.logger)
         self.start_sweeping()
         while True:
             self.hub.wait(readable)
@@ -377,6 +374,9 @@ class LeanTransport:
         """Runs in the hub: ends events whose handler Kong has waited for too long (Kong gets an
         error answer, if it still listens) and events Kong stopped stepping; now and then, drops
         instances nothing uses any more."""
+        if os.getppid() == 1:  # Kong (or the supervisor) has gone: kong-pdk's watchdog, on a timer
+            self.server.logger.info("Kong exits, terminating...")
+            self.hub.loop.run_callback(sys.exit)
         now = time.monotonic()
         if now - self._instances_swept > INSTANCE_SWEEP_INTERVAL:
             self._instances_swept = now
