@@ -17,9 +17,6 @@ import types
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
-import psycopg2
-import psycopg2.errors
-
 from customer_auth import client, errors
 from customer_auth.core import v1
 from customer_auth.errors import (
@@ -29,11 +26,11 @@ from customer_auth.errors import (
     NoActiveCustomer,
     OtherKeyKind,
 )
-from customer_auth.store import customers
-from customer_auth.store.connection import PRIMARY, Connection, Settings, connect, describe
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from customer_auth.store.connection import Connection
 
 DEFAULT_GRACE = 24 * 3600
 # a rotation is meant to end: longer would keep an old key alive for good
@@ -221,16 +218,31 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     except SystemExit as usage:  # argparse has printed why; 0 after --help, 2 for bad usage
         return usage.code if isinstance(usage.code, int) else EXIT_USAGE
     try:
-        if args.command == "sign":
+        if args.command == "sign":  # a client's: no database, nothing but the base install
             return _sign(args, out)
+        return _administer(args, out)
+    except Failure as failure:
+        print(f"customer-verification: {failure}", file=sys.stderr)
+        return failure.exit_code
+
+
+def _administer(args: argparse.Namespace, out: TextIO) -> int:
+    """The commands that change or list customers: the ``admin`` extra's."""
+    try:
+        import psycopg2.errors
+    except ImportError:
+        raise Failure(
+            EXIT_USAGE,
+            f"{args.command} needs the admin extra: pip install 'customer-verification[admin]'",
+        ) from None
+    from customer_auth.store.connection import describe
+
+    try:
         conn = _connect()
         try:
             _run(args, conn, out)
         finally:
             conn.close()
-    except Failure as failure:
-        print(f"customer-verification: {failure}", file=sys.stderr)
-        return failure.exit_code
     except CertificateExists as error:
         print(f"customer-verification: {error}", file=sys.stderr)
         return EXIT_EXISTS
@@ -264,6 +276,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
 
 
 def _connect() -> Connection:
+    import psycopg2
+
+    from customer_auth.store.connection import PRIMARY, Settings, connect, describe
+
     try:
         conn = connect(Settings.from_environment(), PRIMARY)  # writes: never a standby
     except InvalidSettings as error:
@@ -275,6 +291,8 @@ def _connect() -> Connection:
 
 
 def _run(args: argparse.Namespace, conn: Connection, out: TextIO) -> None:
+    from customer_auth.store import customers
+
     if args.command == "add":
         customer_id, client_key = customers.add_customer(conn, args.certificate_id, args.public_key)
         key_line = (

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from customer_auth.core import v1
+from customer_auth.errors import StreamingBody
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -27,10 +28,6 @@ Request = TypeVar("Request")  # a requests.PreparedRequest or an httpx.Request
 # What the gateway requires by default; Content-Digest is added when there is a body.
 COVERED_COMPONENTS = ("@method", "@path", "@query")
 LABEL = "sig1"
-
-
-class StreamingBody(TypeError):
-    """A request whose body is a stream cannot be signed: its digest needs every byte first."""
 
 
 def new_nonce() -> str:
@@ -98,12 +95,22 @@ def _body(request: Any) -> bytes | None:
     raise StreamingBody(f"cannot sign a streaming body ({type(body).__name__}): send bytes")
 
 
-class SignedRequestAuth:
+try:  # an httpx.Auth where httpx is installed: httpx then reads a streaming body first
+    from httpx import Auth as _HttpxAuth
+except ImportError:  # requests alone
+    _HttpxAuth = object  # type: ignore[misc,assignment]
+
+
+class SignedRequestAuth(_HttpxAuth):
     """Signs each outgoing request; works as ``auth=`` for both requests and httpx.
 
-    ``scheme="v1"`` sends the three client-* headers instead (a shared secret only), which carry
-    no nonce; ``nonce=False`` signs RFC 9421 without one.
+    With httpx it is an ``httpx.Auth`` that asks for the body first (``requires_request_body``),
+    so a streaming body is read and signed; requests calls it with the prepared request, whose
+    body must then be bytes or text. ``scheme="v1"`` sends the three client-* headers instead (a
+    shared secret only), which carry no nonce; ``nonce=False`` signs RFC 9421 without one.
     """
+
+    requires_request_body = True
 
     def __init__(
         self,
@@ -123,6 +130,10 @@ class SignedRequestAuth:
         self._client_key = client_key
         self._private_key = private_key
         self._nonce = nonce
+
+    def auth_flow(self, request: Any) -> Any:
+        """httpx's: the request, signed (its body already read)."""
+        yield self(request)
 
     def __call__(self, request: Request) -> Request:
         if self.scheme == "v1":

@@ -83,7 +83,7 @@ def serve(
         if channel is None:
             metrics.serve_from_environment(health)
         else:  # a child: the supervisor collects its metrics from a port of its own
-            port = metrics.serve(0, health).server_port
+            port = metrics.serve(0, health, forever=True).server_port
             with socket.socket(fileno=os.dup(channel)) as announce:
                 announce.send(METRICS_MESSAGE + str(port).encode())
         accept_raw_bytes()

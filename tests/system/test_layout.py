@@ -131,7 +131,10 @@ def test_the_wheel_holds_the_plugin_its_runtime_and_the_cli_and_nothing_else(whe
     assert "customer-verification = customer_auth.cli:main" in entry_points
 
 
-def test_the_installed_wheel_runs_as_kong_starts_it_in_a_fresh_virtualenv(wheel, tmp_path):
+SERVER_PACKAGES = ("kong-pdk", "gevent", "psycopg2-binary", "prometheus-client", "msgpack")
+
+
+def test_the_installed_wheel_signs_alone_and_runs_as_kong_starts_it_with_its_extra(wheel, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     subprocess.run(
@@ -142,6 +145,26 @@ def test_the_installed_wheel_runs_as_kong_starts_it_in_a_fresh_virtualenv(wheel,
     )
     # Run outside the repository, so nothing but the installed package can be imported.
     env = {"PATH": os.environ["PATH"], "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
+    # The base install is a client's: it signs, and brings nothing of the server.
+    listed = subprocess.run(
+        [venv / "bin" / "pip", "list", "--format=freeze"], capture_output=True, text=True
+    ).stdout.lower()
+    assert not [name for name in SERVER_PACKAGES if f"{name}==" in listed.replace("_", "-")]
+    signed = subprocess.run(
+        [venv / "bin" / "customer-verification", "sign", "cert-1", "--key", "k", "--v1"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert signed.returncode == 0 and "client-request-signature: " in signed.stdout
+    subprocess.run(
+        [venv / "bin" / "pip", "install", "-q", f"{wheel}[kong,admin]"],
+        check=True,
+        capture_output=True,
+        timeout=400,
+    )
     dump = subprocess.run(
         [venv / "bin" / "python", "-m", "customer_verification", "--dump"],
         cwd=tmp_path,
