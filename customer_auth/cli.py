@@ -25,6 +25,7 @@ from customer_auth.errors import (
     InvalidSettings,
     NoActiveCustomer,
     OtherKeyKind,
+    StillRotating,
 )
 
 if TYPE_CHECKING:
@@ -100,6 +101,14 @@ def curl_command(
     return " ".join(shlex.quote(part) for part in parts)
 
 
+def header_line(text: str) -> tuple[str, str]:
+    """An argparse type: ``NAME: VALUE``."""
+    name, colon, value = text.partition(":")
+    if not colon or not name.strip() or not name.strip().replace("-", "").isalnum():
+        raise argparse.ArgumentTypeError("expected 'NAME: VALUE'")
+    return name.strip(), value.strip()
+
+
 def client_key_text(text: str) -> str:
     """An argparse type: a client key is never empty."""
     if not text.strip():
@@ -148,8 +157,18 @@ def _parser() -> argparse.ArgumentParser:
     rotate.add_argument(
         "--public-key", metavar="FILE", type=public_key_file, help="the new " + public_key_help
     )
+    rotate.add_argument(
+        "--force",
+        action="store_true",
+        help="rotate within an earlier rotation's grace period, ending its previous key now",
+    )
     commands.add_parser("revoke", help="stop accepting a customer's requests").add_argument(
         "certificate_id", type=certificate_id, help=CERTIFICATE_HELP
+    )
+    restore = commands.add_parser("restore", help="accept a revoked customer's requests again")
+    restore.add_argument("certificate_id", type=certificate_id, help=CERTIFICATE_HELP)
+    restore.add_argument(
+        "--new-key", action="store_true", help="with a new client key instead of the one it had"
     )
     commands.add_parser("list", help="list customers (never their keys)")
     sign = commands.add_parser(
@@ -181,6 +200,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     sign.add_argument(
         "--v1", action="store_true", help="the three client-* headers (no method, path or body)"
+    )
+    sign.add_argument(
+        "--header",
+        metavar="'NAME: VALUE'",
+        type=header_line,
+        action="append",
+        default=[],
+        help="a header the request carries (repeatable)",
+    )
+    sign.add_argument(
+        "--cover",
+        metavar="NAME",
+        type=str.lower,
+        action="append",
+        default=[],
+        help="a header the signature covers besides method, path, query and body (repeatable)",
     )
     sign.add_argument(
         "--no-nonce",
@@ -253,6 +288,9 @@ def _administer(args: argparse.Namespace, out: TextIO) -> int:
         other = "no --public-key" if args.public_key is None else "--public-key FILE"
         print(f"customer-verification: {error}: rotate it with {other}", file=sys.stderr)
         return EXIT_USAGE
+    except StillRotating as error:
+        print(f"customer-verification: {error} (--force to rotate anyway)", file=sys.stderr)
+        return EXIT_USAGE
     except psycopg2.errors.InsufficientPrivilege:
         print(
             "customer-verification: the database refused: permission denied (this role may not "
@@ -306,14 +344,19 @@ def _run(args: argparse.Namespace, conn: Connection, out: TextIO) -> None:
         )
     elif args.command == "rotate":
         client_key = customers.rotate_key(
-            conn, args.certificate_id, args.grace, public_key=args.public_key
+            conn, args.certificate_id, args.grace, public_key=args.public_key, force=args.force
         )
         key_line = "new public key registered" if args.public_key else f"client_key: {client_key}"
         print(f"{key_line}\n(the previous key works for {args.grace:g} more seconds)", file=out)
     elif args.command == "revoke":
         customers.revoke(conn, args.certificate_id)
         print(f"revoked {args.certificate_id}", file=out)
+    elif args.command == "restore":
+        client_key = customers.restore(conn, args.certificate_id, args.new_key)
+        key_line = f"\nclient_key: {client_key}" if client_key else " (with the keys it had)"
+        print(f"restored {args.certificate_id}{key_line}", file=out)
     elif args.command == "list":
+        print("customer_id\tcertificate_id\tstatus", file=out)
         for row in customers.list_customers(conn):
             print("\t".join(map(printable, row)), file=out)
 
@@ -327,12 +370,15 @@ def _sign(args: argparse.Namespace, out: TextIO) -> int:
         raise Failure(EXIT_USAGE, "--key -: standard input gave an empty key")
     body = args.body.read() if args.body else None
     method, url = args.method.upper(), args.curl or args.url
+    given = CaseInsensitiveDict(dict(args.header))
+    if body is not None and "content-type" not in given:
+        given["Content-Type"] = _content_type(body)  # curl would send form-urlencoded
     if args.v1:
         if client_key is None:
             raise Failure(2, "--v1 signs with --key")
-        headers = v1.signed_headers(args.certificate_id, client_key)
+        headers = {**dict(given.items()), **v1.signed_headers(args.certificate_id, client_key)}
     else:
-        message = types.SimpleNamespace(method=method, url=url, headers=CaseInsensitiveDict())
+        message = types.SimpleNamespace(method=method, url=url, headers=given)
         try:
             client.sign_message(
                 message,
@@ -341,6 +387,7 @@ def _sign(args: argparse.Namespace, out: TextIO) -> int:
                 private_key=args.private_key,
                 body=body,
                 nonce=args.nonce,
+                covered_components=(*client.COVERED_COMPONENTS, *args.cover),
             )
         except Exception as error:
             # The library's HTTPMessageSignaturesException: a URL it cannot sign.
@@ -352,6 +399,16 @@ def _sign(args: argparse.Namespace, out: TextIO) -> int:
         for name, value in headers.items():
             print(f"{name}: {value}", file=out)
     return 0
+
+
+def _content_type(body: bytes) -> str:
+    import json
+
+    try:
+        json.loads(body)
+    except ValueError:
+        return "application/octet-stream"
+    return "application/json"
 
 
 if __name__ == "__main__":

@@ -13,8 +13,10 @@
     ├── StoreUnavailable             the database cannot answer now (store)
     ├── CustomerError                a change the customer table refuses (store)
     │   ├── CertificateExists        add: the certificate has a customer
+    │   │   └── CertificateRevoked   ... a revoked one (restore brings it back)
     │   ├── NoActiveCustomer         rotate, revoke: no active customer has it
-    │   └── OtherKeyKind             rotate: the customer has the other kind of key
+    │   ├── OtherKeyKind             rotate: the customer has the other kind of key
+    │   └── StillRotating            rotate: an earlier rotation's previous key still works
     ├── ConfigurationError           a setting that cannot work; ``name`` says which
     │   ├── InvalidOption            a plugin or middleware option (the schema's rules)
     │   └── InvalidSettings          the database settings from the environment
@@ -98,6 +100,14 @@ class CustomerError(CustomerAuthError):
 
 class CertificateExists(CustomerError):
     """The certificate already has a customer."""
+
+
+class CertificateRevoked(CertificateExists):
+    """The certificate has a customer, revoked: ``restore`` brings it back."""
+
+
+class StillRotating(CustomerError):
+    """A second rotation within the first's grace period would end its previous key at once."""
 
 
 class NoActiveCustomer(CustomerError):

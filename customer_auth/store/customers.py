@@ -21,9 +21,11 @@ from customer_auth.core.credential import Credential
 from customer_auth.core.terms import LOGGER_NAME
 from customer_auth.errors import (
     CertificateExists,
+    CertificateRevoked,
     CustomerAuthError,
     NoActiveCustomer,
     OtherKeyKind,
+    StillRotating,
     StoreUnavailable,
 )
 from customer_auth.store.connection import PRIMARY, Connection, Pool, Settings
@@ -197,7 +199,20 @@ def add_customer(
             (customer_id,) = cursor.fetchone() or ("",)
             return customer_id, client_key
     except psycopg2.errors.UniqueViolation:
+        if _revoked(conn, certificate_id):
+            raise CertificateRevoked(
+                f"certificate {certificate_id!r} exists and is revoked (restore brings it back)"
+            ) from None
         raise CertificateExists(f"certificate {certificate_id!r} already exists") from None
+
+
+def _revoked(conn: Connection, certificate_id: str) -> bool:
+    with conn.cursor() as cursor:
+        cursor.execute(
+            "SELECT 1 FROM customer WHERE certificate = %s AND authentication ? 'revoked_at'",
+            (certificate_id,),
+        )
+        return cursor.fetchone() is not None
 
 
 def rotate_key(
@@ -206,17 +221,32 @@ def rotate_key(
     grace: float,
     now: float | None = None,
     public_key: bytes | None = None,
+    force: bool = False,
 ) -> str | None:
     """Gives the customer a new key of the kind it has (a new random client key, or the given
     ed25519 ``public_key``); the current one keeps working for ``grace`` seconds. Returns the new
-    client key (None for a public key)."""
+    client key (None for a public key). Within an earlier rotation's grace period the previous
+    key it kept would stop working at once: StillRotating unless ``force``."""
     field, new_key = (
         ("public_key", base64.b64encode(public_key).decode())
         if public_key
         else ("client_key", new_client_key())
     )
-    expires_at = (time.time() if now is None else now) + grace
+    now = time.time() if now is None else now
+    expires_at = now + grace
     with conn.cursor() as cursor:
+        cursor.execute(
+            "SELECT (authentication->>'previous_key_expires_at')::float8 FROM customer "
+            "WHERE certificate = %s AND authentication->>'revoked_at' IS NULL",
+            (certificate_id,),
+        )
+        row = cursor.fetchone()
+        if row and row[0] is not None and row[0] > now and not force:
+            until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row[0]))
+            raise StillRotating(
+                f"certificate {certificate_id!r} is still rotating: its previous key works until "
+                f"{until}, and a second rotation would end that now"
+            )
         cursor.execute(
             """UPDATE customer
                   SET authentication = authentication || jsonb_build_object(
@@ -252,6 +282,35 @@ def revoke(conn: Connection, certificate_id: str, now: float | None = None) -> N
         )
         if cursor.rowcount == 0:
             raise NoActiveCustomer(f"no active customer has certificate {certificate_id!r}")
+
+
+def restore(conn: Connection, certificate_id: str, new_key: bool = False) -> str | None:
+    """Brings a revoked customer back, with the keys it had or (``new_key``, for a customer
+    with a client key) a new client key, returned."""
+    key = new_client_key() if new_key else None
+    with conn.cursor() as cursor:
+        if key is None:
+            cursor.execute(
+                "UPDATE customer SET authentication = authentication - 'revoked_at' "
+                "WHERE certificate = %s AND authentication ? 'revoked_at'",
+                (certificate_id,),
+            )
+        else:
+            cursor.execute(
+                """UPDATE customer
+                      SET authentication = authentication - 'revoked_at'
+                          - 'previous_client_key' - 'previous_key_expires_at'
+                          || jsonb_build_object('client_key', %s::text)
+                    WHERE certificate = %s AND authentication ? 'revoked_at'
+                      AND authentication ? 'client_key'""",
+                (key, certificate_id),
+            )
+        if cursor.rowcount == 0:
+            raise NoActiveCustomer(
+                f"no revoked customer with {'a client key ' if key else ''}has certificate "
+                f"{certificate_id!r}"
+            )
+    return key
 
 
 def list_customers(conn: Connection, now: float | None = None) -> list[tuple[str, str, str]]:

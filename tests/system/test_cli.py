@@ -84,7 +84,7 @@ def test_list_shows_status_and_never_keys(cli):
     cli("revoke", "cert-c")
     code, output = cli("list")
     assert code == 0
-    rows = {line.split("\t")[1]: line.split("\t")[2] for line in output.splitlines()}
+    rows = {line.split("\t")[1]: line.split("\t")[2] for line in output.splitlines()[1:]}
     assert (
         rows["cert-a"] == "active"
         and rows["cert-b"].startswith("rotating")
@@ -417,4 +417,49 @@ def test_list_shows_whatever_is_stored_without_crashing_or_writing_control_chara
     code, output = cli("list")
     assert code == 0
     assert "\x1b" not in output and "esc\\x1b[2Jcert" in output
-    assert len(output.splitlines()) == 6
+    assert len(output.splitlines()) == 1 + 6  # the header row, then each customer
+
+
+# -- as a person expects --------------------------------------------------------------------------
+
+
+def test_a_second_rotation_within_the_first_grace_is_refused_unless_forced(cli, store, capsys):
+    first = printed_key(cli("add", "cert-r2")[1])
+    second = printed_key(cli("rotate", "cert-r2", "--grace", "600")[1])
+    code, _ = cli("rotate", "cert-r2")
+    assert code == command_line.EXIT_USAGE
+    assert "still rotating" in capsys.readouterr().err  # and nothing changed:
+    assert store.fetch("cert-r2").keys_valid_at(time.time()) == (second, first)
+    third = printed_key(cli("rotate", "cert-r2", "--force", "--grace", "60")[1])
+    assert store.fetch("cert-r2").keys_valid_at(time.time()) == (third, second)
+
+
+def test_a_revoked_certificate_is_named_so_by_add_and_brought_back_by_restore(cli, store, capsys):
+    key = printed_key(cli("add", "cert-back")[1])
+    cli("revoke", "cert-back")
+    assert cli("add", "cert-back")[0] == command_line.EXIT_EXISTS
+    assert "is revoked (restore brings it back)" in capsys.readouterr().err
+    code, output = cli("restore", "cert-back")
+    assert code == 0 and store.fetch("cert-back").keys_valid_at(time.time()) == (key,)
+    cli("revoke", "cert-back")
+    new = printed_key(cli("restore", "cert-back", "--new-key")[1])
+    assert store.fetch("cert-back").keys_valid_at(time.time()) == (new,) and new != key
+
+
+def test_list_has_a_header_row(cli):
+    cli("add", "cert-listed")
+    assert cli("list")[1].splitlines()[0] == "customer_id\tcertificate_id\tstatus"
+
+
+def test_sign_adds_headers_covers_them_when_asked_and_a_json_body_gets_its_content_type(
+    cli, tmp_path
+):
+    body = tmp_path / "order.json"
+    body.write_text('{"id": 7}')
+    code, output = cli(
+        "sign", "cert-1", "--key", "k", "--method", "POST", "--body", str(body),
+        "--header", "X-Tenant: acme", "--cover", "x-tenant", "--curl", "https://api.test/orders",
+    )  # fmt: skip
+    assert code == 0
+    assert "'Content-Type: application/json'" in output and "'X-Tenant: acme'" in output
+    assert '"x-tenant"' in output  # in Signature-Input: covered
