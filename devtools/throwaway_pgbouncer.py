@@ -9,7 +9,7 @@ import subprocess
 import tempfile
 import time
 
-from devtools.throwaway_postgres import SERVER_USER, _allow_server_user, _free_port
+from devtools.throwaway_postgres import SERVER_USER, _free_port, _server_user
 
 PGBOUNCER = shutil.which("pgbouncer") or (
     "/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None
@@ -22,8 +22,9 @@ class ThrowawayPgBouncer:
         self.directory = pathlib.Path(tempfile.mkdtemp(prefix="customer-verification-pgbouncer-"))
         self._user = None
         if os.geteuid() == 0:  # PgBouncer refuses to run as root
+            entry = _server_user()
             self._user = SERVER_USER
-            _allow_server_user(self.directory)
+            os.chown(self.directory, entry.pw_uid, entry.pw_gid)
         pools = "\n".join(
             f"{database}_{mode} = host=127.0.0.1 port={server.port} dbname={database} "
             f"pool_mode={mode}"

