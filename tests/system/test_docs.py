@@ -75,3 +75,27 @@ def test_the_middlewares_typed_options_are_the_plugins():
     from customer_auth.service.common import Options
 
     assert set(Options.__annotations__) == set(options.DEFAULTS) | {"exempt"}
+
+
+def test_the_built_pages_show_formulas_as_written_and_load_nothing_from_outside(tmp_path):
+    import re
+
+    subprocess.run(
+        [os.path.join(BIN, "mkdocs"), "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+    pages = {
+        path: path.read_text()
+        for path in (tmp_path / "site").rglob("*.html")
+        if "404" not in path.name
+    }
+    for path, html in pages.items():
+        codes = re.findall(r"<code[^>]*>(.*?)</code>", html, re.S)
+        assert not [code for code in codes if "\\|" in code], path  # an escape left in a formula
+        outside = re.findall(r'<(?:script|link)[^>]+(?:src|href)="(https?://[^"]+)"', html)
+        assert outside == [], (path, outside)
+    index = pages[tmp_path / "site" / "index.html"]
+    assert "{certificate_id}|{client_key}|{request_time}" in re.sub(r"<[^>]+>", "", index)
