@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Postgres first-start script (docker-entrypoint-initdb.d): the schema, the plugin's login role
-# (read-only, its name and password taken from DATABASE_URL in kong.env), and one demo customer.
-# The postgres image runs it only when the data volume is empty: see README, "Run it".
+# (read-only, its name and password taken from DATABASE_URL: PLUGIN_DB_PASSWORD in .env), and one
+# demo customer.
+# The postgres image runs it only when the data volume is empty: see docs/getting-started.md, "Run it with Docker Compose".
 set -euo pipefail
 schema_dir=${SCHEMA_DIR:-/schema}
 

@@ -45,12 +45,14 @@ def dockerfile():
     return (ROOT / "Dockerfile-Kong").read_text()
 
 
-def env_file(name):
-    return dict(
-        line.split("=", 1)
-        for line in (ROOT / name).read_text().splitlines()
-        if line and not line.startswith("#")
-    )
+def compose_text():
+    return (ROOT / "docker-compose.yml").read_text()
+
+
+def plugin_database_url():
+    """The plugin's DATABASE_URL in the compose kit, with the defaults that apply without .env."""
+    url = compose()["services"]["kong"]["environment"]["DATABASE_URL"]
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", url)
 
 
 def passed_variables():
@@ -139,7 +141,7 @@ def test_plugin_name_socket_and_commands_agree_everywhere():
     assert start[1:3] == ["-m", name] and query[1:] == ["-m", name, "--dump"]
     assert start[3:] == ["-p", prefix, *SERVER_MODES["lean"].flags]  # the mode the tests run
     # ... on the lean transport: nothing shipped asks for stock kong-pdk.
-    shipped = [ROOT / "kong.env", ROOT / "docker-compose.yml", ROOT / "Dockerfile-Kong"]
+    shipped = [ROOT / ".env.example", ROOT / "docker-compose.yml", ROOT / "Dockerfile-Kong"]
     assert not any("CUSTOMER_VERIFICATION_TRANSPORT" in path.read_text() for path in shipped)
     venv_python = start[0]
     assert query[0] == venv_python and venv_python.startswith("/opt/customer-verification/venv/")
@@ -159,8 +161,12 @@ def test_paths_and_ports_agree_across_files():
     echo = declarative()["services"][0]
     host, port = echo["url"].split("//")[1].split(":")
     assert host in services and services[host]["environment"]["HTTP_PORT"] == port
-    assert services["kong"]["env_file"] == "kong.env"
-    assert set(env_file("kong.env")) | set(services["kong"]["environment"]) <= passed_variables()
+    assert set(services["kong"]["environment"]) <= passed_variables()
+    # secrets only in .env, which git ignores; the example says what goes there
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+    assert not (ROOT / "kong.env").exists()
+    example = (ROOT / ".env.example").read_text()
+    assert all(f"${{{name}:-" in compose_text() for name in re.findall(r"^(\w+)=", example, re.M))
     for volume in services["postgres"]["volumes"] + services["kong"]["volumes"]:
         source = volume.split(":")[0]
         assert source in compose()["volumes"] or (ROOT / source.removeprefix("./")).exists()
@@ -215,7 +221,7 @@ def test_query_command_prints_only_the_json_kong_parses():
 
 
 def run_init_script(admin_dsn, database, database_url):
-    """postgres-init.sh into ``database``, as the Postgres image runs it, with kong.env's URL."""
+    """postgres-init.sh into ``database``, as the Postgres image runs it, with the kit's URL."""
     from devtools.throwaway_postgres import POSTGRES_BIN_PATH
 
     params = psycopg2.extensions.parse_dsn(admin_dsn)
@@ -246,8 +252,8 @@ def deployed_database(postgres):
     execute(dsn, "DROP ROLE IF EXISTS customer_verification")
     execute(dsn, f"CREATE DATABASE {name}")
     params = psycopg2.extensions.parse_dsn(dsn)
-    run_init_script(dsn, name, env_file("kong.env")["DATABASE_URL"])
-    # kong.env's URL, pointed at this server and database
+    run_init_script(dsn, name, plugin_database_url())
+    # the kit's URL, pointed at this server and database
     host, port = params["host"], params.get("port", 5432)
     yield f"postgresql://customer_verification:change-me-plugin-password@{host}:{port}/{name}"
     execute(dsn, f"DROP DATABASE {name} WITH (FORCE)")
@@ -286,7 +292,7 @@ def test_the_demo_customer_verifies_through_the_kong_standin(deployed_database):
 
 def test_the_init_script_takes_a_percent_encoded_plugin_password():
     """On a server that checks passwords: '@', ':', '%' and '/' in the password, encoded in
-    kong.env."""
+    the kit's .env."""
     from devtools.throwaway_postgres import ThrowawayPostgres
 
     with ThrowawayPostgres(password="admin-secret") as server:
@@ -426,7 +432,7 @@ def test_the_image_build_context_holds_only_what_ships():
     assert {path for path in candidates if sent(path)} == {
         path
         for path in tracked
-        if path in needed or path.split("/")[0] in needed and path.endswith(".py")
+        if path in needed or path.split("/")[0] in needed  # a copied folder, all of it
     }
 
 
