@@ -491,3 +491,30 @@ def test_an_asgi_signed_post_is_decided_once_and_its_signature_verified_once(
         Credentials.shared().close()
     assert sent[0]["status"] == 204 and seen["body"] == body and seen["customer"]
     assert counted == {"decide": 1, "verify": 1}
+
+
+def test_the_signing_guides_python_program_runs_as_written(customers, database_url, tmp_path):
+    """docs/signing.md's Python client, executed whole against a service behind the middleware."""
+    import re
+    import subprocess
+    import sys
+
+    from conftest import ROOT, serving
+
+    guide = (ROOT / "docs" / "signing.md").read_text()
+    program = re.search(r"```python\n(.*?)```", guide, re.S).group(1)
+    customers.add("my-certificate", "the-key-add-printed")
+    (tmp_path / "my-certificate.key").write_text("the-key-add-printed\n")
+    with serving(
+        lambda port: command("flask+gunicorn", port), {"DATABASE_URL": database_url}
+    ) as base:
+        run = subprocess.run(
+            [sys.executable, "-c", program],
+            cwd=tmp_path,
+            env={**os.environ, "API_URL": base},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("200 ") and "customer_id" in run.stdout
