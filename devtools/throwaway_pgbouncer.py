@@ -4,12 +4,11 @@ one database name per pool mode: ``<database>_transaction`` and ``<database>_ses
 import os
 import pathlib
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 
-from devtools.throwaway_postgres import SERVER_USER, _free_port, _server_user
+from devtools.local_ports import free_port, wait_until_listening
+from devtools.throwaway_postgres import SERVER_USER, _server_user
 
 PGBOUNCER = shutil.which("pgbouncer") or (
     "/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None
@@ -18,7 +17,7 @@ PGBOUNCER = shutil.which("pgbouncer") or (
 
 class ThrowawayPgBouncer:
     def __init__(self, server, database="postgres"):
-        self.port = _free_port()
+        self.port = free_port()
         self.directory = pathlib.Path(tempfile.mkdtemp(prefix="customer-verification-pgbouncer-"))
         self._user = None
         if os.geteuid() == 0:  # PgBouncer refuses to run as root
@@ -62,15 +61,10 @@ ignore_startup_parameters = extra_float_digits,options
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"pgbouncer did not start: {self.log()}") from None
-                time.sleep(0.05)
+        wait_until_listening(
+            self.port, self.process, 10, lambda: f"pgbouncer did not start: {self.log()}"
+        )
+        return self
 
     def log(self):
         path = self.directory / "pgbouncer.log"

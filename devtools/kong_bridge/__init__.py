@@ -23,11 +23,10 @@ import os
 import pathlib
 import pwd
 import shutil
-import socket
 import subprocess
-import time
 
 from devtools.kong_standin import schema_defaults
+from devtools.local_ports import free_port, wait_until_listening
 
 HARNESS = pathlib.Path(__file__).resolve().parent
 KONG_SOURCE = "KONG_SOURCE"
@@ -52,12 +51,6 @@ def missing_nginx():
     if not (LUA_MODULES / "ngx_http_lua_module.so").exists():
         return "lua-nginx-module is not installed (apt-get install libnginx-mod-http-lua)"
     return None
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class KongBridge:
@@ -161,15 +154,10 @@ class KongBridge:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"nginx did not start:\n{self.error_log()}") from None
-                time.sleep(0.05)
+        wait_until_listening(
+            self.port, self.process, timeout, lambda: f"nginx did not start:\n{self.error_log()}"
+        )
+        return self
 
     def reload(self):
         """nginx's reload: new workers (with empty caches), old ones finish their requests."""

@@ -20,18 +20,13 @@ from customer_auth.core.options import DEFAULTS
 from customer_auth.kong.operator_log import OperatorLog
 from customer_verification import Plugin
 from devtools.kong_standin import Request, in_process_kong
+from devtools.local_ports import free_port
 
 UNREACHABLE = "postgresql://cv:Hunter7Tail9x@127.0.0.1:1/customers"
 
 
 def signed(certificate_id, client_key):
     return list(v1.signed_headers(certificate_id, client_key).items())
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ from conftest import ROOT, short_directory
 from customer_auth.core import v1
 from customer_auth.kong.ids import MAX_PROCESSES, TICK_NS, Ids
 from devtools.kong_standin import FailClosedRule, KongStandIn, PluginServer, Request
+from devtools.local_ports import free_port
 
 SECRET = "processes-key"
 
@@ -34,14 +35,6 @@ def wait_for(predicate, seconds=10.0):
             return value
         time.sleep(0.05)
     raise AssertionError("not within the time allowed")
-
-
-def free_port():
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture

@@ -24,12 +24,6 @@ APPS = {
 }
 
 
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def command(app, port, *more):
     """The command serving ``app`` (a name in APPS) on ``port``."""
     if "gunicorn" in APPS[app][0]:
