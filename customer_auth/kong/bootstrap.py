@@ -20,6 +20,7 @@ def supervise_or_patch(name: str) -> None:
     request. It must come before any module that uses the standard library's I/O is imported."""
     import os
 
+    from customer_auth.core.terms import LOGGER_NAME
     from customer_auth.kong.processes import PROCESSES, child_slot, processes_wanted
 
     gevent_mode = "-g" in sys.argv or "--gevent" in sys.argv
@@ -34,7 +35,7 @@ def supervise_or_patch(name: str) -> None:
         _log_to_stderr()
         import logging
 
-        logging.getLogger("customer_verification").error(
+        logging.getLogger(LOGGER_NAME).error(
             "%s needs the lean transport in gevent mode (-g); running one process", PROCESSES
         )
     if gevent_mode:
@@ -43,7 +44,8 @@ def supervise_or_patch(name: str) -> None:
         monkey.patch_all()
 
 
-def _log_to_stderr() -> None:
+def _log_to_stderr() -> bool:
+    """Logs at CUSTOMER_VERIFICATION_LOG_LEVEL, or INFO (and returns False) if it names no level."""
     import logging
     import os
 
@@ -53,6 +55,7 @@ def _log_to_stderr() -> None:
         level=level if level in LOG_LEVELS else "INFO",
         format="%(asctime)s %(levelname)s customer_verification: %(message)s",
     )
+    return level in LOG_LEVELS
 
 
 def serve(
@@ -70,9 +73,7 @@ def serve(
     from customer_auth.store.credentials import Credentials
 
     log = logging.getLogger(LOGGER_NAME)
-    _log_to_stderr()
-    level = os.environ.get("CUSTOMER_VERIFICATION_LOG_LEVEL", "").strip().upper() or "INFO"
-    if level not in LOG_LEVELS:
+    if not _log_to_stderr():
         log.error(
             "CUSTOMER_VERIFICATION_LOG_LEVEL must be one of %s; logging at INFO",
             ", ".join(LOG_LEVELS),

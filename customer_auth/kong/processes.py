@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 
+from customer_auth.core.terms import LOGGER_NAME
 from customer_auth.kong.ids import MAX_PROCESSES
 
 PROCESSES = "CUSTOMER_VERIFICATION_PROCESSES"
@@ -13,7 +14,7 @@ CHILD_SLOT = "CUSTOMER_VERIFICATION_CHILD_SLOT"  # set for a supervisor's child:
 CHILD_CHANNEL = "CUSTOMER_VERIFICATION_CHILD_CHANNEL"  # and the descriptor of its channel
 METRICS_MESSAGE = b"metrics "  # a child's message: the port its own metrics are served on
 
-log = logging.getLogger("customer_verification")
+log = logging.getLogger(LOGGER_NAME)
 
 
 def processes_wanted() -> int:

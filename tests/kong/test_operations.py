@@ -158,6 +158,18 @@ def test_client_mistakes_add_no_lines_at_the_default_level(database_url, custome
         assert "rejected with 403" in gateway.server.log()  # at INFO, for whoever raises the level
 
 
+def test_an_unknown_log_level_is_said_and_info_used(database_url, customers):
+    customers.add("cert-1", "key-1")
+    with gateway_on(database_url, CUSTOMER_VERIFICATION_LOG_LEVEL="loud") as gateway:
+        assert gateway.send(signed("cert-1", "wrong")).status == 403
+        log = gateway.server.log()
+        assert (
+            "CUSTOMER_VERIFICATION_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR; "
+            "logging at INFO" in log
+        )
+        assert "rejected with 403" in log
+
+
 def test_the_listener_losing_and_regaining_its_connection_is_in_kongs_log(database_url, customers):
     customers.add("cert-1", "key-1")
     with gateway_on(database_url) as gateway:
