@@ -252,3 +252,21 @@ def test_a_certificate_id_that_is_another_consumers_id_does_not_land_on_that_con
         gateway.kong.handle(request, "by-username-optional").status == 200
         and request.consumer is None
     )
+
+
+def test_a_preflight_let_through_unauthenticated_carries_no_forged_identity(database_url):
+    gateway = start_gateway(
+        ROOT / "customer_verification.py",
+        "customer_verification",
+        env={"DATABASE_URL": database_url},
+        fail_closed=FailClosedRule(),
+        config={"run_on_preflight": False},
+    )
+    try:
+        outcome = gateway.send(
+            [("Access-Control-Request-Method", "POST"), *FORGED], method="OPTIONS"
+        )
+        assert outcome.status == 200
+        assert not {name.lower() for name, _ in FORGED} & set(outcome.upstream)
+    finally:
+        gateway.cleanup()

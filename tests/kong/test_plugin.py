@@ -12,7 +12,7 @@ from conftest import ROOT, start_gateway
 from customer_auth.core import v1
 from customer_auth.core.options import DEFAULTS
 from customer_verification import Plugin, Schema, priority, version
-from devtools.kong_standin import FailClosedRule, Request, in_process_kong, round_trips
+from devtools.kong_standin import Request, in_process_kong, round_trips
 
 KEY = "k3y-0f-cert-1"
 
@@ -284,38 +284,6 @@ def test_unknown_config_keys_from_kong_are_ignored(credentials, customer_id):
     )
     assert plugin.config["clock_skew"] == DEFAULTS["clock_skew"]
     assert run(plugin, signed()).response is None
-
-
-def test_a_preflight_let_through_unauthenticated_carries_no_forged_identity(database_url):
-    gateway = start_gateway(
-        ROOT / "customer_verification.py",
-        "customer_verification",
-        env={"DATABASE_URL": database_url},
-        fail_closed=FailClosedRule(),
-        config={"run_on_preflight": False},
-    )
-    try:
-        forged_lines = [
-            ("Access-Control-Request-Method", "POST"),
-            ("X-Consumer-ID", "forged"),
-            ("X-Consumer-Username", "forged"),
-            ("X-Credential-Identifier", "forged"),
-            ("X-Consumer-Custom-ID", "forged"),
-            ("X-Anonymous-Consumer", "true"),
-            ("X-Customer-Id", "forged"),
-        ]
-        outcome = gateway.send(forged_lines, method="OPTIONS")
-        assert outcome.status == 200
-        assert not {
-            "x-consumer-id",
-            "x-consumer-username",
-            "x-credential-identifier",
-            "x-consumer-custom-id",
-            "x-anonymous-consumer",
-            "x-customer-id",
-        } & set(outcome.upstream)
-    finally:
-        gateway.cleanup()
 
 
 def test_a_refused_config_on_the_socket_starts_no_instance_and_kong_says_why(database_url):
