@@ -15,6 +15,19 @@ import psycopg2.extensions
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def fenced_block(page, title):
+    """The code of the fenced block titled ``title`` (```lang title="..."```) on docs/``page``:
+    what a reader copies is what the test runs."""
+    import re
+
+    text = (ROOT / "docs" / page).read_text()
+    found = re.search(r'^```\w+ title="' + re.escape(title) + r'"\n(.*?)^```$', text, re.S | re.M)
+    assert found, f'docs/{page} has no block titled "{title}"'
+    return found.group(1)
+
+
 SCHEMA = (ROOT / "customer_schema.sql").read_text()
 
 
@@ -220,8 +233,9 @@ def start_gateway(
 
 @contextlib.contextmanager
 def serving(command, env):
-    """A test app (tests/middleware/apps) in a real server: ``command`` runs it on the port it is
-    given; yields the base URL once /health answers, and stops the server after."""
+    """A test app (tests/middleware/apps) or an example service (examples/) in a real server:
+    ``command`` runs it on the port it is given; yields the base URL once /health answers, and
+    stops the server after."""
     import socket
     import subprocess
     import time
@@ -234,7 +248,9 @@ def serving(command, env):
     env = {
         **os.environ,
         **env,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "middleware" / "apps"), str(ROOT)]),
+        "PYTHONPATH": os.pathsep.join(
+            [str(ROOT / "tests" / "middleware" / "apps"), str(ROOT / "examples"), str(ROOT)]
+        ),
     }
     process = subprocess.Popen(
         command(port),

@@ -5,6 +5,7 @@ driven over HTTP by the package's own SignedRequestAuth and by hostile requests.
 import hashlib
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -487,28 +488,77 @@ def test_an_asgi_signed_post_is_decided_once_and_its_signature_verified_once(
     assert counted == {"decide": 1, "verify": 1}
 
 
-def test_the_signing_guides_python_program_runs_as_written(customers, database_url, tmp_path):
-    """docs/signing.md's Python client, executed whole against a service behind the middleware."""
-    import re
+@pytest.mark.parametrize(
+    "service",
+    [
+        [os.path.join(BIN, "gunicorn"), "flask_service:app"],
+        [os.path.join(BIN, "uvicorn"), "fastapi_service:app"],
+    ],
+    ids=["flask_service", "fastapi_service"],
+)
+def test_the_example_client_is_served_by_the_example_services(
+    service, customers, database_url, tmp_path
+):
+    """examples/client.py, the program the overview and the signing guide show, run as written
+    against examples/flask_service.py and fastapi_service.py, which the middleware page shows."""
     import subprocess
     import sys
 
     from conftest import ROOT, serving
 
-    guide = (ROOT / "docs" / "signing.md").read_text()
-    program = re.search(r"```python\n(.*?)```", guide, re.S).group(1)
+    def on(port):
+        if "gunicorn" in service[0]:
+            return [*service, "-b", f"127.0.0.1:{port}"]
+        return [*service, "--port", str(port)]
+
     customers.add("my-certificate", "the-key-add-printed")
     (tmp_path / "my-certificate.key").write_text("the-key-add-printed\n")
-    with serving(
-        lambda port: command("flask+gunicorn", port), {"DATABASE_URL": database_url}
-    ) as base:
+    with serving(on, {"DATABASE_URL": database_url}) as base:
         run = subprocess.run(
-            [sys.executable, "-c", program],
+            [sys.executable, str(ROOT / "examples" / "client.py")],
             cwd=tmp_path,
             env={**os.environ, "API_URL": base},
             capture_output=True,
             text=True,
             timeout=60,
         )
+        unsigned = requests.post(base + "/echo", json={"qty": 1}, timeout=10)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.startswith("200 ") and "customer_id" in run.stdout
+    status, answer = run.stdout.split(" ", 1)
+    assert status == "200", run.stdout
+    assert "'order': {'item': 'book', 'qty': 1}" in answer
+    assert re.search(r"'customer_id': '[0-9a-f-]{36}'", answer), answer
+    assert unsigned.status_code == 400 and "message" in unsigned.json()
+
+
+def test_the_overviews_compose_command_runs_the_example_client(customers, database_url, tmp_path):
+    """docs/index.md's command against the compose kit's demo customer, with a service behind
+    the middleware on a free port standing in for the kit's proxy on localhost:8000."""
+    import subprocess
+
+    from conftest import ROOT, fenced_block, serving
+
+    command = fenced_block("index.md", "Run the client against the compose kit")
+    assert "localhost:8000" in command
+    customers.add("demo-certificate", "demo-client-key")
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    python = os.path.dirname(sys.executable)
+    with serving(
+        lambda port: [
+            os.path.join(BIN, "gunicorn"),
+            "-b",
+            f"127.0.0.1:{port}",
+            "flask_service:app",
+        ],
+        {"DATABASE_URL": database_url},
+    ) as base:
+        run = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", command.replace("http://localhost:8000", base)],
+            cwd=tmp_path,
+            env={**os.environ, "PATH": os.pathsep.join([python, os.environ["PATH"]])},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("200 ") and "'customer_id'" in run.stdout

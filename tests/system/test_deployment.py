@@ -2,6 +2,7 @@
 run for real against the test Postgres, with the demo customer verified through the Kong
 stand-in."""
 
+import functools
 import json
 import os
 import re
@@ -13,7 +14,7 @@ import types
 import psycopg2
 import pytest
 import yaml
-from conftest import ROOT, SERVER_MODES, execute, start_gateway
+from conftest import ROOT, SERVER_MODES, execute, fenced_block, start_gateway
 
 import customer_verification
 from customer_auth.core import options, v1
@@ -312,11 +313,19 @@ def test_the_init_script_takes_a_percent_encoded_plugin_password():
         conn.close()
 
 
-def documented_commands(prefix):
+def documented_commands(title):
+    """The command lines of a titled block of docs/getting-started.md, continuations joined and
+    the block's own `admin=...` variable put in where it is used."""
+    lines = fenced_block("getting-started.md", title).replace("\\\n", " ").splitlines()
+    variables = dict(
+        shlex.split(line)[0].split("=", 1) for line in lines if line.startswith("admin=")
+    )
     return [
-        line.strip()
-        for line in (ROOT / "docs" / "getting-started.md").read_text().splitlines()
-        if line.startswith("    " + prefix)
+        functools.reduce(
+            lambda line, name: line.replace(f'"${name}"', variables[name]), variables, line
+        )
+        for line in lines
+        if not line.startswith("admin=")
     ]
 
 
@@ -326,7 +335,7 @@ def test_the_documented_customer_commands_for_the_compose_deployment_work(
     """The same command lines, with the compose host name pointed at the test server."""
     dsn, _ = postgres
     params = psycopg2.extensions.parse_dsn(dsn)
-    commands = documented_commands('docker compose exec -e DATABASE_URL="postgresql://postgres:')
+    commands = documented_commands("Manage customers in the compose kit")
     assert [shlex.split(command)[7] for command in commands] == ["revoke", "add", "list"]
     outputs = []
     for command in commands:
@@ -358,7 +367,8 @@ def test_the_readmes_password_change_works_on_a_running_database(deployed_databa
 
     dsn, _ = postgres
     params = psycopg2.extensions.parse_dsn(dsn)
-    (command,) = documented_commands("docker compose exec postgres psql")
+    command, restart = documented_commands("Change the plugin's password")
+    assert restart == "docker compose up -d kong"
     words = shlex.split(command)[4:]
     words[words.index("-d") + 1] = "cv_deploy_test"
     subprocess.run(

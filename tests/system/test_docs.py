@@ -97,5 +97,88 @@ def test_the_built_pages_show_formulas_as_written_and_load_nothing_from_outside(
         assert not [code for code in codes if "\\|" in code], path  # an escape left in a formula
         outside = re.findall(r'<(?:script|link)[^>]+(?:src|href)="(https?://[^"]+)"', html)
         assert outside == [], (path, outside)
+        blocks = re.findall(
+            r'<div class="([^"]*)">(?:<span class="filename">[^<]*</span>)?<pre', html
+        )
+        assert html.count("<pre") == len(blocks), path  # every code block highlighted
+        assert [block for block in blocks if "language-" not in block] == [], path
     index = pages[tmp_path / "site" / "index.html"]
     assert "{certificate_id}|{client_key}|{request_time}" in re.sub(r"<[^>]+>", "", index)
+
+
+def test_every_page_reads_right_in_a_browser():
+    """devtools/docs_check.py: every page in headless Chromium (tables fit their column, names
+    unbroken, code highlighted and within the column, nothing loaded from outside)."""
+    import importlib.util
+    import shutil
+
+    import pytest
+
+    from devtools import docs_check
+
+    if not shutil.which(docs_check.CHROMIUM) or not importlib.util.find_spec("playwright"):
+        pytest.skip("needs Debian's chromium and playwright: see docs/development.md")
+    result = subprocess.run(
+        [sys.executable, "-m", "devtools.docs_check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def code_blocks(page):
+    """Each code block of a page: (the line its fence opens with, its first line number); an
+    indented block (no fence, so no language) as ("", number)."""
+    lines = page.read_text().splitlines()
+    blocks, fence = [], None
+    for number, line in enumerate(lines, 1):
+        if line.lstrip().startswith("```"):
+            fence = None if fence else line.strip()
+            if fence:
+                blocks.append((fence, number))
+        elif fence is None and line.startswith("    ") and not lines[number - 2].strip():
+            blocks.append(("", number))
+    return blocks
+
+
+def test_every_code_block_is_fenced_with_its_language():
+    for page in (ROOT / "docs").glob("*.md"):
+        for fence, number in code_blocks(page):
+            assert re.match(r"```\w", fence), f"docs/{page.name}:{number} has no language"
+
+
+def yaml_blocks():
+    for page in (ROOT / "docs").glob("*.md"):
+        yield from re.findall(r"^```yaml[^\n]*\n(.*?)^```$", page.read_text(), re.S | re.M)
+
+
+def test_every_plugin_config_the_pages_show_is_one_the_schema_accepts():
+    import yaml
+
+    shown = [
+        plugin.get("config", {})
+        for block in yaml_blocks()
+        if "--8<--" not in block
+        for plugin in yaml.safe_load(block)["plugins"]
+        if plugin["name"] == "customer_verification"
+    ]
+    assert len(shown) >= 3  # getting started, configuration, security
+    for config in shown:
+        assert set(config) <= set(options.SPECS), config
+        options.checked(config)
+
+
+def test_the_environment_the_pages_show_is_one_the_server_reads():
+    from conftest import fenced_block
+
+    from customer_auth.store.connection import check_dsn
+
+    for page, title in [
+        ("configuration.md", "The plugin server's environment"),
+        ("scaling-out.md", "The customers database of every node"),
+    ]:
+        variables = dict(line.split("=", 1) for line in fenced_block(page, title).splitlines())
+        assert set(variables) <= set(config_reference.ENVIRONMENT), page
+        check_dsn(variables["DATABASE_URL"])

@@ -8,39 +8,31 @@ import hmac
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
+import sys
 
 import pytest
-from conftest import ROOT
+from conftest import fenced_block
 
 from customer_auth.core import rfc9421
 from customer_auth.core.options import DEFAULTS
 from customer_verification import Plugin
 from devtools.kong_standin import Request, in_process_kong
 
-GUIDE = (ROOT / "docs" / "signing.md").read_text()
 
-
-def indented_block_after(heading_text):
-    """The first indented block after the line containing ``heading_text``."""
-    lines = GUIDE[GUIDE.index(heading_text) :].splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("    "))
-    block = []
-    for number, line in enumerate(lines[start:], start):
-        blank_inside = not line and number + 1 < len(lines) and lines[number + 1].startswith("    ")
-        if not (line.startswith("    ") or blank_inside):
-            break
-        block.append(line[4:])
-    return block
+def unfolded(block):
+    """A block folded as RFC 8792 folds (a line ending in \\ continues, less its indent)."""
+    return re.sub(r"\\\n *", "", block).splitlines()
 
 
 def example():
     headers = dict(
         line.split(": ", 1)
-        for line in indented_block_after("`POST https://api.example.com/orders?id=7`")
+        for line in unfolded(fenced_block("signing.md", "The signed request's headers"))
     )
-    base = "\n".join(indented_block_after("of this signature base"))
+    base = "\n".join(unfolded(fenced_block("signing.md", "The signature base")))
     return headers, base
 
 
@@ -108,7 +100,7 @@ def test_the_worked_example_verifies_through_the_plugin(credentials, customers, 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 def test_the_javascript_recipe_signs_what_the_plugin_verifies(credentials, customers):
-    recipe = "\n".join(indented_block_after("In JavaScript"))
+    recipe = fenced_block("signing.md", "Sign with Node's crypto")
     headers = node(
         recipe
         + """
@@ -123,10 +115,9 @@ process.stdout.write(JSON.stringify(headers));
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
 def test_the_openssl_recipe_signs_what_the_plugin_verifies(credentials, customers):
-    recipe = indented_block_after("With nothing but openssl and curl")
-    assert recipe[-1].startswith("curl ")
+    recipe = fenced_block("signing.md", "Sign with openssl and curl")
     script = (
-        "\n".join(recipe[:-1])
+        recipe[: recipe.index("\ncurl ")]
         + '\nprintf "%s\\n%s\\n%s\\n%s" "$digest" "$params" "$signature" "$created"'
     )
     customers.execute("DELETE FROM customer_nonce")
@@ -169,7 +160,7 @@ def npm_package(tmp_path_factory):
 def test_the_npm_librarys_recipe_signs_what_the_plugin_verifies(
     credentials, customers, npm_package
 ):
-    recipe = "\n".join(indented_block_after("With the npm package"))
+    recipe = fenced_block("signing.md", "Sign with the npm package http-message-signatures")
     headers = node(
         recipe
         + """
@@ -180,3 +171,40 @@ signedRequest({ certificateId: "my-certificate", clientKey: "my-client-key", met
         cwd=npm_package,
     )
     assert verified(credentials, customers, headers) == 403
+
+
+def shell(script, cwd, **env):
+    """Runs a block of the guide in bash, the package's commands on the PATH."""
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=cwd,
+        env={"PATH": path, "HOME": str(cwd), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_commands_curl_signs_what_the_plugin_verifies(credentials, customers, tmp_path):
+    (tmp_path / "my-certificate.key").write_text("my-client-key\n")
+    run = shell(fenced_block("signing.md", "Sign with the command"), tmp_path)
+    assert run.returncode == 0, run.stderr
+    curl = shlex.split(run.stdout.replace("\\\n", " "))
+    assert curl[0] == "curl" and "https://api.example.com/orders?id=7" in curl
+    headers = dict(curl[i + 1].split(": ", 1) for i, word in enumerate(curl) if word == "-H")
+    assert headers["Content-Type"] == "application/json"
+    customers.execute("DELETE FROM customer_nonce")
+    assert verified(credentials, customers, headers) == 403
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+def test_the_public_key_customer_is_added_as_the_guide_shows(customers, database_url, tmp_path):
+    run = shell(
+        fenced_block("signing.md", "An ed25519 customer"), tmp_path, DATABASE_URL=database_url
+    )
+    assert run.returncode == 0, run.stderr
+    [(authentication,)] = customers.execute(
+        "SELECT authentication FROM customer WHERE certificate = 'my-certificate'"
+    )
+    assert set(authentication) == {"public_key"}
