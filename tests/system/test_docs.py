@@ -170,15 +170,29 @@ def test_every_plugin_config_the_pages_show_is_one_the_schema_accepts():
         options.checked(config)
 
 
-def test_the_environment_the_pages_show_is_one_the_server_reads():
+def test_the_environment_the_pages_show_is_one_the_server_reads(monkeypatch):
     from conftest import fenced_block
 
+    from customer_auth.kong.processes import processes_wanted
     from customer_auth.store.connection import check_dsn
 
+    shown = {}
     for page, title in [
         ("configuration.md", "The plugin server's environment"),
         ("scaling-out.md", "The customers database of every node"),
+        ("performance.md", "Use every core of the node"),
     ]:
         variables = dict(line.split("=", 1) for line in fenced_block(page, title).splitlines())
         assert set(variables) <= set(config_reference.ENVIRONMENT), page
-        check_dsn(variables["DATABASE_URL"])
+        shown.update(variables)
+    check_dsn(shown["DATABASE_URL"])
+    monkeypatch.setenv("CUSTOMER_VERIFICATION_PROCESSES", shown["CUSTOMER_VERIFICATION_PROCESSES"])
+    assert processes_wanted() == os.cpu_count()
+
+
+def test_the_development_pages_test_command_is_the_readmes():
+    from conftest import fenced_block
+
+    command = fenced_block("development.md", "The test command").strip()
+    assert command in (ROOT / "README.md").read_text()
+    assert command in (ROOT / ".ci" / "run").read_text()
