@@ -196,3 +196,28 @@ def test_the_development_pages_test_command_is_the_readmes():
     command = fenced_block("development.md", "The test command").strip()
     assert command in (ROOT / "README.md").read_text()
     assert command in (ROOT / ".ci" / "run").read_text()
+
+
+def test_every_metric_the_server_exposes_has_a_row_on_the_operations_page():
+    import inspect
+
+    import prometheus_client
+
+    from customer_auth import metrics  # noqa: F401  (registers the plugin server's metrics)
+    from customer_auth.kong import supervisor
+
+    def without_total(name):  # a counter's family is named without it
+        return name.removesuffix("_total")
+
+    page = (ROOT / "docs" / "operations.md").read_text()
+    documented = {
+        family(name) for name in re.findall(r"^\| `(customer_verification_\w+)`", page, re.M)
+    }
+    exposed = {
+        family.name
+        for family in prometheus_client.REGISTRY.collect()
+        if family.name.startswith("customer_verification_")
+    }
+    # The supervisor's own families, named in its source.
+    exposed |= set(re.findall(r'"(customer_verification_\w+)"', inspect.getsource(supervisor)))
+    assert exposed == documented
