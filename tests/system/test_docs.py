@@ -102,6 +102,12 @@ def test_the_built_pages_show_formulas_as_written_and_load_nothing_from_outside(
         )
         assert html.count("<pre") == len(blocks), path  # every code block highlighted
         assert [block for block in blocks if "language-" not in block] == [], path
+        swallowed = [  # a list item Markdown read as a paragraph's line (its indent was off)
+            paragraph
+            for paragraph in re.findall(r"<p>(.*?)</p>", html, re.S)
+            if re.search(r"\n\s*(?:[-*+]|\d+\.) ", paragraph)
+        ]
+        assert swallowed == [], (path, swallowed)
     index = pages[tmp_path / "site" / "index.html"]
     assert "{certificate_id}|{client_key}|{request_time}" in re.sub(r"<[^>]+>", "", index)
 
