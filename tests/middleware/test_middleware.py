@@ -562,3 +562,65 @@ def test_the_overviews_compose_command_runs_the_example_client(customers, databa
         )
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("200 ") and "'customer_id'" in run.stdout
+
+
+DJANGO_PROJECT = {  # around the page's wsgi.py: the least a Django project needs to serve /echo
+    "mysite/__init__.py": "",
+    "mysite/settings.py": 'SECRET_KEY = "tests-only"\nALLOWED_HOSTS = ["*"]\n'
+    'ROOT_URLCONF = "mysite.urls"\nINSTALLED_APPS = []\nMIDDLEWARE = []\n',
+    "mysite/urls.py": """import json
+
+from django.http import JsonResponse
+from django.urls import path
+from django.views.decorators.csrf import csrf_exempt
+
+
+@csrf_exempt
+def echo(request):
+    customer_id = request.META["customer_verification.customer_id"]
+    return JsonResponse({"customer_id": customer_id, "order": json.loads(request.body)})
+
+
+urlpatterns = [path("echo", echo), path("health", lambda request: JsonResponse({}))]
+""",
+}
+
+
+@pytest.mark.parametrize(
+    "title, files, app",
+    [
+        ("mysite/wsgi.py", DJANGO_PROJECT, "mysite.wsgi:application"),
+        ("bottle_service.py", {}, "bottle_service:application"),
+    ],
+    ids=["django", "bottle"],
+)
+def test_the_middleware_pages_django_and_bottle_services_serve_the_example_client(
+    title, files, app, customers, database_url, tmp_path
+):
+    import subprocess
+
+    from conftest import ROOT, fenced_block, serving
+
+    service = tmp_path / "service"
+    for name, text in {**files, title: fenced_block("middleware.md", title)}.items():
+        (service / name).parent.mkdir(parents=True, exist_ok=True)
+        (service / name).write_text(text)
+    customers.add("my-certificate", "the-key-add-printed")
+    (tmp_path / "my-certificate.key").write_text("the-key-add-printed\n")
+    gunicorn = [os.path.join(BIN, "gunicorn"), "--chdir", str(service), app]
+    with serving(
+        lambda port: [*gunicorn, "-b", f"127.0.0.1:{port}"], {"DATABASE_URL": database_url}
+    ) as base:
+        run = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / "client.py")],
+            cwd=tmp_path,
+            env={**os.environ, "API_URL": base},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        unsigned = requests.post(base + "/echo", json={"qty": 1}, timeout=10)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("200 ") and "'order': {'item': 'book', 'qty': 1}" in run.stdout
+    assert re.search(r"'customer_id': '[0-9a-f-]{36}'", run.stdout), run.stdout
+    assert unsigned.status_code == 400

@@ -32,17 +32,22 @@ class Sent:
         return self.request.content
 
 
-def sent_through_httpx(**request):
+CUSTOMER_ID = "c0ffee00-0000-4000-8000-000000000002"
+SHARED_SECRET_CUSTOMER = Credential(CUSTOMER_ID, client_key=SECRET)
+
+
+def sent_through_httpx(auth=None, **request):
     seen = []
     transport = httpx.MockTransport(lambda sent: seen.append(sent) or httpx.Response(204))
-    with httpx.Client(transport=transport, auth=SignedRequestAuth("cert-1", SECRET)) as client:
+    auth = auth or SignedRequestAuth("cert-1", SECRET)
+    with httpx.Client(transport=transport, auth=auth) as client:
         client.request(url="https://api.test/orders?id=7", **request)
     return seen[0]
 
 
-def verified(sent):
+def verified(sent, credential=SHARED_SECRET_CUSTOMER):
     headers = {name.lower(): [value] for name, value in sent.headers.items()}
-    credentials = {"cert-1": Credential("c0ffee00-0000-4000-8000-000000000002", client_key=SECRET)}
+    credentials = {sent.headers["signature-input"].split('keyid="')[1].split('"')[0]: credential}
     return run(Verifier(DEFAULTS).decide(headers), answers(Sent(sent), credentials, None))
 
 
@@ -65,3 +70,28 @@ def test_it_is_an_httpx_auth_and_a_requests_auth():
     assert isinstance(auth, httpx.Auth) and auth.requires_request_body
     prepared = requests.Request("PUT", "https://api.test/x", data=b"raw", auth=auth).prepare()
     assert "content-digest" in {name.lower() for name in prepared.headers}
+
+
+def test_the_signing_guides_ed25519_lines_sign_what_the_core_verifies(tmp_path, monkeypatch):
+    from conftest import fenced_block
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    private = Ed25519PrivateKey.generate()
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    (tmp_path / "my-certificate.pem").write_bytes(pem)
+    monkeypatch.chdir(tmp_path)
+    shown: dict[str, object] = {}
+    exec(fenced_block("signing.md", "Sign with an ed25519 key"), shown)
+    sent = sent_through_httpx(auth=shown["auth"], method="POST", content=b'{"qty": 1}')
+    public = private.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    assert 'alg="ed25519"' in sent.headers["signature-input"]
+    assert verified(sent, Credential(CUSTOMER_ID, public_key=public)).certificate_id == (
+        "my-certificate"
+    )
