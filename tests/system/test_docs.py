@@ -136,15 +136,24 @@ def test_every_page_reads_right_in_a_browser():
 
 def code_blocks(page):
     """Each code block of a page: (the line its fence opens with, its first line number); an
-    indented block (no fence, so no language) as ("", number)."""
+    indented block (no fence, so no language) as ("", number). Inside a list item, 4 columns
+    continue the item: a block needs 8 there."""
     lines = page.read_text().splitlines()
-    blocks, fence = [], None
+    blocks, fence, in_list = [], None, False
     for number, line in enumerate(lines, 1):
         if line.lstrip().startswith("```"):
             fence = None if fence else line.strip()
             if fence:
                 blocks.append((fence, number))
-        elif fence is None and line.startswith("    ") and not lines[number - 2].strip():
+            continue
+        if fence is not None or not line.strip():
+            continue
+        if re.match(r"(?:\d+\.|[-*+]) ", line):
+            in_list = True
+        elif not line.startswith(" "):
+            in_list = False
+        indent = " " * (8 if in_list else 4)
+        if line.startswith(indent) and not lines[number - 2].strip():
             blocks.append(("", number))
     return blocks
 
