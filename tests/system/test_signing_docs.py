@@ -208,3 +208,20 @@ def test_the_public_key_customer_is_added_as_the_guide_shows(customers, database
         "SELECT authentication FROM customer WHERE certificate = 'my-certificate'"
     )
     assert set(authentication) == {"public_key"}
+
+
+@pytest.mark.skipif(shutil.which("sha256sum") is None, reason="coreutils' sha256sum is missing")
+def test_the_getting_started_v1_curl_signs_as_the_plugin_verifies(tmp_path):
+    """The compose kit's v1 request, with curl replaced by what it was asked to send."""
+    from customer_auth.core import v1
+
+    block = fenced_block("getting-started.md", "A v1 request to the compose kit")
+    run = shell("curl() { printf '%s\\n' \"$@\"; }\n" + block, tmp_path)
+    assert run.returncode == 0, run.stderr
+    words = run.stdout.splitlines()
+    headers = dict(words[i + 1].split(": ", 1) for i, word in enumerate(words) if word == "-H")
+    assert words[:2] == ["-s", "localhost:8000/echo"]
+    v1.check_fresh(headers["client-request-time"], clock_skew=300)
+    assert headers["client-request-signature"] == v1.sign(
+        "demo-certificate", "demo-client-key", headers["client-request-time"]
+    )
