@@ -117,42 +117,37 @@ def served(site: Path) -> Iterator[str]:
 
 
 def pages(site: Path) -> list[str]:
-    return sorted(
-        str(path.relative_to(site).parent).replace(".", "") + "/"
-        for path in site.rglob("index.html")
-        if "assets" not in path.parts
-    )
+    """Every page's path below the site's root: "" for the home page, "signing/" and so on."""
+    folders = (path.relative_to(site).parent for path in site.rglob("index.html"))
+    return sorted("" if folder == Path(".") else f"{folder}/" for folder in folders)
 
 
 def problems(site: Path) -> list[str]:
-    from playwright.sync_api import Route, sync_playwright
+    from playwright.sync_api import ConsoleMessage, Route, sync_playwright
 
     found: list[str] = []
+    loading = ""  # the page being loaded: what the browser's callbacks report against
+
+    def only_the_site(route: Route) -> None:
+        if route.request.url.startswith(origin):
+            route.continue_()
+        else:
+            found.append(f"{loading}: loads {route.request.url} from outside the site")
+            route.abort()
+
+    def console_errors(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            found.append(f"{loading}: console error: {message.text}")
+
     with served(site) as origin, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport=VIEWPORT)  # type: ignore[arg-type]
-        current = [""]
-
-        def only_the_site(route: Route) -> None:
-            if route.request.url.startswith(origin):
-                route.continue_()
-            else:
-                found.append(f"{current[0]}: loads {route.request.url} from outside the site")
-                route.abort()
-
+        page = browser.new_page(viewport=VIEWPORT)
         page.route("**/*", only_the_site)
-        page.on(
-            "console",
-            lambda message: (
-                found.append(f"{current[0]}: console {message.type}: {message.text}")
-                if message.type == "error"
-                else None
-            ),
-        )
+        page.on("console", console_errors)
         for path in pages(site):
-            current[0] = path.strip("/") or "index"
-            page.goto(origin + path.lstrip("/"), wait_until="load")
-            found += [f"{current[0]}: {problem}" for problem in page.evaluate(PROBLEMS_ON_THE_PAGE)]
+            loading = path.rstrip("/") or "index"
+            page.goto(origin + path, wait_until="load")
+            found += [f"{loading}: {problem}" for problem in page.evaluate(PROBLEMS_ON_THE_PAGE)]
         browser.close()
     return found
 
