@@ -21,7 +21,8 @@ ENVIRONMENT = {
     "DATABASE_URL": (
         "",
         "The customers database: a libpq URL or key=value string, several hosts allowed "
-        "(primary and standbys, see Scaling out). Empty: libpq's `PG*` variables.",
+        "(primary and standbys, see [Scaling out](scaling-out.md)). "
+        "Empty: libpq's `PG*` variables.",
     ),
     "PG*": (
         "",
@@ -38,7 +39,8 @@ ENVIRONMENT = {
         "1",
         "Plugin server processes (1 to 64), or `auto`: one per core, as nginx's "
         "`worker_processes auto`. Above 1 a supervisor hands each nginx worker's connections to "
-        "one of them (lean transport, `-g`); see Performance.",
+        "one of them (lean transport, `-g`); "
+        "see [Performance](performance.md#every-core-of-a-node).",
     ),
     "CUSTOMER_VERIFICATION_DB_TIMEOUT": (
         "2",
@@ -72,7 +74,7 @@ ENVIRONMENT = {
     "CUSTOMER_VERIFICATION_TRANSPORT": (
         "lean",
         "`lean`: the plugin server's own transport for Kong's protocol; "
-        "`kong-pdk`: stock kong-pdk's (see kong-pdk pitfalls).",
+        "`kong-pdk`: stock kong-pdk's (see [kong-pdk pitfalls](kong-pdk-pitfalls.md)).",
     ),
 }
 
@@ -114,7 +116,7 @@ def generated():
         "## Environment of the plugin server and the CLI",
         "",
         "Kong passes these to the plugin server only when `plugin-server-env.conf` names them "
-        "(see Getting started).",
+        "(see [Getting started](getting-started.md#add-the-plugin-to-an-existing-kong)).",
         "",
         "| variable | default | what it does |",
         "|---|---|---|",
