@@ -236,3 +236,22 @@ def test_every_metric_the_server_exposes_has_a_row_on_the_operations_page():
     # The supervisor's own families, named in its source.
     exposed |= set(re.findall(r'"(customer_verification_\w+)"', inspect.getsource(supervisor)))
     assert exposed == documented
+
+
+def test_the_readmes_table_lists_every_page_of_the_site():
+    import yaml
+
+    nav = yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"]
+
+    def pages(entries):
+        for entry in entries:
+            if isinstance(entry, str):
+                yield entry
+            else:
+                for section in entry.values():
+                    yield from pages(section)
+
+    readme = (ROOT / "README.md").read_text()
+    listed = set(re.findall(r"^\| \[[^]]+\]\(docs/([\w-]+\.md)\)", readme, re.M))
+    assert set(pages(nav)) - {"changelog.md"} == listed
+    assert {page.name for page in (ROOT / "docs").glob("*.md")} == set(pages(nav))
