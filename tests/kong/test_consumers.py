@@ -254,19 +254,10 @@ def test_a_certificate_id_that_is_another_consumers_id_does_not_land_on_that_con
     )
 
 
-def test_a_preflight_let_through_unauthenticated_carries_no_forged_identity(database_url):
-    gateway = start_gateway(
-        ROOT / "customer_verification.py",
-        "customer_verification",
-        env={"DATABASE_URL": database_url},
-        fail_closed=FailClosedRule(),
-        config={"run_on_preflight": False},
+def test_a_preflight_let_through_unauthenticated_carries_no_forged_identity(gateway):
+    gateway.kong.configure("no-preflight", {"run_on_preflight": False})
+    outcome = gateway.send(
+        [("Access-Control-Request-Method", "POST"), *FORGED], "no-preflight", method="OPTIONS"
     )
-    try:
-        outcome = gateway.send(
-            [("Access-Control-Request-Method", "POST"), *FORGED], method="OPTIONS"
-        )
-        assert outcome.status == 200
-        assert not {name.lower() for name, _ in FORGED} & set(outcome.upstream)
-    finally:
-        gateway.cleanup()
+    assert outcome.status == 200
+    assert not {name.lower() for name, _ in FORGED} & set(outcome.upstream)
