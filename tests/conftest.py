@@ -8,6 +8,9 @@ import contextlib
 import json
 import os
 import pathlib
+import re
+import subprocess
+import sys
 import uuid
 
 import psycopg2
@@ -20,12 +23,24 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 def fenced_block(page, title):
     """The code of the fenced block titled ``title`` (```lang title="..."```) on docs/``page``:
     what a reader copies is what the test runs."""
-    import re
-
     text = (ROOT / "docs" / page).read_text()
     found = re.search(r'^```\w+ title="' + re.escape(title) + r'"\n(.*?)^```$', text, re.S | re.M)
     assert found, f'docs/{page} has no block titled "{title}"'
     return found.group(1)
+
+
+def run_in_bash(script, cwd, **env):
+    """Runs a block the pages show in bash (-euo pipefail) in ``cwd``, with the package's commands
+    first on the PATH and nothing else of the test's environment but ``env``."""
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=cwd,
+        env={"PATH": path, "HOME": str(cwd), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 SCHEMA = (ROOT / "customer_schema.sql").read_text()

@@ -8,7 +8,6 @@ import logging
 import os
 import shutil
 import socket
-import subprocess
 import threading
 import time
 import urllib.error
@@ -371,10 +370,10 @@ def test_clients_sending_a_byte_at_a_time_cannot_keep_health_refused(monkeypatch
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-def test_the_operations_pages_commands_show_health_and_requests(database_url, customers):
+def test_the_operations_pages_commands_show_health_and_requests(database_url, customers, tmp_path):
     """docs/operations.md's opening commands, run as shown on the metrics port (the page's 9542
     is the compose kit's; the test's server gets a free one)."""
-    from conftest import fenced_block
+    from conftest import fenced_block, run_in_bash
 
     commands = fenced_block("operations.md", "Ask the plugin server how it is")
     assert commands.count("127.0.0.1:9542") == 2
@@ -382,12 +381,7 @@ def test_the_operations_pages_commands_show_health_and_requests(database_url, cu
     port = free_port()
     with gateway_on(database_url, CUSTOMER_VERIFICATION_METRICS_PORT=str(port)) as gateway:
         assert gateway.send(signed("cert-1", "key-1")).status == 200
-        shown = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", commands.replace("9542", str(port))],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        shown = run_in_bash(commands.replace("9542", str(port)), tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.startswith('{"status": "up"}')
     assert 'customer_verification_requests_total{outcome="verified"} 1.0' in shown.stdout

@@ -540,32 +540,17 @@ def served_the_example_client(server, customers, database_url, tmp_path):
 def test_the_overviews_compose_command_runs_the_example_client(customers, database_url, tmp_path):
     """docs/index.md's command against the compose kit's demo customer, with a service behind
     the middleware on a free port standing in for the kit's proxy on localhost:8000."""
-    import subprocess
-
-    from conftest import ROOT, fenced_block, serving
+    from conftest import ROOT, fenced_block, run_in_bash, serving
 
     command = fenced_block("index.md", "Run the client against the compose kit")
     assert "localhost:8000" in command
     customers.add("demo-certificate", "demo-client-key")
     (tmp_path / "examples").symlink_to(ROOT / "examples")
-    python = os.path.dirname(sys.executable)
+    gunicorn = [os.path.join(BIN, "gunicorn"), "flask_service:app"]
     with serving(
-        lambda port: [
-            os.path.join(BIN, "gunicorn"),
-            "-b",
-            f"127.0.0.1:{port}",
-            "flask_service:app",
-        ],
-        {"DATABASE_URL": database_url},
+        lambda port: [*gunicorn, "-b", f"127.0.0.1:{port}"], {"DATABASE_URL": database_url}
     ) as base:
-        run = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", command.replace("http://localhost:8000", base)],
-            cwd=tmp_path,
-            env={**os.environ, "PATH": os.pathsep.join([python, os.environ["PATH"]])},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        run = run_in_bash(command.replace("http://localhost:8000", base), tmp_path)
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("200 ") and "'customer_id'" in run.stdout
 

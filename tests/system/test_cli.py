@@ -468,21 +468,11 @@ def test_sign_adds_headers_covers_them_when_asked_and_a_json_body_gets_its_conte
 def test_a_customers_life_runs_as_the_page_shows_it(database_url, customers, tmp_path):
     """docs/customers.md's opening session, in bash, against the reader's database (the page's
     `export DATABASE_URL=...` line names the reader's; the test's is given instead)."""
-    import os
-
-    from conftest import fenced_block
+    from conftest import fenced_block, run_in_bash
 
     session = fenced_block("customers.md", "A customer's life").splitlines()
     assert session[0].startswith("export DATABASE_URL=")
-    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])
-    run = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", "\n".join(session[1:])],
-        cwd=tmp_path,
-        env={"PATH": path, "HOME": str(tmp_path), "DATABASE_URL": database_url},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = run_in_bash("\n".join(session[1:]), tmp_path, DATABASE_URL=database_url)
     assert run.returncode == 0, run.stderr
     assert run.stdout.count("client_key: ") == 2  # add, rotate
     assert "customer_id\tcertificate_id\tstatus" in run.stdout

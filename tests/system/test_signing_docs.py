@@ -11,10 +11,9 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 
 import pytest
-from conftest import fenced_block
+from conftest import fenced_block, run_in_bash
 
 from customer_auth.core import rfc9421
 from customer_auth.core.options import DEFAULTS
@@ -173,22 +172,9 @@ signedRequest({ certificateId: "my-certificate", clientKey: "my-client-key", met
     assert verified(credentials, customers, headers) == 403
 
 
-def shell(script, cwd, **env):
-    """Runs a block of the guide in bash, the package's commands on the PATH."""
-    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])
-    return subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script],
-        cwd=cwd,
-        env={"PATH": path, "HOME": str(cwd), **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_the_commands_curl_signs_what_the_plugin_verifies(credentials, customers, tmp_path):
     (tmp_path / "my-certificate.key").write_text("my-client-key\n")
-    run = shell(fenced_block("signing.md", "Sign with the command"), tmp_path)
+    run = run_in_bash(fenced_block("signing.md", "Sign with the command"), tmp_path)
     assert run.returncode == 0, run.stderr
     curl = shlex.split(run.stdout.replace("\\\n", " "))
     assert curl[0] == "curl" and "https://api.example.com/orders?id=7" in curl
@@ -200,7 +186,7 @@ def test_the_commands_curl_signs_what_the_plugin_verifies(credentials, customers
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
 def test_the_public_key_customer_is_added_as_the_guide_shows(customers, database_url, tmp_path):
-    run = shell(
+    run = run_in_bash(
         fenced_block("signing.md", "An ed25519 customer"), tmp_path, DATABASE_URL=database_url
     )
     assert run.returncode == 0, run.stderr
@@ -216,7 +202,7 @@ def test_the_getting_started_v1_curl_signs_as_the_plugin_verifies(tmp_path):
     from customer_auth.core import v1
 
     block = fenced_block("getting-started.md", "A v1 request to the compose kit")
-    run = shell("curl() { printf '%s\\n' \"$@\"; }\n" + block, tmp_path)
+    run = run_in_bash("curl() { printf '%s\\n' \"$@\"; }\n" + block, tmp_path)
     assert run.returncode == 0, run.stderr
     words = run.stdout.splitlines()
     headers = dict(words[i + 1].split(": ", 1) for i, word in enumerate(words) if word == "-H")
