@@ -7,7 +7,8 @@ import re
 import subprocess
 import sys
 
-from conftest import ROOT
+import pytest
+from conftest import ROOT, fenced_block
 from test_deployment import variables_the_runtime_reads
 
 from customer_auth.core import options
@@ -16,16 +17,23 @@ from devtools import config_reference
 BIN = os.path.dirname(sys.executable)
 
 
-def test_the_documentation_site_builds_strictly(tmp_path):
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """The site as `mkdocs build --strict` builds it, once for the tests that read it."""
+    site = tmp_path_factory.mktemp("docs") / "site"
     result = subprocess.run(
-        [os.path.join(BIN, "mkdocs"), "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        [os.path.join(BIN, "mkdocs"), "build", "--strict", "--site-dir", str(site)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert (tmp_path / "site" / "configuration" / "index.html").exists()
+    return site
+
+
+def test_the_documentation_site_builds_strictly(site):
+    assert (site / "configuration" / "index.html").exists()
 
 
 def test_the_configuration_reference_is_generated_from_the_schema():
@@ -77,21 +85,8 @@ def test_the_middlewares_typed_options_are_the_plugins():
     assert set(Options.__annotations__) == set(options.DEFAULTS) | {"exempt"}
 
 
-def test_the_built_pages_show_formulas_as_written_and_load_nothing_from_outside(tmp_path):
-    import re
-
-    subprocess.run(
-        [os.path.join(BIN, "mkdocs"), "build", "--strict", "--site-dir", str(tmp_path / "site")],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-        timeout=120,
-    )
-    pages = {
-        path: path.read_text()
-        for path in (tmp_path / "site").rglob("*.html")
-        if "404" not in path.name
-    }
+def test_the_built_pages_show_formulas_as_written_and_load_nothing_from_outside(site):
+    pages = {path: path.read_text() for path in site.rglob("*.html") if "404" not in path.name}
     for path, html in pages.items():
         codes = re.findall(r"<code[^>]*>(.*?)</code>", html, re.S)
         assert not [code for code in codes if "\\|" in code], path  # an escape left in a formula
@@ -108,30 +103,21 @@ def test_the_built_pages_show_formulas_as_written_and_load_nothing_from_outside(
             if re.search(r"\n\s*(?:[-*+]|\d+\.) ", paragraph)
         ]
         assert swallowed == [], (path, swallowed)
-    index = pages[tmp_path / "site" / "index.html"]
+    index = pages[site / "index.html"]
     assert "{certificate_id}|{client_key}|{request_time}" in re.sub(r"<[^>]+>", "", index)
 
 
-def test_every_page_reads_right_in_a_browser():
+def test_every_page_reads_right_in_a_browser(site):
     """devtools/docs_check.py: every page in headless Chromium (tables fit their column, names
     unbroken, code highlighted and within the column, nothing loaded from outside)."""
     import importlib.util
     import shutil
 
-    import pytest
-
     from devtools import docs_check
 
     if not shutil.which(docs_check.CHROMIUM) or not importlib.util.find_spec("playwright"):
         pytest.skip("needs Debian's chromium and playwright: see docs/development.md")
-    result = subprocess.run(
-        [sys.executable, "-m", "devtools.docs_check"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert docs_check.problems(site) == []
 
 
 def code_blocks(page):
@@ -186,8 +172,6 @@ def test_every_plugin_config_the_pages_show_is_one_the_schema_accepts():
 
 
 def test_the_environment_the_pages_show_is_one_the_server_reads(monkeypatch):
-    from conftest import fenced_block
-
     from customer_auth.kong.processes import processes_wanted
     from customer_auth.store.connection import check_dsn
 
@@ -206,8 +190,6 @@ def test_the_environment_the_pages_show_is_one_the_server_reads(monkeypatch):
 
 
 def test_the_development_pages_test_command_is_the_readmes():
-    from conftest import fenced_block
-
     command = fenced_block("development.md", "The test command").strip()
     assert command in (ROOT / "README.md").read_text()
     assert command in (ROOT / ".ci" / "run").read_text()
