@@ -2,7 +2,6 @@
 run for real against the test Postgres, with the demo customer verified through the Kong
 stand-in."""
 
-import functools
 import json
 import os
 import re
@@ -315,15 +314,13 @@ def test_the_init_script_takes_a_percent_encoded_plugin_password():
 
 def documented_commands(title):
     """The command lines of a titled block of docs/getting-started.md, continuations joined and
-    the block's own `admin=...` variable put in where it is used."""
+    the block's `admin=...` URL put in where "$admin" stands."""
     lines = fenced_block("getting-started.md", title).replace("\\\n", " ").splitlines()
-    variables = dict(
-        shlex.split(line)[0].split("=", 1) for line in lines if line.startswith("admin=")
-    )
+    admin = [
+        shlex.split(line)[0].removeprefix("admin=") for line in lines if line.startswith("admin=")
+    ]
     return [
-        functools.reduce(
-            lambda line, name: line.replace(f'"${name}"', variables[name]), variables, line
-        )
+        line.replace('"$admin"', admin[0]) if admin else line
         for line in lines
         if not line.startswith("admin=")
     ]
