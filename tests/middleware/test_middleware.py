@@ -25,11 +25,16 @@ APPS = {
 }
 
 
+def listening_on(server, port, *more):
+    """``server`` (a gunicorn or uvicorn command line) serving on 127.0.0.1:``port``."""
+    if "gunicorn" in server[0]:
+        return [*server, "-b", f"127.0.0.1:{port}", *more]
+    return [*server, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *more]
+
+
 def command(app, port, *more):
     """The command serving ``app`` (a name in APPS) on ``port``."""
-    if "gunicorn" in APPS[app][0]:
-        return [*APPS[app], "-b", f"127.0.0.1:{port}", *more]
-    return [*APPS[app], "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *more]
+    return listening_on(APPS[app], port, *more)
 
 
 @pytest.fixture(scope="module", params=list(APPS))
@@ -501,13 +506,9 @@ def test_the_example_client_is_served_by_the_example_services(
 ):
     """examples/client.py, the program the overview and the signing guide show, run as written
     against examples/flask_service.py and fastapi_service.py, which the middleware page shows."""
-
-    def on(port):
-        if "gunicorn" in service[0]:
-            return [*service, "-b", f"127.0.0.1:{port}"]
-        return [*service, "--port", str(port)]
-
-    served_the_example_client(on, customers, database_url, tmp_path)
+    served_the_example_client(
+        lambda port: listening_on(service, port), customers, database_url, tmp_path
+    )
 
 
 def served_the_example_client(server, customers, database_url, tmp_path):
@@ -547,9 +548,7 @@ def test_the_overviews_compose_command_runs_the_example_client(customers, databa
     customers.add("demo-certificate", "demo-client-key")
     (tmp_path / "examples").symlink_to(ROOT / "examples")
     gunicorn = [os.path.join(BIN, "gunicorn"), "flask_service:app"]
-    with serving(
-        lambda port: [*gunicorn, "-b", f"127.0.0.1:{port}"], {"DATABASE_URL": database_url}
-    ) as base:
+    with serving(lambda port: listening_on(gunicorn, port), {"DATABASE_URL": database_url}) as base:
         run = run_in_bash(command.replace("http://localhost:8000", base), tmp_path)
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("200 ") and "'customer_id'" in run.stdout
@@ -596,5 +595,5 @@ def test_the_middleware_pages_django_and_bottle_services_serve_the_example_clien
         (service / name).write_text(text)
     gunicorn = [os.path.join(BIN, "gunicorn"), "--chdir", str(service), app]
     served_the_example_client(
-        lambda port: [*gunicorn, "-b", f"127.0.0.1:{port}"], customers, database_url, tmp_path
+        lambda port: listening_on(gunicorn, port), customers, database_url, tmp_path
     )
